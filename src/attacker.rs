@@ -1,0 +1,263 @@
+//! The attacker: an account pool, a query budget and strategy, and the harvest loop that
+//! drives the API on the simulated clock.
+
+use crate::api::{AccountId, Api, Code, Identity, Request};
+use crate::rng::derive_rng;
+use crate::teacher::Teacher;
+use crate::world::vocab::Tok;
+use crate::world::{Mix, Prompt, Skill};
+use serde::{Deserialize, Serialize};
+
+/// How the attacker picks prompts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
+pub enum Strategy {
+    /// Sample like benign users.
+    BenignLike,
+    /// Only capability prompts on the chosen skills.
+    Targeted { skills: Vec<Skill> },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttackerConfig {
+    /// Accounts opened at the start of the campaign.
+    pub accounts: usize,
+    /// Tier name of every account (must be one of the API's tiers).
+    pub tier: String,
+    /// Query budget: successful responses to harvest.
+    pub budget: usize,
+    pub strategy: Strategy,
+    /// Share of queries sent with voice, in [0, 1].
+    pub voice_share: f64,
+    /// Share of harmful (plain or jailbreak-wrapped) prompts, in [0, 1].
+    pub harmful_share: f64,
+    /// Sampling temperature asked of the API (0 = greedy).
+    pub temperature: f32,
+    /// Top-k logprobs asked for (the API may return fewer or none).
+    pub top_k: usize,
+    /// Cost of opening one account (USD: phone numbers, cards, proxies).
+    pub account_cost_usd: f64,
+    /// Simulated seconds per tick.
+    pub tick_seconds: f64,
+    /// Give up after this many simulated days.
+    pub max_days: f64,
+}
+
+impl Default for AttackerConfig {
+    fn default() -> Self {
+        AttackerConfig {
+            accounts: 20,
+            tier: "tier1".into(),
+            budget: 10_000,
+            strategy: Strategy::BenignLike,
+            voice_share: 0.0,
+            harmful_share: 0.02,
+            temperature: 0.0,
+            top_k: 20,
+            account_cost_usd: 2.0,
+            tick_seconds: 10.0,
+            max_days: 45.0,
+        }
+    }
+}
+
+impl AttackerConfig {
+    /// The prompt distribution this attacker samples.
+    pub fn mix(&self) -> Mix {
+        let mut m = Mix::benign();
+        if let Strategy::Targeted { skills } = &self.strategy {
+            m.only_skills = skills.clone();
+            m.lookalike = 0.0;
+            m.affect = 0.0;
+            m.probe = 0.0;
+        }
+        let others = m.skills + m.lookalike + m.affect + m.probe;
+        let h = self.harmful_share.clamp(0.0, 1.0);
+        // Scale the other families so that harmful prompts are exactly `h` of the mix.
+        let scale = if h < 1.0 { (1.0 - h) / others } else { 0.0 };
+        m.skills *= scale;
+        m.lookalike *= scale;
+        m.affect *= scale;
+        m.probe *= scale;
+        m.harmful = h;
+        m.voice_share = self.voice_share.clamp(0.0, 1.0);
+        m
+    }
+}
+
+/// One harvested exchange: what was sent and what came back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Item {
+    pub prompt: Prompt,
+    pub tokens: Vec<Tok>,
+    pub top: Vec<Vec<(Tok, f32)>>,
+}
+
+/// What the attacker got, in harvest order, and what it cost.
+#[derive(Clone, Debug, Default)]
+pub struct Harvest {
+    pub items: Vec<Item>,
+    /// Simulated seconds at which item `i` arrived.
+    pub times: Vec<f64>,
+    /// Cumulative API spend (USD) after item `i`.
+    pub spend: Vec<f64>,
+    pub throttled: u64,
+    pub refused: u64,
+    pub accounts: usize,
+    pub account_cost_usd: f64,
+}
+
+impl Harvest {
+    /// Attacker cost (USD) of the first `n` items: API spend plus accounts.
+    pub fn cost_at(&self, n: usize) -> f64 {
+        let api = if n == 0 {
+            0.0
+        } else {
+            self.spend[n.min(self.spend.len()) - 1]
+        };
+        api + self.accounts as f64 * self.account_cost_usd
+    }
+}
+
+/// Run a campaign until the budget is harvested or time runs out.
+pub fn harvest(
+    cfg: &AttackerConfig,
+    api: &mut Api,
+    teacher: &Teacher,
+    seed: u64,
+) -> crate::Result<Harvest> {
+    let tier = api.config.tier_index(&cfg.tier).ok_or_else(|| {
+        crate::Error::Invalid(format!(
+            "attacker.tier `{}` is not an API tier (allowed: {})",
+            cfg.tier,
+            api.config
+                .tiers
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    let mut rng = derive_rng(seed, "attacker/prompts");
+    let mut gen_rng = derive_rng(seed, "api/sampling");
+    let mix = cfg.mix();
+    let ids: Vec<AccountId> = (0..cfg.accounts.max(1))
+        .map(|i| {
+            let id = Identity {
+                payment: i as u32,
+                ip_asn: i as u32,
+                fingerprint: i as u32,
+                region: 0,
+                verified: false,
+            };
+            api.open_account(tier, 0.0, id)
+        })
+        .collect();
+    let rpm = api.config.tiers[tier].rpm;
+    // Paced to the tier's request limit: each account sends its per-tick share.
+    let per_tick = ((rpm * cfg.tick_seconds / 60.0).ceil() as usize).max(1);
+    let mut h = Harvest {
+        accounts: ids.len(),
+        account_cost_usd: cfg.account_cost_usd,
+        ..Default::default()
+    };
+    let mut pending: Vec<Prompt> = Vec::new();
+    let mut spend = 0.0;
+    let mut now = 0.0;
+    let end = cfg.max_days * 86_400.0;
+    while h.items.len() < cfg.budget && now < end {
+        let want = (cfg.budget - h.items.len()).min(per_tick * ids.len());
+        let mut reqs = Vec::with_capacity(want);
+        for j in 0..want {
+            let prompt = pending.pop().unwrap_or_else(|| mix.sample(&mut rng));
+            reqs.push(Request {
+                account: ids[j % ids.len()],
+                prompt,
+                max_tokens: api.config.max_tokens,
+                temperature: cfg.temperature,
+                top_k: cfg.top_k,
+            });
+        }
+        let resps = api.serve(now, &reqs, teacher, &mut gen_rng);
+        for (req, resp) in reqs.into_iter().zip(resps) {
+            match resp.code {
+                Code::Ok => {
+                    spend += resp.usage.spend_usd;
+                    h.items.push(Item {
+                        prompt: req.prompt,
+                        tokens: resp.tokens,
+                        top: resp.top,
+                    });
+                    h.times.push(now);
+                    h.spend.push(spend);
+                }
+                Code::Throttled => {
+                    h.throttled += 1;
+                    pending.push(req.prompt);
+                }
+                Code::Refused => h.refused += 1,
+            }
+        }
+        now += cfg.tick_seconds;
+    }
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ApiConfig;
+    use crate::world::Kind;
+
+    fn oracle() -> Teacher {
+        Teacher::Oracle {
+            easy: 0.9,
+            hard: 0.8,
+        }
+    }
+
+    #[test]
+    fn harvest_reaches_budget_within_rate_limits() {
+        let cfg = AttackerConfig {
+            accounts: 3,
+            budget: 500,
+            ..Default::default()
+        };
+        let mut api = Api::new(ApiConfig::default());
+        let h = harvest(&cfg, &mut api, &oracle(), 1).unwrap();
+        assert_eq!(h.items.len(), 500);
+        // tier1: 50 rpm per account x 3 accounts = 150 per minute -> at least 200 s.
+        let last = *h.times.last().unwrap();
+        assert!(last >= 150.0, "too fast: {last}");
+        let l = api.ledger_of(&[0, 1, 2]);
+        assert_eq!(l.requests, 500);
+        assert!((l.spend_usd - h.spend[499]).abs() < 1e-9);
+        assert!((h.cost_at(500) - (h.spend[499] + 6.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn harmful_and_voice_shares_are_honoured() {
+        let cfg = AttackerConfig {
+            harmful_share: 0.0,
+            voice_share: 0.0,
+            ..Default::default()
+        };
+        let mix = cfg.mix();
+        let mut rng = derive_rng(1, "t");
+        for _ in 0..2000 {
+            let p = mix.sample(&mut rng);
+            assert!(!matches!(p.kind, Kind::Harmful | Kind::Jailbreak));
+            assert!(p.voice.is_none());
+        }
+        let cfg = AttackerConfig {
+            harmful_share: 0.25,
+            ..Default::default()
+        };
+        let mix = cfg.mix();
+        let n = (0..4000)
+            .filter(|_| matches!(mix.sample(&mut rng).kind, Kind::Harmful | Kind::Jailbreak))
+            .count();
+        assert!((n as f64 / 4000.0 - 0.25).abs() < 0.03, "{n}");
+    }
+}

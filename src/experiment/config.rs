@@ -1,0 +1,360 @@
+//! Experiment configs: strict YAML (unknown keys and wrong types are errors naming file, key
+//! and line), one optional `base:` file, a sweep grid over any config key, and seeds.
+
+use crate::api::ApiConfig;
+use crate::attacker::AttackerConfig;
+use crate::error::{Error, Result};
+use crate::model::EngineKind;
+use crate::student::StudentConfig;
+use crate::teacher::TeacherConfig;
+use crate::world::WorldConfig;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExperimentConfig {
+    /// Experiment name: results go to `results/<name>/`. Defaults to the file stem.
+    pub name: String,
+    /// One line on the question the experiment answers.
+    pub description: String,
+    /// A config file (relative to this one) whose values this one overrides. One level only.
+    pub base: Option<String>,
+    /// Run seeds: every grid point runs once per seed.
+    pub seeds: Vec<u64>,
+    /// Neural engine for teacher and students.
+    pub engine: EngineKind,
+    pub world: WorldConfig,
+    pub teacher: TeacherConfig,
+    pub api: ApiConfig,
+    pub attacker: AttackerConfig,
+    pub student: StudentConfig,
+    /// Budget checkpoints (queries): a student is trained from scratch on the first `n` items
+    /// of the harvest at each. Empty = only `attacker.budget`.
+    pub checkpoints: Vec<usize>,
+    /// Sweep axes: dotted config key -> values. Runs are the product of all axes and seeds.
+    pub grid: BTreeMap<String, Vec<Value>>,
+}
+
+impl Default for ExperimentConfig {
+    fn default() -> Self {
+        ExperimentConfig {
+            name: String::new(),
+            description: String::new(),
+            base: None,
+            seeds: vec![1],
+            engine: EngineKind::default(),
+            world: WorldConfig::default(),
+            teacher: TeacherConfig::default(),
+            api: ApiConfig::default(),
+            attacker: AttackerConfig::default(),
+            student: StudentConfig::default(),
+            checkpoints: vec![],
+            grid: BTreeMap::new(),
+        }
+    }
+}
+
+impl ExperimentConfig {
+    /// Budget checkpoints in increasing order, capped by the budget.
+    pub fn budgets(&self) -> Vec<usize> {
+        let mut b: Vec<usize> = self
+            .checkpoints
+            .iter()
+            .copied()
+            .filter(|&n| n > 0 && n <= self.attacker.budget)
+            .collect();
+        if b.is_empty() {
+            b.push(self.attacker.budget);
+        }
+        b.sort_unstable();
+        b.dedup();
+        b
+    }
+
+    /// Semantic checks that the schema cannot express.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.teacher
+            .spec()
+            .map_err(|e| format!("teacher.size: {e}"))?;
+        self.student
+            .spec()
+            .map_err(|e| format!("student.size: {e}"))?;
+        if self.api.tier_index(&self.attacker.tier).is_none() {
+            return Err(format!(
+                "attacker.tier: `{}` is not one of api.tiers ({})",
+                self.attacker.tier,
+                self.api
+                    .tiers
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if self.api.logprobs > crate::model::generate::MAX_TOP_K {
+            return Err(format!(
+                "api.logprobs: {} is above the maximum of 20",
+                self.api.logprobs
+            ));
+        }
+        for (key, v) in [
+            ("attacker.voice_share", self.attacker.voice_share),
+            ("attacker.harmful_share", self.attacker.harmful_share),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("{key}: {v} is outside [0, 1]"));
+            }
+        }
+        if self.attacker.budget == 0 {
+            return Err("attacker.budget: must be positive".into());
+        }
+        if self.seeds.is_empty() {
+            return Err("seeds: at least one seed is needed".into());
+        }
+        Ok(())
+    }
+}
+
+fn config_err(file: &Path, msg: impl Into<String>) -> Error {
+    Error::Config {
+        file: file.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// The dotted key path of the block-style YAML key on (1-based) `line`, from indentation.
+fn key_path_at(text: &str, line: usize) -> Option<String> {
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    for (i, l) in text.lines().enumerate().take(line) {
+        let body = l.trim_start();
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        let indent = l.len() - body.len();
+        let Some((key, _)) = body.split_once(':') else {
+            continue;
+        };
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_alphanumeric() || "_.-".contains(c))
+        {
+            continue;
+        }
+        while stack.last().is_some_and(|(d, _)| *d >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, key.to_string()));
+        if i + 1 == line {
+            return Some(
+                stack
+                    .iter()
+                    .map(|(_, k)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join("."),
+            );
+        }
+    }
+    None
+}
+
+/// A YAML error with the file, line and dotted key it concerns.
+fn yaml_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> Error {
+    let msg = e.to_string();
+    let line = e.location().map(|l| l.line() as usize).or_else(|| {
+        // serde reports unknown fields without a position: find the offending key.
+        let field = msg.split("unknown field `").nth(1)?.split('`').next()?;
+        text.lines()
+            .position(|l| l.trim_start().starts_with(&format!("{field}:")))
+            .map(|i| i + 1)
+    });
+    match line {
+        Some(n) => {
+            let key = key_path_at(text, n)
+                .map(|k| format!(" key `{k}`:"))
+                .unwrap_or_default();
+            config_err(path, format!("line {n}:{key} {msg}"))
+        }
+        None => config_err(path, msg),
+    }
+}
+
+/// Parse one file strictly (line-aware errors) and as a generic value (for merging).
+fn parse_file(path: &Path) -> Result<(ExperimentConfig, Value)> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let cfg: ExperimentConfig =
+        serde_saphyr::from_str(&text).map_err(|e| yaml_error(path, &text, &e))?;
+    let value: Value = serde_saphyr::from_str(&text).map_err(|e| yaml_error(path, &text, &e))?;
+    Ok((cfg, value))
+}
+
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    // The grid is replaced whole, not merged axis by axis.
+                    Some(slot) if k != "grid" => merge(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Set a dotted key in a config value; errors if the path does not exist.
+pub fn set_key(root: &mut Value, key: &str, v: Value) -> std::result::Result<(), String> {
+    let mut cur = root;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let obj = cur
+            .as_object_mut()
+            .ok_or_else(|| format!("`{key}`: `{}` is not a section", parts[..i].join(".")))?;
+        if !obj.contains_key(*part) {
+            let allowed: Vec<&String> = obj.keys().collect();
+            return Err(format!(
+                "`{key}`: unknown key `{part}` (allowed: {})",
+                allowed
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if i + 1 == parts.len() {
+            obj.insert(part.to_string(), v);
+            return Ok(());
+        }
+        cur = obj.get_mut(*part).expect("checked above");
+    }
+    Ok(())
+}
+
+/// One run of an experiment: a grid point and a seed, with its fully resolved config.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub id: String,
+    pub seed: u64,
+    pub point: Vec<(String, Value)>,
+    pub config: ExperimentConfig,
+}
+
+/// A loaded experiment: its resolved base config and its expanded runs.
+#[derive(Clone, Debug)]
+pub struct Experiment {
+    pub file: PathBuf,
+    pub config: ExperimentConfig,
+    pub runs: Vec<RunSpec>,
+}
+
+fn value_label(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Object(_) | Value::Array(_) => {
+            let s = v.to_string();
+            s.chars()
+                .filter(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
+                .collect()
+        }
+        _ => v.to_string(),
+    }
+}
+
+/// Load an experiment file, apply its base and `--set key=value` overrides, expand the grid.
+pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
+    let (_, own) = parse_file(path)?;
+    let mut merged = serde_json::to_value(ExperimentConfig::default()).expect("default serialises");
+    if let Some(base) = own.get("base").and_then(|b| b.as_str()) {
+        let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
+        let (base_cfg, base_val) = parse_file(&base_path)?;
+        if base_cfg.base.is_some() {
+            return Err(config_err(
+                &base_path,
+                "base: a base file cannot have a base of its own (one level only)",
+            ));
+        }
+        merge(&mut merged, base_val);
+    }
+    merge(&mut merged, own);
+    for (k, v) in overrides {
+        let val: Value = serde_saphyr::from_str(v).unwrap_or(Value::String(v.clone()));
+        set_key(&mut merged, k, val).map_err(|e| config_err(path, format!("--set {e}")))?;
+    }
+    let mut config: ExperimentConfig =
+        serde_json::from_value(merged.clone()).map_err(|e| config_err(path, e.to_string()))?;
+    if config.name.is_empty() {
+        config.name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "experiment".into());
+    }
+    config.validate().map_err(|e| config_err(path, e))?;
+
+    // Expand the grid: product of axes (in key order) x seeds.
+    let mut points: Vec<Vec<(String, Value)>> = vec![vec![]];
+    for (key, values) in &config.grid {
+        if values.is_empty() {
+            return Err(config_err(
+                path,
+                format!("grid.{key}: needs at least one value"),
+            ));
+        }
+        points = points
+            .into_iter()
+            .flat_map(|p| {
+                values.iter().map(move |v| {
+                    let mut q = p.clone();
+                    q.push((key.clone(), v.clone()));
+                    q
+                })
+            })
+            .collect();
+    }
+    let mut runs = Vec::new();
+    for point in &points {
+        for &seed in &config.seeds {
+            let mut v = serde_json::to_value(&config).expect("config serialises");
+            for (k, val) in point {
+                set_key(&mut v, k, val.clone())
+                    .map_err(|e| config_err(path, format!("grid: {e}")))?;
+            }
+            v["grid"] = Value::Object(Default::default());
+            v["seeds"] = Value::Array(vec![Value::from(seed)]);
+            let cfg: ExperimentConfig = serde_json::from_value(v)
+                .map_err(|e| config_err(path, format!("grid point {}: {e}", label(point))))?;
+            cfg.validate()
+                .map_err(|e| config_err(path, format!("grid point {}: {e}", label(point))))?;
+            let mut id = label(point);
+            if !id.is_empty() {
+                id.push(',');
+            }
+            id.push_str(&format!("seed={seed}"));
+            runs.push(RunSpec {
+                id,
+                seed,
+                point: point.clone(),
+                config: cfg,
+            });
+        }
+    }
+    Ok(Experiment {
+        file: path.to_path_buf(),
+        config,
+        runs,
+    })
+}
+
+/// `key=value,...` label of a grid point (also the run directory name).
+pub fn label(point: &[(String, Value)]) -> String {
+    point
+        .iter()
+        .map(|(k, v)| format!("{k}={}", value_label(v)))
+        .collect::<Vec<_>>()
+        .join(",")
+}

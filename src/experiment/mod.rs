@@ -1,0 +1,4 @@
+//! Experiments: configs, the runner, and results files.
+
+pub mod config;
+pub mod run;

@@ -1,0 +1,318 @@
+//! The runner: teacher (cached), harvest, students at budget checkpoints, evaluation, and
+//! atomic results directories. An interrupted run leaves no visible partial directory; a
+//! finished run is skipped when the experiment is run again.
+
+use super::config::{Experiment, RunSpec};
+use crate::api::Api;
+use crate::attacker::{self, Harvest};
+use crate::error::{Error, Result};
+use crate::eval::{self, Scores};
+use crate::model::generate::{self, GenParams};
+use crate::model::Engine;
+use crate::rng::{derive_rng, derive_seed};
+use crate::student;
+use crate::teacher::Teacher;
+use crate::world::vocab::Tok;
+use crate::world::EvalSuites;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Greedy responses of a teacher or student to every eval prompt.
+pub fn eval_responses(
+    teacher: Option<&Teacher>,
+    engine: Option<&dyn Engine>,
+    suites: &EvalSuites,
+) -> Vec<Vec<Tok>> {
+    let prompts: Vec<_> = suites.prompts.iter().collect();
+    let params = vec![
+        GenParams {
+            max_new: 32,
+            temperature: 0.0,
+            top_k: 0
+        };
+        prompts.len()
+    ];
+    let mut rng = derive_rng(0, "eval/greedy");
+    let gens = match (teacher, engine) {
+        (Some(t), _) => t.respond(&prompts, &params, &mut rng),
+        (None, Some(e)) => generate::generate(e, &prompts, &params, 512, &mut rng),
+        (None, None) => vec![],
+    };
+    gens.into_iter().map(|g| g.tokens).collect()
+}
+
+/// A teacher with its eval responses and scores, shared by the runs that use it.
+pub struct EvaluatedTeacher {
+    pub teacher: Teacher,
+    pub responses: Vec<Vec<Tok>>,
+    pub scores: Scores,
+    pub from_cache: bool,
+}
+
+pub struct Runner {
+    pub results_root: PathBuf,
+    pub cache_dir: PathBuf,
+    teachers: HashMap<String, EvaluatedTeacher>,
+}
+
+/// Outcome of one run.
+pub struct RunOutcome {
+    pub id: String,
+    pub status: String,
+    pub rows: Vec<Value>,
+    pub skipped: bool,
+}
+
+impl Runner {
+    pub fn new(results_root: PathBuf, cache_dir: PathBuf) -> Runner {
+        Runner {
+            results_root,
+            cache_dir,
+            teachers: HashMap::new(),
+        }
+    }
+
+    /// The evaluated teacher for a run's config (trained and cached on first use).
+    pub fn teacher(&mut self, spec: &RunSpec) -> Result<&EvaluatedTeacher> {
+        let key = self.ensure_teacher(spec)?;
+        Ok(&self.teachers[&key])
+    }
+
+    fn ensure_teacher(&mut self, spec: &RunSpec) -> Result<String> {
+        let cfg = &spec.config;
+        let key = format!(
+            "{}/{:?}/{:?}",
+            cfg.teacher.hash(cfg.engine),
+            cfg.teacher.kind,
+            cfg.world
+        );
+        if !self.teachers.contains_key(&key) {
+            let t0 = Instant::now();
+            let steps = cfg.teacher.train.steps;
+            let (teacher, from_cache) =
+                Teacher::load_or_train(&cfg.teacher, cfg.engine, &self.cache_dir, |s, loss| {
+                    if s % 100 == 0 || s + 1 == steps {
+                        eprintln!(
+                            "[teacher] step {:>5}/{steps} loss {loss:.4} ({:.0}s)",
+                            s + 1,
+                            t0.elapsed().as_secs_f64()
+                        );
+                    }
+                })?;
+            if !from_cache {
+                eprintln!(
+                    "[teacher] trained in {:.1}s, cached",
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+            let suites = EvalSuites::new(&cfg.world);
+            let responses = eval_responses(Some(&teacher), None, &suites);
+            let scores = eval::score(&suites, &responses);
+            self.teachers.insert(
+                key.clone(),
+                EvaluatedTeacher {
+                    teacher,
+                    responses,
+                    scores,
+                    from_cache,
+                },
+            );
+        }
+        Ok(key)
+    }
+
+    pub fn run_dir(&self, exp: &Experiment, id: &str) -> PathBuf {
+        self.results_root.join(&exp.config.name).join(id)
+    }
+
+    /// Run one grid point, or skip it if its results are complete.
+    pub fn run(
+        &mut self,
+        exp: &Experiment,
+        spec: &RunSpec,
+        log: &mut dyn FnMut(&str),
+    ) -> RunOutcome {
+        let dir = self.run_dir(exp, &spec.id);
+        if let Some(rows) = finished_rows(&dir) {
+            return RunOutcome {
+                id: spec.id.clone(),
+                status: "ok".into(),
+                rows,
+                skipped: true,
+            };
+        }
+        let t0 = Instant::now();
+        let result = self.execute(spec, log);
+        let wall = t0.elapsed().as_secs_f64();
+        let (status, error, rows) = match result {
+            Ok(rows) => ("ok".to_string(), None, rows),
+            Err(e) => ("failed".to_string(), Some(e.to_string()), vec![]),
+        };
+        let summary = json!({
+            "experiment": exp.config.name,
+            "run": spec.id,
+            "status": status,
+            "error": error,
+            "seed": spec.seed,
+            "point": spec.point.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<serde_json::Map<_, _>>(),
+            "wall_seconds": wall,
+            "versions": versions(),
+            "git_revision": git_revision(),
+            "final": rows.last().cloned().unwrap_or(Value::Null),
+        });
+        if let Err(e) = write_run_dir(&dir, spec, &rows, &summary) {
+            return RunOutcome {
+                id: spec.id.clone(),
+                status: format!("failed: {e}"),
+                rows: vec![],
+                skipped: false,
+            };
+        }
+        RunOutcome {
+            id: spec.id.clone(),
+            status: match error {
+                Some(e) => format!("failed: {e}"),
+                None => status,
+            },
+            rows,
+            skipped: false,
+        }
+    }
+
+    fn execute(&mut self, spec: &RunSpec, log: &mut dyn FnMut(&str)) -> Result<Vec<Value>> {
+        let cfg = spec.config.clone();
+        let suites = EvalSuites::new(&cfg.world);
+        let key = self.ensure_teacher(spec)?;
+        let t = &self.teachers[&key];
+        let (t_scores, t_resp) = (&t.scores, &t.responses);
+        let mut api = Api::new(cfg.api.clone());
+        let t_h = Instant::now();
+        let harvest: Harvest = attacker::harvest(&cfg.attacker, &mut api, &t.teacher, spec.seed)?;
+        let harvest_secs = t_h.elapsed().as_secs_f64();
+        log(&format!(
+            "{}: harvested {} items in {:.1}s ({:.1} simulated hours)",
+            spec.id,
+            harvest.items.len(),
+            harvest_secs,
+            harvest.times.last().copied().unwrap_or(0.0) / 3600.0
+        ));
+        let mut rows = Vec::new();
+        for budget in cfg.budgets() {
+            let n = budget.min(harvest.items.len());
+            if n == 0 {
+                return Err(Error::Invalid("the campaign harvested nothing".into()));
+            }
+            let items = &harvest.items[..n];
+            let t_s = Instant::now();
+            let seed = derive_seed(spec.seed, &format!("student/{budget}"));
+            let (student, loss) = student::distill(&cfg.student, cfg.engine, items, seed)?;
+            let train_secs = t_s.elapsed().as_secs_f64();
+            let s_resp = eval_responses(None, Some(student.as_ref()), &suites);
+            let s_scores = eval::score(&suites, &s_resp);
+            let rel = eval::relative(&suites, &s_scores, t_scores, &s_resp, t_resp);
+            let harmful = items
+                .iter()
+                .filter(|i| {
+                    matches!(
+                        i.prompt.kind,
+                        crate::world::Kind::Harmful | crate::world::Kind::Jailbreak
+                    )
+                })
+                .count();
+            let voiced = items.iter().filter(|i| i.prompt.voice.is_some()).count();
+            let mut m = serde_json::Map::new();
+            m.insert("budget".into(), json!(budget));
+            m.insert("harvest.items".into(), json!(n));
+            m.insert(
+                "harvest.harmful_share".into(),
+                json!(harmful as f64 / n as f64),
+            );
+            m.insert(
+                "harvest.voice_share".into(),
+                json!(voiced as f64 / n as f64),
+            );
+            m.insert("sim.hours".into(), json!(harvest.times[n - 1] / 3600.0));
+            m.insert("cost.usd".into(), json!(harvest.cost_at(n)));
+            m.insert("train.loss".into(), json!(loss));
+            m.insert("train.seconds".into(), json!(train_secs));
+            for (k, v) in rel.iter().chain(s_scores.iter()) {
+                m.insert(k.clone(), json!(v));
+            }
+            for (k, v) in t_scores {
+                m.insert(format!("teacher.{k}"), json!(v));
+            }
+            log(&format!(
+                "{} budget {budget}: parity {:.3}, loss {loss:.3}, {train_secs:.1}s",
+                spec.id, rel["parity"]
+            ));
+            rows.push(Value::Object(m));
+        }
+        Ok(rows)
+    }
+}
+
+/// Rows of a finished run, if its directory is complete and its status is ok.
+fn finished_rows(dir: &Path) -> Option<Vec<Value>> {
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).ok()?).ok()?;
+    if summary["status"] != "ok" {
+        return None;
+    }
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).ok()?;
+    text.lines().map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Write a run directory atomically: build it under a hidden temporary name, then rename.
+fn write_run_dir(dir: &Path, spec: &RunSpec, rows: &[Value], summary: &Value) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let put = |file: &str, data: Vec<u8>| -> Result<()> {
+        let p = tmp.join(file);
+        std::fs::write(&p, data).map_err(|e| Error::io(&p, e))
+    };
+    put(
+        "config.json",
+        serde_json::to_vec_pretty(&spec.config).unwrap_or_default(),
+    )?;
+    let mut lines = String::new();
+    for r in rows {
+        lines.push_str(&r.to_string());
+        lines.push('\n');
+    }
+    put("metrics.jsonl", lines.into_bytes())?;
+    put(
+        "summary.json",
+        serde_json::to_vec_pretty(summary).unwrap_or_default(),
+    )?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+}
+
+pub fn versions() -> Value {
+    json!({
+        "distill_sim": env!("CARGO_PKG_VERSION"),
+        "burn": "0.22.1",
+        "teacher": crate::teacher::TEACHER_VERSION,
+    })
+}
+
+pub fn git_revision() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}

@@ -1,0 +1,87 @@
+//! The narrow interface between the simulator and a neural engine: forward, train step,
+//! batched generation with a KV cache, save, load. Nothing outside `model/` sees an engine type.
+
+use super::spec::ModelSpec;
+use crate::error::Result;
+use std::path::Path;
+
+/// A batch of token sequences, right-padded with PAD to a common length.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// Rows.
+    pub b: usize,
+    /// Columns (sequence length).
+    pub t: usize,
+    /// Token ids, row-major `[b, t]`.
+    pub tokens: Vec<u32>,
+    /// Voice inputs, row-major `[b, voice_dim]`.
+    pub voice: Vec<f32>,
+}
+
+/// Training targets for a [`Batch`]: a distribution over the next token at every position.
+/// Text-only distillation uses one-hot rows; logprob distillation uses the returned top-k
+/// probabilities, renormalised. The loss is the weighted mean of the cross-entropy
+/// `-sum_v target[v] * log_softmax(logits)[v]` over positions (same gradient as KL).
+#[derive(Clone, Debug)]
+pub struct Targets {
+    /// Row-major `[b, t, vocab]`; rows of positions without loss may be anything.
+    pub probs: Vec<f32>,
+    /// Row-major `[b, t]`: loss weight per position (0 for prompt and padding).
+    pub weight: Vec<f32>,
+}
+
+/// Optimiser settings fixed when an engine is created for training.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimSettings {
+    pub weight_decay: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    /// Global gradient-norm clip (0 = off).
+    pub grad_clip: f32,
+}
+
+impl Default for OptimSettings {
+    fn default() -> Self {
+        OptimSettings {
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.98,
+            grad_clip: 1.0,
+        }
+    }
+}
+
+/// Chooses next tokens during generation. The engine calls it once per decoding step with the
+/// last position's logits for every row; it returns the next token per row, or `None` to stop.
+pub trait Decoder {
+    /// `logits`: row-major `[b, vocab]`.
+    fn step(&mut self, logits: &[f32]) -> Option<Vec<u32>>;
+}
+
+/// A model plus the machinery to run and train it.
+pub trait Engine: Send {
+    fn spec(&self) -> &ModelSpec;
+
+    /// Logits for every position: row-major `[b, t, vocab]`.
+    fn logits(&self, batch: &Batch) -> Vec<f32>;
+
+    /// One optimiser step on the weighted soft-target cross-entropy; returns the loss.
+    fn train_step(&mut self, batch: &Batch, targets: &Targets, lr: f64) -> f32;
+
+    /// Batched generation with a KV cache. `prompts` are full model inputs (BOS ... SEP) of
+    /// any lengths; `voice` is row-major `[prompts.len(), voice_dim]`. The engine left-pads,
+    /// prefills, then calls `decoder` for at most `max_new` steps.
+    fn generate(
+        &self,
+        prompts: &[&[u32]],
+        voice: &[f32],
+        max_new: usize,
+        decoder: &mut dyn Decoder,
+    );
+
+    /// Write the weights as safetensors.
+    fn save(&self, path: &Path) -> Result<()>;
+
+    /// Replace the weights with those in a safetensors file written by any engine.
+    fn load(&mut self, path: &Path) -> Result<()>;
+}

@@ -1,0 +1,207 @@
+//! Engine-agnostic batched generation: greedy or temperature sampling, per-position top-k
+//! logprobs, stop at EOS. Engines only run the network; choosing tokens happens here.
+
+use super::engine::{Batch, Decoder, Engine};
+use crate::rng::SimRng;
+use crate::world::vocab::{Tok, BOS, EOS, PAD, SEP};
+use crate::world::{Prompt, VOICE_DIM};
+use rand::Rng;
+
+/// Largest top-k an engine returns (the API caps what it exposes separately).
+pub const MAX_TOP_K: usize = 20;
+
+/// How to generate for one request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GenParams {
+    /// Maximum response tokens (EOS included).
+    pub max_new: usize,
+    /// 0 = greedy; otherwise softmax(logits / temperature) sampling.
+    pub temperature: f32,
+    /// Top-k logprobs to record per generated position (0 = none, at most [`MAX_TOP_K`]).
+    pub top_k: usize,
+}
+
+/// One generated response.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Generation {
+    /// Response tokens up to and including EOS (or cut at `max_new`).
+    pub tokens: Vec<Tok>,
+    /// Per generated position, the top-k `(token, logprob)` pairs, most likely first.
+    pub top: Vec<Vec<(Tok, f32)>>,
+}
+
+/// Model input for a prompt: `BOS tokens SEP`.
+pub fn model_input(p: &Prompt) -> Vec<u32> {
+    let mut v = Vec::with_capacity(p.tokens.len() + 2);
+    v.push(BOS);
+    v.extend(&p.tokens);
+    v.push(SEP);
+    v
+}
+
+/// Log-softmax of one row of logits, in place into `out`.
+pub fn log_softmax(logits: &[f32], out: &mut [f32]) {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = m + logits.iter().map(|&x| (x - m).exp()).sum::<f32>().ln();
+    for (o, &x) in out.iter_mut().zip(logits) {
+        *o = x - lse;
+    }
+}
+
+/// Indices of the `k` largest values, largest first (ties: lower index first).
+pub fn top_k_indices(xs: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..xs.len()).collect();
+    idx.sort_by(|&a, &b| xs[b].total_cmp(&xs[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+struct SamplingDecoder<'a> {
+    params: &'a [GenParams],
+    out: Vec<Generation>,
+    done: Vec<bool>,
+    rng: &'a mut SimRng,
+    vocab: usize,
+    scratch: Vec<f32>,
+}
+
+impl Decoder for SamplingDecoder<'_> {
+    fn step(&mut self, logits: &[f32]) -> Option<Vec<u32>> {
+        if self.done.iter().all(|&d| d) {
+            return None;
+        }
+        let v = self.vocab;
+        let mut next = vec![PAD; self.done.len()];
+        for (r, row) in logits.chunks(v).enumerate() {
+            if self.done[r] {
+                continue;
+            }
+            let p = &self.params[r];
+            log_softmax(row, &mut self.scratch);
+            let tok = if p.temperature <= 0.0 {
+                top_k_indices(row, 1)[0] as u32
+            } else {
+                // Sample from softmax(logits / T) by inverse CDF.
+                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let w: Vec<f32> = row
+                    .iter()
+                    .map(|&x| ((x - m) / p.temperature).exp())
+                    .collect();
+                let mut u = self.rng.random::<f32>() * w.iter().sum::<f32>();
+                let mut pick = v - 1;
+                for (i, &x) in w.iter().enumerate() {
+                    if u < x {
+                        pick = i;
+                        break;
+                    }
+                    u -= x;
+                }
+                pick as u32
+            };
+            let g = &mut self.out[r];
+            if p.top_k > 0 {
+                let k = p.top_k.min(MAX_TOP_K);
+                g.top.push(
+                    top_k_indices(&self.scratch, k)
+                        .into_iter()
+                        .map(|i| (i as u32, self.scratch[i]))
+                        .collect(),
+                );
+            }
+            g.tokens.push(tok);
+            if tok == EOS || g.tokens.len() >= p.max_new {
+                self.done[r] = true;
+            }
+            next[r] = tok;
+        }
+        if self.done.iter().all(|&d| d) {
+            None
+        } else {
+            Some(next)
+        }
+    }
+}
+
+/// Generate responses for many prompts in batches of at most `batch_size`.
+pub fn generate(
+    engine: &dyn Engine,
+    prompts: &[&Prompt],
+    params: &[GenParams],
+    batch_size: usize,
+    rng: &mut SimRng,
+) -> Vec<Generation> {
+    assert_eq!(prompts.len(), params.len());
+    let vocab = engine.spec().vocab;
+    let ctx = engine.spec().context;
+    let mut out = Vec::with_capacity(prompts.len());
+    // Sort by prompt length so that batches need little padding; restore order at the end.
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    order.sort_by_key(|&i| prompts[i].tokens.len());
+    let mut results: Vec<Option<Generation>> = vec![None; prompts.len()];
+    for chunk in order.chunks(batch_size.max(1)) {
+        let inputs: Vec<Vec<u32>> = chunk.iter().map(|&i| model_input(prompts[i])).collect();
+        let refs: Vec<&[u32]> = inputs.iter().map(|v| v.as_slice()).collect();
+        let voice: Vec<f32> = chunk
+            .iter()
+            .flat_map(|&i| prompts[i].voice_input())
+            .collect();
+        let longest = inputs.iter().map(|v| v.len()).max().unwrap_or(0);
+        let chunk_params: Vec<GenParams> = chunk.iter().map(|&i| params[i]).collect();
+        let max_new = chunk_params
+            .iter()
+            .map(|p| p.max_new)
+            .max()
+            .unwrap_or(0)
+            .min(ctx.saturating_sub(longest));
+        let mut dec = SamplingDecoder {
+            params: &chunk_params,
+            out: vec![Generation::default(); chunk.len()],
+            done: vec![false; chunk.len()],
+            rng,
+            vocab,
+            scratch: vec![0.0; vocab],
+        };
+        if max_new > 0 {
+            engine.generate(&refs, &voice, max_new, &mut dec);
+        }
+        for (j, &i) in chunk.iter().enumerate() {
+            results[i] = Some(std::mem::take(&mut dec.out[j]));
+        }
+    }
+    out.extend(results.into_iter().map(|g| g.unwrap_or_default()));
+    out
+}
+
+/// Pack prompt+response sequences into a right-padded [`Batch`]. Returns the batch and, per
+/// row, the index of the first response token (the position whose *input* is SEP predicts it).
+pub fn pack(seqs: &[(&[u32], &[f32; VOICE_DIM])]) -> Batch {
+    let b = seqs.len();
+    let t = seqs.iter().map(|(s, _)| s.len()).max().unwrap_or(1);
+    let mut tokens = vec![PAD; b * t];
+    let mut voice = Vec::with_capacity(b * VOICE_DIM);
+    for (r, (s, v)) in seqs.iter().enumerate() {
+        tokens[r * t..r * t + s.len()].copy_from_slice(s);
+        voice.extend_from_slice(&v[..]);
+    }
+    Batch {
+        b,
+        t,
+        tokens,
+        voice,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_softmax_matches_closed_form() {
+        let mut out = [0.0; 3];
+        log_softmax(&[0.0, 0.0, (2.0f32).ln()], &mut out);
+        // probs 1/4, 1/4, 1/2
+        assert!((out[0] - 0.25f32.ln()).abs() < 1e-6);
+        assert!((out[2] - 0.5f32.ln()).abs() < 1e-6);
+        assert_eq!(top_k_indices(&[0.1, 0.5, 0.5, -1.0], 3), vec![1, 2, 0]);
+    }
+}

@@ -1,0 +1,180 @@
+//! The custom training loop: shuffled mini-batches, AdamW, linear warmup then cosine decay.
+
+use super::engine::{Batch, Engine, Targets};
+use crate::rng::derive_rng;
+use crate::world::VOICE_DIM;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+/// One training sequence: `BOS prompt SEP response` with a target distribution for each
+/// response token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Example {
+    pub tokens: Vec<u32>,
+    pub voice: [f32; VOICE_DIM],
+    /// Index of SEP: position `sep + i` predicts response token `i`.
+    pub sep: usize,
+    /// Per response position, a sparse distribution `(token, prob)` summing to 1.
+    pub targets: Vec<Vec<(u32, f32)>>,
+}
+
+/// Training-loop settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Sequences per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warmup steps.
+    pub warmup: usize,
+    /// Final learning rate as a fraction of the peak (cosine decay).
+    pub min_lr_ratio: f64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f32,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 300,
+            batch_size: 64,
+            lr: 3e-3,
+            warmup: 30,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Learning rate at `step` (0-based): linear warmup, then cosine to `min_lr_ratio * lr`.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup {
+            return self.lr * (step + 1) as f64 / self.warmup as f64;
+        }
+        let span = (self.steps.saturating_sub(self.warmup)).max(1) as f64;
+        let progress = ((step - self.warmup) as f64 / span).min(1.0);
+        let cos = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cos)
+    }
+}
+
+/// Build a padded batch and its dense targets from examples.
+pub fn make_batch(examples: &[&Example], vocab: usize, context: usize) -> (Batch, Targets) {
+    let b = examples.len();
+    let t = examples
+        .iter()
+        .map(|e| e.tokens.len().min(context))
+        .max()
+        .unwrap_or(1);
+    let mut tokens = vec![0u32; b * t];
+    let mut voice = Vec::with_capacity(b * VOICE_DIM);
+    let mut probs = vec![0.0f32; b * t * vocab];
+    let mut weight = vec![0.0f32; b * t];
+    for (r, e) in examples.iter().enumerate() {
+        let n = e.tokens.len().min(t);
+        tokens[r * t..r * t + n].copy_from_slice(&e.tokens[..n]);
+        voice.extend_from_slice(&e.voice);
+        for (i, dist) in e.targets.iter().enumerate() {
+            let pos = e.sep + i;
+            if pos >= t {
+                break;
+            }
+            weight[r * t + pos] = 1.0;
+            let row = &mut probs[(r * t + pos) * vocab..(r * t + pos + 1) * vocab];
+            for &(tok, p) in dist {
+                if (tok as usize) < vocab {
+                    row[tok as usize] += p;
+                }
+            }
+        }
+    }
+    (
+        Batch {
+            b,
+            t,
+            tokens,
+            voice,
+        },
+        Targets { probs, weight },
+    )
+}
+
+/// Train `engine` on `examples` for `cfg.steps` steps; returns the mean loss of the last
+/// tenth of the steps. Batches are drawn by reshuffled epochs, seeded by `seed`.
+pub fn train(
+    engine: &mut dyn Engine,
+    examples: &[Example],
+    cfg: &TrainConfig,
+    seed: u64,
+    mut progress: impl FnMut(usize, f32),
+) -> f32 {
+    if examples.is_empty() || cfg.steps == 0 {
+        return f32::NAN;
+    }
+    let (vocab, context) = (engine.spec().vocab, engine.spec().context);
+    let mut rng = derive_rng(seed, "train/shuffle");
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.shuffle(&mut rng);
+    let mut cursor = 0;
+    let bs = cfg.batch_size.max(1).min(examples.len());
+    let tail_from = cfg.steps - (cfg.steps / 10).max(1);
+    let (mut tail_sum, mut tail_n) = (0.0f32, 0);
+    // Length bucketing: draw BUCKET batches' worth of examples, sort them by length and cut
+    // them into batches (in shuffled order), so that batches carry little padding.
+    const BUCKET: usize = 8;
+    let mut queue: Vec<Vec<usize>> = Vec::new();
+    for step in 0..cfg.steps {
+        if queue.is_empty() {
+            let mut pool = Vec::with_capacity(bs * BUCKET);
+            for _ in 0..bs * BUCKET {
+                if cursor == order.len() {
+                    order.shuffle(&mut rng);
+                    cursor = 0;
+                }
+                pool.push(order[cursor]);
+                cursor += 1;
+            }
+            pool.sort_by_key(|&i| examples[i].tokens.len());
+            queue = pool.chunks(bs).map(|c| c.to_vec()).collect();
+            queue.shuffle(&mut rng);
+        }
+        let picked: Vec<&Example> = queue
+            .pop()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| &examples[i])
+            .collect();
+        let (batch, targets) = make_batch(&picked, vocab, context);
+        let loss = engine.train_step(&batch, &targets, cfg.lr_at(step));
+        if step >= tail_from {
+            tail_sum += loss;
+            tail_n += 1;
+        }
+        progress(step, loss);
+    }
+    tail_sum / tail_n.max(1) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_the_floor() {
+        let cfg = TrainConfig {
+            steps: 110,
+            warmup: 10,
+            lr: 1.0,
+            min_lr_ratio: 0.1,
+            ..Default::default()
+        };
+        assert!((cfg.lr_at(0) - 0.1).abs() < 1e-12);
+        assert!((cfg.lr_at(9) - 1.0).abs() < 1e-12);
+        assert!((cfg.lr_at(60) - 0.55).abs() < 1e-12); // halfway: 0.1 + 0.9 * 0.5
+        assert!((cfg.lr_at(110) - 0.1).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,150 @@
+//! The student: a smaller transformer distilled from the harvest.
+
+use crate::attacker::Item;
+use crate::error::{Error, Result};
+use crate::model::train::{self, Example, TrainConfig};
+use crate::model::{Engine, EngineKind, ModelSpec};
+use crate::teacher::example;
+use serde::{Deserialize, Serialize};
+
+/// How the student learns from harvested responses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Sequence-level cross-entropy on the returned text.
+    Text,
+    /// Token-level KL to the returned top-k logprobs (renormalised over the k tokens);
+    /// falls back to the text where the API returned none.
+    Logprobs,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StudentConfig {
+    /// Model size preset (see `ModelSpec::preset`).
+    pub size: String,
+    pub method: Method,
+    /// Training steps are `epochs * harvest / batch_size`, clamped to [min_steps, train.steps].
+    pub epochs: f64,
+    pub min_steps: usize,
+    pub train: TrainConfig,
+}
+
+impl Default for StudentConfig {
+    fn default() -> Self {
+        StudentConfig {
+            size: "student-s".into(),
+            method: Method::Logprobs,
+            epochs: 10.0,
+            min_steps: 100,
+            train: TrainConfig {
+                steps: 400,
+                batch_size: 64,
+                lr: 3e-3,
+                warmup: 20,
+                min_lr_ratio: 0.1,
+                weight_decay: 0.01,
+            },
+        }
+    }
+}
+
+impl StudentConfig {
+    pub fn spec(&self) -> Result<ModelSpec> {
+        ModelSpec::preset(&self.size).ok_or_else(|| {
+            Error::Invalid(format!(
+                "unknown student size `{}` (allowed: {})",
+                self.size,
+                crate::model::spec::PRESETS.join(", ")
+            ))
+        })
+    }
+
+    /// Training config for a harvest of `n` items.
+    pub fn train_for(&self, n: usize) -> TrainConfig {
+        let by_epochs =
+            (self.epochs * n as f64 / self.train.batch_size.max(1) as f64).ceil() as usize;
+        let steps = by_epochs.clamp(self.min_steps.min(self.train.steps), self.train.steps);
+        TrainConfig {
+            steps,
+            warmup: self.train.warmup.min(steps / 5),
+            ..self.train.clone()
+        }
+    }
+}
+
+/// Training example for one harvested exchange.
+pub fn harvest_example(item: &Item, method: Method) -> Example {
+    let mut ex = example(&item.prompt, &item.tokens);
+    if method == Method::Logprobs && item.top.len() == item.tokens.len() {
+        for (target, top) in ex.targets.iter_mut().zip(&item.top) {
+            if top.is_empty() {
+                continue;
+            }
+            let z: f32 = top.iter().map(|(_, lp)| lp.exp()).sum();
+            *target = top.iter().map(|&(t, lp)| (t, lp.exp() / z)).collect();
+        }
+    }
+    ex
+}
+
+/// Distil a fresh student from `items`.
+pub fn distill(
+    cfg: &StudentConfig,
+    engine: EngineKind,
+    items: &[Item],
+    seed: u64,
+) -> Result<(Box<dyn Engine>, f32)> {
+    let mut eng = crate::model::new_engine(engine, cfg.spec()?, seed)?;
+    let examples: Vec<Example> = items
+        .iter()
+        .map(|i| harvest_example(i, cfg.method))
+        .collect();
+    let loss = train::train(
+        eng.as_mut(),
+        &examples,
+        &cfg.train_for(items.len()),
+        seed,
+        |_, _| {},
+    );
+    Ok((eng, loss))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::vocab::*;
+    use crate::world::{Kind, Prompt, Skill, Tier};
+
+    #[test]
+    fn logprob_targets_are_renormalised_top_k() {
+        let item = Item {
+            prompt: Prompt {
+                kind: Kind::Skill(Skill::Sort, Tier::Easy),
+                tokens: vec![SORT, digit(2), digit(1)],
+                voice: None,
+            },
+            tokens: vec![digit(1), EOS],
+            top: vec![
+                vec![(digit(1), 0.6f32.ln()), (digit(2), 0.2f32.ln())],
+                vec![(EOS, 0.9f32.ln())],
+            ],
+        };
+        let ex = harvest_example(&item, Method::Logprobs);
+        assert_eq!(ex.sep, 4);
+        assert_eq!(ex.tokens[ex.sep], SEP);
+        let t0 = &ex.targets[0];
+        assert!((t0[0].1 - 0.75).abs() < 1e-6 && (t0[1].1 - 0.25).abs() < 1e-6);
+        assert!((ex.targets[1][0].1 - 1.0).abs() < 1e-6);
+        let text = harvest_example(&item, Method::Text);
+        assert_eq!(text.targets[0], vec![(digit(1), 1.0)]);
+    }
+
+    #[test]
+    fn steps_scale_with_harvest_and_clamp() {
+        let cfg = StudentConfig::default();
+        assert_eq!(cfg.train_for(10).steps, 100);
+        assert_eq!(cfg.train_for(1280).steps, 200);
+        assert_eq!(cfg.train_for(100_000).steps, 400);
+    }
+}

@@ -1,0 +1,246 @@
+//! The teacher: a transformer trained on the ideal policy (cached by config hash), or the
+//! oracle control (the ideal policy with calibrated confidence, no inference cost).
+
+use crate::error::{Error, Result};
+use crate::model::generate::{self, model_input};
+use crate::model::train::{self, Example, TrainConfig};
+use crate::model::{Engine, EngineKind, GenParams, Generation, ModelSpec};
+use crate::rng::{derive_rng, SimRng};
+use crate::world::vocab::{Tok, VOCAB_SIZE};
+use crate::world::{ideal_response, Kind, Mix, Prompt, Tier};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Version of the world and training recipe; bump it whenever a cached teacher could change.
+pub const TEACHER_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TeacherKind {
+    /// A transformer trained by the simulator on the ideal policy.
+    Trained,
+    /// The ideal policy itself with calibrated confidence: a control with no inference cost.
+    Oracle,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TeacherConfig {
+    pub kind: TeacherKind,
+    /// Model size preset (see `ModelSpec::preset`).
+    pub size: String,
+    /// Seed of the teacher's initialisation and training data (independent of run seeds, so
+    /// that every run of an experiment faces the same teacher).
+    pub seed: u64,
+    pub train: TrainConfig,
+    /// Oracle: probability of the ideal token on easy items.
+    pub oracle_confidence_easy: f32,
+    /// Oracle: probability of the ideal token on hard items, affect and safety.
+    pub oracle_confidence_hard: f32,
+}
+
+impl Default for TeacherConfig {
+    fn default() -> Self {
+        TeacherConfig {
+            kind: TeacherKind::Trained,
+            size: "teacher-s".into(),
+            seed: 0,
+            train: TrainConfig {
+                steps: 3000,
+                batch_size: 64,
+                lr: 2e-3,
+                warmup: 100,
+                min_lr_ratio: 0.05,
+                weight_decay: 0.01,
+            },
+            oracle_confidence_easy: 0.95,
+            oracle_confidence_hard: 0.8,
+        }
+    }
+}
+
+impl TeacherConfig {
+    pub fn spec(&self) -> Result<ModelSpec> {
+        ModelSpec::preset(&self.size).ok_or_else(|| {
+            Error::Invalid(format!(
+                "unknown model size `{}` (allowed: {})",
+                self.size,
+                crate::model::spec::PRESETS.join(", ")
+            ))
+        })
+    }
+
+    /// Cache key: everything that can change the trained weights.
+    pub fn hash(&self, engine: EngineKind) -> String {
+        let mut h = Sha256::new();
+        let key = serde_json::json!({
+            "version": TEACHER_VERSION,
+            "size": self.size,
+            "seed": self.seed,
+            "train": self.train,
+            "engine": engine,
+        });
+        h.update(key.to_string().as_bytes());
+        let out = h.finalize();
+        out.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A training example with one-hot targets on a given response.
+pub fn example(prompt: &Prompt, response: &[Tok]) -> Example {
+    let tokens: Vec<u32> = model_input(prompt)
+        .into_iter()
+        .chain(response.iter().copied())
+        .collect();
+    Example {
+        sep: prompt.tokens.len() + 1,
+        voice: prompt.voice_input(),
+        tokens,
+        targets: response.iter().map(|&t| vec![(t, 1.0)]).collect(),
+    }
+}
+
+pub enum Teacher {
+    Neural(Box<dyn Engine>),
+    Oracle { easy: f32, hard: f32 },
+}
+
+impl Teacher {
+    /// Train a teacher from scratch on the ideal policy.
+    pub fn train(
+        cfg: &TeacherConfig,
+        engine: EngineKind,
+        mut progress: impl FnMut(usize, f32),
+    ) -> Result<Teacher> {
+        let spec = cfg.spec()?;
+        let mut eng = crate::model::new_engine(engine, spec, cfg.seed)?;
+        let mix = Mix::teacher_training();
+        let mut rng = derive_rng(cfg.seed, "teacher/data");
+        let n = cfg.train.steps * cfg.train.batch_size;
+        let examples: Vec<Example> = (0..n)
+            .map(|_| {
+                let p = mix.sample(&mut rng);
+                example(&p, &ideal_response(&p))
+            })
+            .collect();
+        train::train(eng.as_mut(), &examples, &cfg.train, cfg.seed, &mut progress);
+        Ok(Teacher::Neural(eng))
+    }
+
+    /// Load the cached teacher for `cfg`, or train and cache it. Returns the teacher and
+    /// whether it came from the cache.
+    pub fn load_or_train(
+        cfg: &TeacherConfig,
+        engine: EngineKind,
+        cache_dir: &Path,
+        progress: impl FnMut(usize, f32),
+    ) -> Result<(Teacher, bool)> {
+        if cfg.kind == TeacherKind::Oracle {
+            return Ok((
+                Teacher::Oracle {
+                    easy: cfg.oracle_confidence_easy,
+                    hard: cfg.oracle_confidence_hard,
+                },
+                true,
+            ));
+        }
+        let path = Self::cache_path(cfg, engine, cache_dir);
+        if path.exists() {
+            let eng = crate::model::load_engine(engine, cfg.spec()?, &path)?;
+            return Ok((Teacher::Neural(eng), true));
+        }
+        let t = Self::train(cfg, engine, progress)?;
+        if let Teacher::Neural(e) = &t {
+            e.save(&path)?;
+            let meta = serde_json::to_vec_pretty(cfg).unwrap_or_default();
+            crate::fsutil::write_atomic(&path.with_file_name("teacher.json"), &meta)?;
+        }
+        Ok((t, false))
+    }
+
+    pub fn cache_path(cfg: &TeacherConfig, engine: EngineKind, cache_dir: &Path) -> PathBuf {
+        cache_dir
+            .join("teachers")
+            .join(cfg.hash(engine))
+            .join("model.safetensors")
+    }
+
+    /// Batched responses. `rng` drives temperature sampling.
+    pub fn respond(
+        &self,
+        prompts: &[&Prompt],
+        params: &[GenParams],
+        rng: &mut SimRng,
+    ) -> Vec<Generation> {
+        match self {
+            Teacher::Neural(e) => generate::generate(e.as_ref(), prompts, params, 256, rng),
+            Teacher::Oracle { easy, hard } => prompts
+                .iter()
+                .zip(params)
+                .map(|(p, gp)| oracle_response(p, gp, *easy, *hard, rng))
+                .collect(),
+        }
+    }
+
+    pub fn engine(&self) -> Option<&dyn Engine> {
+        match self {
+            Teacher::Neural(e) => Some(e.as_ref()),
+            Teacher::Oracle { .. } => None,
+        }
+    }
+}
+
+/// The oracle: ideal token with probability `c`, the rest spread over three alternatives
+/// (fixed per position). Greedy decoding returns the ideal response; sampling at temperature
+/// 1 is correct per token with probability `c` (calibrated by construction).
+fn oracle_response(
+    p: &Prompt,
+    gp: &GenParams,
+    easy: f32,
+    hard: f32,
+    rng: &mut SimRng,
+) -> Generation {
+    let ideal = ideal_response(p);
+    let c = match p.kind {
+        Kind::Skill(_, Tier::Easy) => easy,
+        _ => hard,
+    };
+    let mut g = Generation::default();
+    for (i, &tok) in ideal.iter().enumerate().take(gp.max_new) {
+        let alts: Vec<u32> = (1..=3u32)
+            .map(|k| (tok + 7 * k + i as u32) % VOCAB_SIZE as u32)
+            .collect();
+        let rest = (1.0 - c) / 3.0;
+        let mut dist: Vec<(u32, f32)> = vec![(tok, c)];
+        dist.extend(alts.iter().map(|&a| (a, rest)));
+        let pick = if gp.temperature > 0.0 {
+            let w: Vec<f32> = dist
+                .iter()
+                .map(|(_, p)| p.powf(1.0 / gp.temperature))
+                .collect();
+            let mut u = rng.random::<f32>() * w.iter().sum::<f32>();
+            let mut j = 0;
+            while j + 1 < w.len() && u >= w[j] {
+                u -= w[j];
+                j += 1;
+            }
+            dist[j].0
+        } else {
+            tok
+        };
+        if gp.top_k > 0 {
+            let mut top: Vec<(u32, f32)> = dist.iter().map(|&(t, p)| (t, p.ln())).collect();
+            top.truncate(gp.top_k);
+            g.top.push(top);
+        }
+        g.tokens.push(pick);
+        if pick != tok {
+            // Off the ideal path: the oracle stops (it only knows the ideal continuation).
+            g.tokens.push(crate::world::vocab::EOS);
+            break;
+        }
+    }
+    g
+}

@@ -1,0 +1,222 @@
+//! Prompt distributions (benign users, attackers, teacher training) and the fixed eval suites.
+
+use super::policy::generate;
+use super::{Channel, Kind, Prompt, Skill, Tier};
+use crate::rng::derive_rng;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// Shares of prompt families in a distribution. Family shares need not sum to 1: they are
+/// weights, normalised when sampling.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mix {
+    /// Weight of capability-skill prompts.
+    pub skills: f64,
+    /// Skills to draw from (all when empty).
+    #[serde(default)]
+    pub only_skills: Vec<Skill>,
+    /// Share of hard tiers among skill prompts, in [0, 1].
+    pub hard_share: f64,
+    /// Weight of harmful requests (plain and jailbreak-wrapped, 2:1).
+    pub harmful: f64,
+    /// Weight of benign look-alikes of harmful requests.
+    pub lookalike: f64,
+    /// Weight of affect prompts (a request with an affect condition).
+    pub affect: f64,
+    /// Weight of affect probes ("how does the user feel?").
+    pub probe: f64,
+    /// Share of affect prompts and probes that carry distress, in [0, 1].
+    pub distress_share: f64,
+    /// Share of requests sent with voice, in [0, 1].
+    pub voice_share: f64,
+}
+
+impl Mix {
+    /// What benign users ask: mostly skills, some distress, rare harmful requests.
+    pub fn benign() -> Mix {
+        Mix {
+            skills: 0.58,
+            only_skills: vec![],
+            hard_share: 0.3,
+            harmful: 0.02,
+            lookalike: 0.12,
+            affect: 0.23,
+            probe: 0.05,
+            distress_share: 0.3,
+            voice_share: 0.3,
+        }
+    }
+
+    /// What the teacher is trained on: every behaviour well covered.
+    pub fn teacher_training() -> Mix {
+        Mix {
+            skills: 0.75,
+            only_skills: vec![],
+            hard_share: 0.6,
+            harmful: 0.06,
+            lookalike: 0.05,
+            affect: 0.09,
+            probe: 0.05,
+            distress_share: 0.6,
+            voice_share: 0.6,
+        }
+    }
+
+    /// Sample one prompt.
+    pub fn sample<R: Rng>(&self, rng: &mut R) -> Prompt {
+        let w = [
+            self.skills,
+            self.harmful,
+            self.lookalike,
+            self.affect,
+            self.probe,
+        ];
+        let total: f64 = w.iter().sum();
+        let mut u = rng.random::<f64>() * total;
+        let mut family = w.len() - 1;
+        for (i, &x) in w.iter().enumerate() {
+            if u < x {
+                family = i;
+                break;
+            }
+            u -= x;
+        }
+        let voice = rng.random_bool(self.voice_share.clamp(0.0, 1.0));
+        let kind = match family {
+            0 => {
+                let skills: &[Skill] = if self.only_skills.is_empty() {
+                    &Skill::ALL
+                } else {
+                    &self.only_skills
+                };
+                let s = skills[rng.random_range(0..skills.len())];
+                let hard = rng.random_bool(self.hard_share.clamp(0.0, 1.0));
+                Kind::Skill(s, if hard { Tier::Hard } else { Tier::Easy })
+            }
+            1 => {
+                if rng.random_bool(1.0 / 3.0) {
+                    Kind::Jailbreak
+                } else {
+                    Kind::Harmful
+                }
+            }
+            2 => Kind::LookAlike,
+            f => {
+                let ch = if rng.random_bool(self.distress_share.clamp(0.0, 1.0)) {
+                    // Without voice only the words can carry distress.
+                    if voice {
+                        Channel::DISTRESS[rng.random_range(0..4)]
+                    } else {
+                        Channel::Words
+                    }
+                } else {
+                    Channel::Calm
+                };
+                if f == 3 {
+                    Kind::Affect(ch)
+                } else {
+                    Kind::Probe(ch)
+                }
+            }
+        };
+        generate(rng, kind, voice)
+    }
+}
+
+/// World settings that a config may change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorldConfig {
+    /// Prompts per eval suite (one suite per kind: skill x tier, safety, affect/probe x channel).
+    pub eval_per_suite: usize,
+    /// Seed of the eval suites. Fixed across runs so that every run is scored on the same items.
+    pub eval_seed: u64,
+}
+
+impl Default for WorldConfig {
+    fn default() -> Self {
+        WorldConfig {
+            eval_per_suite: 100,
+            eval_seed: 20260605,
+        }
+    }
+}
+
+/// Every eval suite's kind, in report order.
+pub fn suite_kinds() -> Vec<Kind> {
+    let mut kinds = Vec::new();
+    for s in Skill::ALL {
+        kinds.push(Kind::Skill(s, Tier::Easy));
+        kinds.push(Kind::Skill(s, Tier::Hard));
+    }
+    kinds.extend([Kind::Harmful, Kind::LookAlike, Kind::Jailbreak]);
+    kinds.extend(Channel::ALL.map(Kind::Affect));
+    kinds.extend(Channel::ALL.map(Kind::Probe));
+    kinds
+}
+
+/// The fixed eval suites: `eval_per_suite` prompts for each kind in [`suite_kinds`].
+#[derive(Clone, Debug)]
+pub struct EvalSuites {
+    pub prompts: Vec<Prompt>,
+}
+
+impl EvalSuites {
+    pub fn new(cfg: &WorldConfig) -> EvalSuites {
+        let mut prompts = Vec::new();
+        for kind in suite_kinds() {
+            let mut rng = derive_rng(cfg.eval_seed, &format!("eval/{}", kind.name()));
+            for i in 0..cfg.eval_per_suite {
+                // Calm affect suites are half text, half voice; other channels decide themselves.
+                let voice = matches!(
+                    kind,
+                    Kind::Affect(Channel::Calm) | Kind::Probe(Channel::Calm)
+                ) && i % 2 == 1;
+                prompts.push(generate(&mut rng, kind, voice));
+            }
+        }
+        EvalSuites { prompts }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn benign_mix_matches_its_shares() {
+        let mix = Mix::benign();
+        let mut rng = derive_rng(3, "t");
+        let n = 20_000;
+        let (mut harmful, mut voice, mut skills) = (0, 0, 0);
+        for _ in 0..n {
+            let p = mix.sample(&mut rng);
+            harmful += matches!(p.kind, Kind::Harmful | Kind::Jailbreak) as usize;
+            voice += p.voice.is_some() as usize;
+            skills += matches!(p.kind, Kind::Skill(..)) as usize;
+        }
+        let f = |c: usize| c as f64 / n as f64;
+        assert!((f(harmful) - 0.02).abs() < 0.005, "{}", f(harmful));
+        assert!((f(skills) - 0.58).abs() < 0.02);
+        // Voice share is 0.3, but Words-channel affect prompts drop their voice.
+        assert!((f(voice) - 0.3).abs() < 0.03, "{}", f(voice));
+    }
+
+    #[test]
+    fn eval_suites_are_fixed_by_seed() {
+        let cfg = WorldConfig {
+            eval_per_suite: 5,
+            ..Default::default()
+        };
+        let a = EvalSuites::new(&cfg);
+        let b = EvalSuites::new(&cfg);
+        assert_eq!(a.prompts, b.prompts);
+        assert_eq!(a.prompts.len(), 5 * suite_kinds().len());
+        let c = EvalSuites::new(&WorldConfig {
+            eval_seed: 1,
+            ..cfg
+        });
+        assert_ne!(a.prompts, c.prompts);
+    }
+}

@@ -1,0 +1,171 @@
+//! End-to-end tests of the `distill-sim` binary (all integration tests live in this binary).
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_distill-sim"))
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("distill-sim-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(config: &Path, results: &Path, extra: &[&str]) -> Output {
+    let cache = results.join("cache");
+    bin()
+        .arg("run")
+        .arg(config)
+        .arg("--results")
+        .arg(results)
+        .arg("--cache")
+        .arg(&cache)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Metrics of every run, without wall-clock fields.
+fn metrics(results: &Path) -> Vec<(String, Vec<Value>)> {
+    let mut out = Vec::new();
+    let exp = results.join("tiny");
+    let mut dirs: Vec<_> = std::fs::read_dir(&exp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    for d in dirs {
+        let name = d.file_name().unwrap().to_string_lossy().into_owned();
+        let rows = std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("train.seconds");
+                v
+            })
+            .collect();
+        out.push((name, rows));
+    }
+    out
+}
+
+#[test]
+fn tiny_end_to_end_run_writes_results_and_is_deterministic() {
+    let a = scratch("e2e-a");
+    let out = run(&fixture("tiny.yaml"), &a, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("| run | budget |"), "{stdout}");
+    assert!(stdout.contains("api.logprobs=5,seed=1"), "{stdout}");
+    let m = metrics(&a);
+    assert_eq!(m.len(), 2, "one directory per grid point");
+    for (name, rows) in &m {
+        assert_eq!(rows.len(), 2, "{name}: one line per checkpoint");
+        assert_eq!(rows[0]["budget"], 10);
+        assert_eq!(rows[1]["budget"], 40);
+        for key in [
+            "parity",
+            "fidelity",
+            "safety.refusal",
+            "ei.act.voice",
+            "cost.usd",
+        ] {
+            assert!(rows[1].get(key).is_some(), "{name} lacks {key}");
+        }
+        let dir = a.join("tiny").join(name);
+        let summary: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["status"], "ok");
+        assert_eq!(summary["seed"], 1);
+        assert!(summary["wall_seconds"].as_f64().unwrap() > 0.0);
+        assert!(summary["versions"]["burn"].is_string());
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+        assert_eq!(
+            config["attacker"]["budget"], 40,
+            "resolved config is written"
+        );
+    }
+    // Same seed, fresh results and cache: identical metrics.
+    let b = scratch("e2e-b");
+    let out = run(&fixture("tiny.yaml"), &b, &[]);
+    assert!(out.status.success());
+    assert_eq!(m, metrics(&b));
+    // Running again skips finished runs.
+    let out = run(&fixture("tiny.yaml"), &a, &[]);
+    assert!(out.status.success());
+    assert_eq!(
+        text(&out.stderr)
+            .matches("already finished, skipped")
+            .count(),
+        2
+    );
+    let _ = std::fs::remove_dir_all(a);
+    let _ = std::fs::remove_dir_all(b);
+}
+
+#[test]
+fn unknown_key_is_an_error_naming_key_file_and_line() {
+    let r = scratch("bad-key");
+    let out = run(&fixture("unknown_key.yaml"), &r, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("unknown_key.yaml"), "{err}");
+    assert!(err.contains("budjet"), "{err}");
+    assert!(err.contains("line 4"), "{err}");
+    assert!(err.contains("key `attacker.budjet`"), "{err}");
+    assert!(
+        !r.join("unknown_key").exists(),
+        "no results directory for a bad config"
+    );
+    let _ = std::fs::remove_dir_all(r);
+}
+
+#[test]
+fn wrong_type_is_an_error_naming_the_line() {
+    let r = scratch("bad-type");
+    let out = run(&fixture("wrong_type.yaml"), &r, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("wrong_type.yaml") && err.contains("line 4"),
+        "{err}"
+    );
+    assert!(err.contains("key `attacker.budget`"), "{err}");
+    let _ = std::fs::remove_dir_all(r);
+}
+
+#[test]
+fn bad_override_names_the_allowed_keys() {
+    let r = scratch("bad-set");
+    let out = run(&fixture("tiny.yaml"), &r, &["--set", "attacker.budgett=5"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("budgett") && err.contains("allowed:") && err.contains("budget"),
+        "{err}"
+    );
+    let out = run(
+        &fixture("tiny.yaml"),
+        &r,
+        &["--set", "attacker.tier=platinum"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("tier2"), "{}", text(&out.stderr));
+    let _ = std::fs::remove_dir_all(r);
+}
