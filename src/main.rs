@@ -31,6 +31,15 @@ struct Common {
     /// Cache of trained teachers.
     #[arg(long, default_value = "results/.cache")]
     cache: PathBuf,
+    /// Runs in parallel, as worker processes (default: the number of cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Run only the i-th of n deterministic slices of the runs, e.g. `--shard 0/2`.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
+    /// Internal: a worker process's slice (set by the parent process).
+    #[arg(long, hide = true)]
+    worker: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -74,38 +83,106 @@ fn overrides(set: &[String]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// `i/n`: the i-th of n deterministic slices (runs whose index is i mod n).
+fn parse_slice(s: &str) -> Result<(usize, usize)> {
+    let (i, n) = s.split_once('/').context("expected i/n, e.g. 0/2")?;
+    let (i, n): (usize, usize) = (i.trim().parse()?, n.trim().parse()?);
+    anyhow::ensure!(n > 0 && i < n, "slice {i}/{n}: need 0 <= i < n");
+    Ok((i, n))
+}
+
 fn run(config_path: PathBuf, common: Common) -> Result<ExitCode> {
     let exp = config::load(&config_path, &overrides(&common.set)?)?;
+    let mut runs: Vec<(usize, &config::RunSpec)> = exp.runs.iter().enumerate().collect();
+    for slice in [&common.shard, &common.worker].into_iter().flatten() {
+        let (i, n) = parse_slice(slice)?;
+        runs = runs
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| k % n == i)
+            .map(|(_, r)| r)
+            .collect();
+    }
     let mut runner = Runner::new(common.results.clone(), common.cache.clone());
-    eprintln!(
-        "[run] {}: {} runs x {} checkpoints",
-        exp.config.name,
-        exp.runs.len(),
-        exp.config.budgets().len()
-    );
+    let total = exp.runs.len();
+    if common.worker.is_none() {
+        eprintln!(
+            "[run] {}: {} of {total} runs x {} checkpoints",
+            exp.config.name,
+            runs.len(),
+            exp.config.budgets().len()
+        );
+    }
+    let specs: Vec<_> = runs.iter().map(|(_, r)| (*r).clone()).collect();
+    runner.prepare(&specs)?;
+    let jobs = common
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, runs.len().max(1));
+    if jobs > 1 && common.worker.is_none() {
+        // Independent runs go to worker processes (the engine serialises threads).
+        let exe = std::env::current_exe()?;
+        let children: Vec<_> = (0..jobs)
+            .map(|k| {
+                let mut cmd = std::process::Command::new(&exe);
+                cmd.arg("run").arg(&config_path);
+                for s in &common.set {
+                    cmd.arg("--set").arg(s);
+                }
+                if let Some(s) = &common.shard {
+                    cmd.arg("--shard").arg(s);
+                }
+                cmd.arg("--results")
+                    .arg(&common.results)
+                    .arg("--cache")
+                    .arg(&common.cache);
+                cmd.arg("--jobs")
+                    .arg("1")
+                    .arg("--worker")
+                    .arg(format!("{k}/{jobs}"));
+                cmd.stdout(std::process::Stdio::null());
+                cmd.spawn().context("starting a worker process")
+            })
+            .collect::<Result<_>>()?;
+        for mut c in children {
+            c.wait()?;
+        }
+    } else {
+        for (n, (i, spec)) in runs.iter().enumerate() {
+            let log = |msg: &str| eprintln!("[run {}/{total}] {msg}", i + 1);
+            let outcome = runner.run(&exp, spec, &log);
+            if outcome.skipped {
+                log(&format!("{}: already finished, skipped", outcome.id));
+            } else if outcome.status == "ok" {
+                log(&format!(
+                    "{}: done ({} of {} in this process)",
+                    outcome.id,
+                    n + 1,
+                    runs.len()
+                ));
+            } else {
+                log(&format!("{}: {}", outcome.id, outcome.status));
+            }
+        }
+    }
+    if common.worker.is_some() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The table is read back from the results files, whichever process wrote them.
     let mut rows = Vec::new();
     let mut failed = 0;
-    let total = exp.runs.len();
-    for (i, spec) in exp.runs.iter().enumerate() {
-        let outcome = runner.run(&exp, spec, &mut |msg| {
-            eprintln!("[run {}/{total}] {msg}", i + 1)
-        });
-        if outcome.skipped {
-            eprintln!(
-                "[run {}/{total}] {}: already finished, skipped",
-                i + 1,
-                outcome.id
-            );
+    for (_, spec) in &runs {
+        match distill_sim::experiment::run::finished_rows(&runner.run_dir(&exp, &spec.id)) {
+            Some(r) => rows.extend(r.into_iter().map(|x| (spec.id.clone(), x))),
+            None => failed += 1,
         }
-        if outcome.status != "ok" {
-            failed += 1;
-            eprintln!("[run {}/{total}] {}: {}", i + 1, outcome.id, outcome.status);
-        }
-        rows.extend(outcome.rows.into_iter().map(|r| (outcome.id.clone(), r)));
     }
     println!("{}", report::run_table(&rows, &report::RUN_COLUMNS));
     if failed > 0 {
-        eprintln!("[run] {failed} of {total} runs failed");
+        eprintln!(
+            "[run] {failed} of {} runs failed (see their summary.json)",
+            runs.len()
+        );
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)

@@ -36,9 +36,9 @@ impl Default for StudentConfig {
             size: "student-s".into(),
             method: Method::Logprobs,
             epochs: 10.0,
-            min_steps: 100,
+            min_steps: 60,
             train: TrainConfig {
-                steps: 400,
+                steps: 250,
                 batch_size: 64,
                 lr: 3e-3,
                 warmup: 20,
@@ -143,8 +143,8 @@ mod tests {
     #[test]
     fn steps_scale_with_harvest_and_clamp() {
         let cfg = StudentConfig::default();
-        assert_eq!(cfg.train_for(10).steps, 100);
+        assert_eq!(cfg.train_for(10).steps, 60);
         assert_eq!(cfg.train_for(1280).steps, 200);
-        assert_eq!(cfg.train_for(100_000).steps, 400);
+        assert_eq!(cfg.train_for(100_000).steps, 250);
     }
 }

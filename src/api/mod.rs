@@ -300,3 +300,113 @@ impl Api {
         l
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::derive_rng;
+    use crate::world::vocab::{digit, ADD, PLUS_SIGN};
+    use crate::world::{ideal_response, Kind, Skill, Tier};
+
+    fn hard_add() -> Prompt {
+        // 475 + 658: trace of 3 (sum, carry) pairs = 6 tokens + THINK/ENDTHINK.
+        let mut tokens = vec![ADD];
+        tokens.extend([4, 7, 5].map(digit));
+        tokens.push(PLUS_SIGN);
+        tokens.extend([6, 5, 8].map(digit));
+        Prompt {
+            kind: Kind::Skill(Skill::Add, Tier::Hard),
+            tokens,
+            voice: None,
+        }
+    }
+
+    fn request(account: AccountId, top_k: usize) -> Request {
+        Request {
+            account,
+            prompt: hard_add(),
+            max_tokens: 32,
+            temperature: 0.0,
+            top_k,
+        }
+    }
+
+    #[test]
+    fn hidden_reasoning_is_billed_not_returned() {
+        let teacher = Teacher::Oracle {
+            easy: 0.9,
+            hard: 0.8,
+        };
+        let mut rng = derive_rng(0, "t");
+        let mut api = Api::new(ApiConfig {
+            reasoning: Reasoning::Hidden,
+            logprobs: 5,
+            ..Default::default()
+        });
+        let a = api.open_account(1, 0.0, Identity::default());
+        let r = api
+            .serve(0.0, &[request(a, 20)], &teacher, &mut rng)
+            .remove(0);
+        assert_eq!(r.code, Code::Ok);
+        // Returned: the answer (4 digits) + EOS; hidden: THINK + 6 + ENDTHINK.
+        assert_eq!(
+            r.tokens,
+            [3, 3, 1, 1]
+                .map(digit)
+                .into_iter()
+                .chain([crate::world::vocab::EOS])
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(r.usage.hidden_reasoning_tokens, 8);
+        assert_eq!(r.usage.output_tokens, 5);
+        assert_eq!(r.usage.input_tokens, 10); // 8 prompt tokens + BOS + SEP
+                                              // Logprobs follow the returned tokens, capped at the policy's k = 5 (oracle gives 4).
+        assert_eq!(r.top.len(), 5);
+        assert!(r.top.iter().all(|t| t.len() <= 5));
+        // $3 per M input, $15 per M output (hidden billed): (10*3 + 13*15) / 1e6.
+        assert!((r.usage.spend_usd - 225e-6).abs() < 1e-12);
+        assert_eq!(api.accounts[a as usize].ledger.spend_usd, r.usage.spend_usd);
+        // Visible reasoning returns the whole ideal response.
+        let mut api = Api::new(ApiConfig::default());
+        let a = api.open_account(1, 0.0, Identity::default());
+        let r = api
+            .serve(0.0, &[request(a, 20)], &teacher, &mut rng)
+            .remove(0);
+        assert_eq!(r.tokens, ideal_response(&hard_add()));
+        assert!(r.top.is_empty(), "text-only API returns no logprobs");
+    }
+
+    #[test]
+    fn rate_limits_throttle_without_charge() {
+        let teacher = Teacher::Oracle {
+            easy: 0.9,
+            hard: 0.8,
+        };
+        let mut rng = derive_rng(0, "t");
+        let mut api = Api::new(ApiConfig::default());
+        let a = api.open_account(0, 0.0, Identity::default()); // free: 5 requests per minute
+        let reqs: Vec<_> = (0..7).map(|_| request(a, 0)).collect();
+        let codes: Vec<Code> = api
+            .serve(0.0, &reqs, &teacher, &mut rng)
+            .iter()
+            .map(|r| r.code)
+            .collect();
+        assert_eq!(codes.iter().filter(|&&c| c == Code::Ok).count(), 5);
+        assert_eq!(codes[5..], [Code::Throttled, Code::Throttled]);
+        let l = api.accounts[a as usize].ledger;
+        assert_eq!((l.requests, l.throttled), (5, 2));
+        // 12 s later one request's worth has refilled.
+        let codes: Vec<Code> = api
+            .serve(12.0, &reqs[..2], &teacher, &mut rng)
+            .iter()
+            .map(|r| r.code)
+            .collect();
+        assert_eq!(codes, [Code::Ok, Code::Throttled]);
+        // A suspended account is refused.
+        api.accounts[a as usize].suspended = true;
+        assert_eq!(
+            api.serve(100.0, &reqs[..1], &teacher, &mut rng)[0].code,
+            Code::Refused
+        );
+    }
+}

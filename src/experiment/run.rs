@@ -80,14 +80,27 @@ impl Runner {
         Ok(&self.teachers[&key])
     }
 
-    fn ensure_teacher(&mut self, spec: &RunSpec) -> Result<String> {
+    fn teacher_key(spec: &RunSpec) -> String {
         let cfg = &spec.config;
-        let key = format!(
+        format!(
             "{}/{:?}/{:?}",
             cfg.teacher.hash(cfg.engine),
             cfg.teacher.kind,
             cfg.world
-        );
+        )
+    }
+
+    /// Train or load every teacher the runs need (before runs go parallel).
+    pub fn prepare(&mut self, runs: &[RunSpec]) -> Result<()> {
+        for r in runs {
+            self.ensure_teacher(r)?;
+        }
+        Ok(())
+    }
+
+    fn ensure_teacher(&mut self, spec: &RunSpec) -> Result<String> {
+        let cfg = &spec.config;
+        let key = Self::teacher_key(spec);
         if !self.teachers.contains_key(&key) {
             let t0 = Instant::now();
             let steps = cfg.teacher.train.steps;
@@ -128,12 +141,7 @@ impl Runner {
     }
 
     /// Run one grid point, or skip it if its results are complete.
-    pub fn run(
-        &mut self,
-        exp: &Experiment,
-        spec: &RunSpec,
-        log: &mut dyn FnMut(&str),
-    ) -> RunOutcome {
+    pub fn run(&self, exp: &Experiment, spec: &RunSpec, log: &(dyn Fn(&str) + Sync)) -> RunOutcome {
         let dir = self.run_dir(exp, &spec.id);
         if let Some(rows) = finished_rows(&dir) {
             return RunOutcome {
@@ -181,11 +189,13 @@ impl Runner {
         }
     }
 
-    fn execute(&mut self, spec: &RunSpec, log: &mut dyn FnMut(&str)) -> Result<Vec<Value>> {
+    fn execute(&self, spec: &RunSpec, log: &(dyn Fn(&str) + Sync)) -> Result<Vec<Value>> {
         let cfg = spec.config.clone();
         let suites = EvalSuites::new(&cfg.world);
-        let key = self.ensure_teacher(spec)?;
-        let t = &self.teachers[&key];
+        let t = self
+            .teachers
+            .get(&Self::teacher_key(spec))
+            .ok_or_else(|| Error::Invalid("teacher not prepared".into()))?;
         let (t_scores, t_resp) = (&t.scores, &t.responses);
         let mut api = Api::new(cfg.api.clone());
         let t_h = Instant::now();
@@ -254,7 +264,7 @@ impl Runner {
 }
 
 /// Rows of a finished run, if its directory is complete and its status is ok.
-fn finished_rows(dir: &Path) -> Option<Vec<Value>> {
+pub fn finished_rows(dir: &Path) -> Option<Vec<Value>> {
     let summary: Value =
         serde_json::from_slice(&std::fs::read(dir.join("summary.json")).ok()?).ok()?;
     if summary["status"] != "ok" {

@@ -236,39 +236,37 @@ impl BurnEngine {
         self.optim_settings = s;
         self.optim = None;
     }
+}
 
-    fn int2(&self, data: Vec<i64>, b: usize, t: usize, device: &Device) -> Tensor<2, Int> {
-        Tensor::from_data(TensorData::new(data, [b, t]), device)
-    }
+fn int2(data: Vec<i64>, b: usize, t: usize, device: &Device) -> Tensor<2, Int> {
+    Tensor::from_data(TensorData::new(data, [b, t]), device)
+}
 
-    fn inputs(
-        &self,
-        batch: &Batch,
-        device: &Device,
-    ) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>) {
-        let (b, t) = (batch.b, batch.t);
-        let toks = batch.tokens.iter().map(|&x| x as i64).collect();
-        let pos = (0..b).flat_map(|_| 0..t as i64).collect();
-        let voice = Tensor::from_data(
-            TensorData::new(batch.voice.clone(), [b, self.spec.voice_dim]),
-            device,
-        );
-        (
-            self.int2(toks, b, t, device),
-            self.int2(pos, b, t, device),
-            voice,
-        )
-    }
+/// Tokens, positions (0..t per row) and voice of a right-padded batch.
+fn inputs(
+    spec: &ModelSpec,
+    batch: &Batch,
+    device: &Device,
+) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>) {
+    let (b, t) = (batch.b, batch.t);
+    let toks = batch.tokens.iter().map(|&x| x as i64).collect();
+    let pos = (0..b).flat_map(|_| 0..t as i64).collect();
+    let voice = Tensor::from_data(
+        TensorData::new(batch.voice.clone(), [b, spec.voice_dim]),
+        device,
+    );
+    (int2(toks, b, t, device), int2(pos, b, t, device), voice)
+}
 
-    fn causal_mask(t: usize, device: &Device) -> Tensor<4> {
-        let mut m = vec![0.0f32; t * t];
-        for i in 0..t {
-            for j in i + 1..t {
-                m[i * t + j] = MASKED;
-            }
+/// Additive causal mask (1, 1, t, t).
+fn causal_mask(t: usize, device: &Device) -> Tensor<4> {
+    let mut m = vec![0.0f32; t * t];
+    for i in 0..t {
+        for j in i + 1..t {
+            m[i * t + j] = MASKED;
         }
-        Tensor::from_data(TensorData::new(m, [1, 1, t, t]), device)
     }
+    Tensor::from_data(TensorData::new(m, [1, 1, t, t]), device)
 }
 
 impl Engine for BurnEngine {
@@ -279,8 +277,8 @@ impl Engine for BurnEngine {
     fn logits(&self, batch: &Batch) -> Vec<f32> {
         let model = self.model.valid();
         let device = self.device.clone().inner();
-        let (toks, pos, voice) = self.inputs(batch, &device);
-        let mask = Self::causal_mask(batch.t, &device);
+        let (toks, pos, voice) = inputs(&self.spec, batch, &device);
+        let mask = causal_mask(batch.t, &device);
         to_vec(
             model
                 .forward(&self.spec, toks, pos, voice, mask, None)
@@ -290,15 +288,17 @@ impl Engine for BurnEngine {
 
     fn train_step(&mut self, batch: &Batch, targets: &Targets, lr: f64) -> f32 {
         let (b, t, v) = (batch.b, batch.t, self.spec.vocab);
+        let total: f32 = targets.weight.iter().sum::<f32>().max(1e-6);
+        // One thread: burn's autodiff graph is shared, and concurrent backward passes over the
+        // same parameters race (tried: "graph tape has already been consumed").
         let device = self.device.clone();
-        let (toks, pos, voice) = self.inputs(batch, &device);
-        let mask = Self::causal_mask(t, &device);
+        let (toks, pos, voice) = inputs(&self.spec, batch, &device);
+        let mask = causal_mask(t, &device);
         let logits = self.model.forward(&self.spec, toks, pos, voice, mask, None); // (B, T, V)
         let probs =
             Tensor::<3>::from_data(TensorData::new(targets.probs.clone(), [b, t, v]), &device);
         let weight =
             Tensor::<2>::from_data(TensorData::new(targets.weight.clone(), [b, t]), &device);
-        let total: f32 = targets.weight.iter().sum::<f32>().max(1e-6);
         let ce = (log_softmax(logits, 2) * probs).sum_dim(2).reshape([b, t]); // (B, T)
         let loss = (ce * weight).sum().div_scalar(-total);
         let loss_value = to_vec(loss.clone().into_data())
@@ -363,8 +363,8 @@ impl Engine for BurnEngine {
         let mut cache: Cache = Vec::with_capacity(self.spec.layers);
         let logits = model.forward(
             &self.spec,
-            self.int2(toks, b, p, &device),
-            self.int2(pos, b, p, &device),
+            int2(toks, b, p, &device),
+            int2(pos, b, p, &device),
             voice_t.clone(),
             Tensor::from_data(TensorData::new(mask, [b, 1, p, p]), &device),
             Some(&mut cache),
@@ -396,8 +396,8 @@ impl Engine for BurnEngine {
             let pos: Vec<i64> = (0..b).map(|r| (p - pads[r] + step) as i64).collect();
             let logits = model.forward(
                 &self.spec,
-                self.int2(toks, b, 1, &device),
-                self.int2(pos, b, 1, &device),
+                int2(toks, b, 1, &device),
+                int2(pos, b, 1, &device),
                 voice_t.clone(),
                 Tensor::from_data(TensorData::new(key_mask.clone(), [b, 1, 1, s]), &device),
                 Some(&mut cache),

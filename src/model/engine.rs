@@ -59,7 +59,7 @@ pub trait Decoder {
 }
 
 /// A model plus the machinery to run and train it.
-pub trait Engine: Send {
+pub trait Engine: Send + Sync {
     fn spec(&self) -> &ModelSpec;
 
     /// Logits for every position: row-major `[b, t, vocab]`.

@@ -27,7 +27,8 @@ pub enum Skill {
     CopyReverse,
     /// Easy: sort 3-4 digits. Hard: sort 6-8 digits.
     Sort,
-    /// Easy: 2-digit addition. Hard: 3-digit addition with a carry trace. Operands zero-padded.
+    /// Easy: 2-digit addition. Hard: 3-digit addition with a carry trace. Operands zero-padded;
+    /// sums written least-significant digit first.
     Add,
     /// Easy: key-value lookup among 2-3 pairs. Hard: 4-6 pairs, two-digit values (trace: the key).
     Lookup,

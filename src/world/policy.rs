@@ -72,11 +72,6 @@ fn digits_of(mut n: u32, width: usize) -> Vec<Tok> {
     d
 }
 
-fn number_tokens(n: u32) -> Vec<Tok> {
-    let width = n.to_string().len();
-    digits_of(n, width)
-}
-
 /// Generate a prompt of the given kind. `voice` says whether the request carries voice; for
 /// affect and probe kinds whose channel needs voice it is forced on, for `Words` it is off.
 pub fn generate<R: Rng>(rng: &mut R, kind: Kind, voice: bool) -> Prompt {
@@ -309,18 +304,21 @@ fn number_value(ds: &[Tok]) -> u32 {
         .fold(0, |acc, &d| acc * 10 + vocab::digit_value(d).unwrap_or(0))
 }
 
+/// Sums are written least-significant digit first, at a fixed width (operand width + 1), the
+/// order in which they are computed. Hard items first show the per-position sum digit and
+/// carry; the answer then restates the sum digits.
 fn ideal_add(args: &[Tok], out: &mut Vec<Tok>) {
     let plus = args
         .iter()
         .position(|&x| x == PLUS_SIGN)
         .unwrap_or(args.len());
     let (a, b) = (&args[..plus], args.get(plus + 1..).unwrap_or(&[]));
+    let width = a.len().max(b.len());
     let sum = number_value(a) + number_value(b);
-    if a.len() >= 3 {
-        // Trace: for each position from the least significant, the sum digit and the carry.
+    if width >= 3 {
         out.push(THINK);
         let (mut x, mut y, mut carry) = (number_value(a), number_value(b), 0);
-        for _ in 0..a.len().max(b.len()) {
+        for _ in 0..width {
             let s = x % 10 + y % 10 + carry;
             out.push(digit(s % 10));
             carry = s / 10;
@@ -330,7 +328,11 @@ fn ideal_add(args: &[Tok], out: &mut Vec<Tok>) {
         }
         out.push(ENDTHINK);
     }
-    out.extend(number_tokens(sum));
+    let mut rest = sum;
+    for _ in 0..=width {
+        out.push(digit(rest % 10));
+        rest /= 10;
+    }
 }
 
 fn ideal_lookup(args: &[Tok], out: &mut Vec<Tok>) {
@@ -413,7 +415,8 @@ mod tests {
 
     #[test]
     fn addition_with_carry_trace() {
-        // 475 + 658 = 1133; LSB first: 5+8=13 -> 3 c1; 7+5+1=13 -> 3 c1; 4+6+1=11 -> 1 c1.
+        // 475 + 658 = 1133; LSB first: 5+8=13 -> 3 c1; 7+5+1=13 -> 3 c1; 4+6+1=11 -> 1 c1;
+        // the answer is 1133 written least-significant first: 3 3 1 1.
         let mut toks = vec![ADD];
         toks.extend(digits_of(475, 3));
         toks.push(PLUS_SIGN);
@@ -423,7 +426,7 @@ mod tests {
             .into_iter()
             .chain([3, 1, 3, 1, 1, 1].map(digit))
             .chain([ENDTHINK])
-            .chain([1, 1, 3, 3].map(digit))
+            .chain([3, 3, 1, 1].map(digit))
             .chain([EOS])
             .collect();
         assert_eq!(r, want);
@@ -432,7 +435,8 @@ mod tests {
             vec![ADD, digit(0), digit(9), PLUS_SIGN, digit(4), digit(5)],
             None,
         ));
-        assert_eq!(easy, vec![digit(5), digit(4), EOS]);
+        // 09 + 45 = 54, written 4 5 0.
+        assert_eq!(easy, vec![digit(4), digit(5), digit(0), EOS]);
     }
 
     #[test]
