@@ -169,3 +169,33 @@ fn bad_override_names_the_allowed_keys() {
     assert!(text(&out.stderr).contains("tier2"), "{}", text(&out.stderr));
     let _ = std::fs::remove_dir_all(r);
 }
+
+#[test]
+fn set_pins_a_swept_key_and_shards_partition_the_runs() {
+    let r = scratch("pin");
+    let out = run(
+        &fixture("tiny.yaml"),
+        &r,
+        &["--set", "api.logprobs=5", "--shard", "0/1"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("| seed=1 |"), "{stdout}");
+    assert!(!stdout.contains("api.logprobs=0"), "{stdout}");
+    // Two shards together produce exactly the runs of the unsharded experiment.
+    let s = scratch("shards");
+    for shard in ["0/2", "1/2"] {
+        let out = run(
+            &fixture("tiny.yaml"),
+            &s,
+            &["--shard", shard, "--jobs", "1"],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let whole = scratch("whole");
+    assert!(run(&fixture("tiny.yaml"), &whole, &[]).status.success());
+    assert_eq!(metrics(&s), metrics(&whole));
+    for d in [r, s, whole] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

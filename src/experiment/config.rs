@@ -285,6 +285,10 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
     for (k, v) in overrides {
         let val: Value = serde_saphyr::from_str(v).unwrap_or(Value::String(v.clone()));
         set_key(&mut merged, k, val).map_err(|e| config_err(path, format!("--set {e}")))?;
+        // Setting a swept key pins it: its grid axis goes.
+        if let Some(grid) = merged.get_mut("grid").and_then(|g| g.as_object_mut()) {
+            grid.remove(k);
+        }
     }
     let mut config: ExperimentConfig =
         serde_json::from_value(merged.clone()).map_err(|e| config_err(path, e.to_string()))?;

@@ -202,11 +202,11 @@ impl Runner {
         let harvest: Harvest = attacker::harvest(&cfg.attacker, &mut api, &t.teacher, spec.seed)?;
         let harvest_secs = t_h.elapsed().as_secs_f64();
         log(&format!(
-            "{}: harvested {} items in {:.1}s ({:.1} simulated hours)",
+            "{}: harvested {} items in {:.1}s ({:.1} simulated minutes)",
             spec.id,
             harvest.items.len(),
             harvest_secs,
-            harvest.times.last().copied().unwrap_or(0.0) / 3600.0
+            harvest.times.last().copied().unwrap_or(0.0) / 60.0
         ));
         let mut rows = Vec::new();
         for budget in cfg.budgets() {
@@ -232,6 +232,22 @@ impl Runner {
                 })
                 .count();
             let voiced = items.iter().filter(|i| i.prompt.voice.is_some()).count();
+            // How peaked the returned distributions are: mean probability of the top token
+            // (1.0 would mean the logprobs carry nothing beyond the text).
+            let tops: Vec<f64> = items
+                .iter()
+                .flat_map(|i| {
+                    i.top
+                        .iter()
+                        .filter_map(|t| t.first())
+                        .map(|&(_, lp)| (lp as f64).exp())
+                })
+                .collect();
+            let top1 = if tops.is_empty() {
+                f64::NAN
+            } else {
+                tops.iter().sum::<f64>() / tops.len() as f64
+            };
             let mut m = serde_json::Map::new();
             m.insert("budget".into(), json!(budget));
             m.insert("harvest.items".into(), json!(n));
@@ -243,6 +259,7 @@ impl Runner {
                 "harvest.voice_share".into(),
                 json!(voiced as f64 / n as f64),
             );
+            m.insert("harvest.top1_prob".into(), json!(top1));
             m.insert("sim.hours".into(), json!(harvest.times[n - 1] / 3600.0));
             m.insert("cost.usd".into(), json!(harvest.cost_at(n)));
             m.insert("train.loss".into(), json!(loss));
