@@ -28,8 +28,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prompts.len()
     ];
     let mut rng = distill_sim::rng::derive_rng(0, "inspect");
-    let gens =
-        distill_sim::model::generate::generate(eng.as_ref(), &prompts, &params, 256, &mut rng);
+    let gens = distill_sim::model::generate::generate(
+        eng.as_ref(),
+        &prompts,
+        &params,
+        256,
+        &mut rng,
+        None,
+    );
     for (p, g) in prompts.iter().zip(gens) {
         let ideal = ideal_response(p);
         let mark = if g.tokens == ideal { "ok " } else { "BAD" };

@@ -30,10 +30,10 @@ pub fn run(quick: bool) -> crate::Result<()> {
             };
             refs.len()
         ];
-        let _ = generate::generate(eng.as_ref(), &refs[..64], &params[..64], 64, &mut rng);
+        let _ = generate::generate(eng.as_ref(), &refs[..64], &params[..64], 64, &mut rng, None);
         let t0 = Instant::now();
         for _ in 0..reps {
-            let _ = generate::generate(eng.as_ref(), &refs, &params, 256, &mut rng);
+            let _ = generate::generate(eng.as_ref(), &refs, &params, 256, &mut rng, None);
         }
         let qps = (reps * refs.len()) as f64 / t0.elapsed().as_secs_f64();
         // Training: batches of 64 ideal-policy sequences.

@@ -2,13 +2,13 @@
 //! oracle control (the ideal policy with calibrated confidence, no inference cost).
 
 use crate::error::{Error, Result};
-use crate::model::generate::{self, model_input};
+use crate::model::engine::Decoder;
+use crate::model::generate::{self, model_input, LogitsProcessor, SamplingDecoder};
 use crate::model::train::{self, Example, TrainConfig};
 use crate::model::{Engine, EngineKind, GenParams, Generation, ModelSpec};
 use crate::rng::{derive_rng, SimRng};
 use crate::world::vocab::{Tok, VOCAB_SIZE};
 use crate::world::{ideal_response, Kind, Mix, Prompt, Tier};
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -167,20 +167,22 @@ impl Teacher {
             .join("model.safetensors")
     }
 
-    /// Batched responses. `rng` drives temperature sampling.
+    /// Batched responses. `rng` drives temperature sampling; `processor` (e.g. a watermark)
+    /// changes the served distribution.
     pub fn respond(
         &self,
         prompts: &[&Prompt],
         params: &[GenParams],
         rng: &mut SimRng,
+        processor: Option<&dyn LogitsProcessor>,
     ) -> Vec<Generation> {
         match self {
-            Teacher::Neural(e) => generate::generate(e.as_ref(), prompts, params, 256, rng),
-            Teacher::Oracle { easy, hard } => prompts
-                .iter()
-                .zip(params)
-                .map(|(p, gp)| oracle_response(p, gp, *easy, *hard, rng))
-                .collect(),
+            Teacher::Neural(e) => {
+                generate::generate(e.as_ref(), prompts, params, 256, rng, processor)
+            }
+            Teacher::Oracle { easy, hard } => {
+                oracle_generate(prompts, params, *easy, *hard, rng, processor)
+            }
         }
     }
 
@@ -192,55 +194,54 @@ impl Teacher {
     }
 }
 
-/// The oracle: ideal token with probability `c`, the rest spread over three alternatives
-/// (fixed per position). Greedy decoding returns the ideal response; sampling at temperature
-/// 1 is correct per token with probability `c` (calibrated by construction).
-fn oracle_response(
-    p: &Prompt,
-    gp: &GenParams,
+/// Log-probability floor of tokens the oracle never considers.
+const ORACLE_FLOOR: f32 = -20.0;
+
+/// The oracle: at each position the ideal token has probability `c` (`easy` on easy skill
+/// items, `hard` elsewhere) and the rest is spread over three fixed alternatives. Greedy
+/// decoding returns the ideal response; sampling at temperature 1 is right per token with
+/// probability `c` (calibrated by construction). Once off the ideal path it ends the response.
+/// Its logits go through the same decoder as a neural teacher's, so defenses apply alike.
+fn oracle_generate(
+    prompts: &[&Prompt],
+    params: &[GenParams],
     easy: f32,
     hard: f32,
     rng: &mut SimRng,
-) -> Generation {
-    let ideal = ideal_response(p);
-    let c = match p.kind {
-        Kind::Skill(_, Tier::Easy) => easy,
-        _ => hard,
-    };
-    let mut g = Generation::default();
-    for (i, &tok) in ideal.iter().enumerate().take(gp.max_new) {
-        let alts: Vec<u32> = (1..=3u32)
-            .map(|k| (tok + 7 * k + i as u32) % VOCAB_SIZE as u32)
-            .collect();
-        let rest = (1.0 - c) / 3.0;
-        let mut dist: Vec<(u32, f32)> = vec![(tok, c)];
-        dist.extend(alts.iter().map(|&a| (a, rest)));
-        let pick = if gp.temperature > 0.0 {
-            let w: Vec<f32> = dist
-                .iter()
-                .map(|(_, p)| p.powf(1.0 / gp.temperature))
-                .collect();
-            let mut u = rng.random::<f32>() * w.iter().sum::<f32>();
-            let mut j = 0;
-            while j + 1 < w.len() && u >= w[j] {
-                u -= w[j];
-                j += 1;
+    processor: Option<&dyn LogitsProcessor>,
+) -> Vec<Generation> {
+    let v = VOCAB_SIZE;
+    let ideals: Vec<Vec<Tok>> = prompts.iter().map(|p| ideal_response(p)).collect();
+    let conf: Vec<f32> = prompts
+        .iter()
+        .map(|p| match p.kind {
+            Kind::Skill(_, Tier::Easy) => easy,
+            _ => hard,
+        })
+        .collect();
+    let mut dec = SamplingDecoder::new(params, rng, v, processor);
+    let mut logits = vec![ORACLE_FLOOR; prompts.len() * v];
+    loop {
+        logits.fill(ORACLE_FLOOR);
+        for (r, ideal) in ideals.iter().enumerate() {
+            let row = &mut logits[r * v..(r + 1) * v];
+            let done = dec.tokens(r);
+            let on_path = done.iter().zip(ideal).all(|(a, b)| a == b);
+            match ideal.get(done.len()) {
+                Some(&tok) if on_path => {
+                    let c = conf[r];
+                    row[tok as usize] = c.ln();
+                    for k in 1..=3u32 {
+                        let alt = (tok + 7 * k + done.len() as u32) % v as u32;
+                        row[alt as usize] = ((1.0 - c) / 3.0).ln();
+                    }
+                }
+                _ => row[crate::world::vocab::EOS as usize] = 0.0,
             }
-            dist[j].0
-        } else {
-            tok
-        };
-        if gp.top_k > 0 {
-            let mut top: Vec<(u32, f32)> = dist.iter().map(|&(t, p)| (t, p.ln())).collect();
-            top.truncate(gp.top_k);
-            g.top.push(top);
         }
-        g.tokens.push(pick);
-        if pick != tok {
-            // Off the ideal path: the oracle stops (it only knows the ideal continuation).
-            g.tokens.push(crate::world::vocab::EOS);
+        if dec.step(&logits).is_none() {
             break;
         }
     }
-    g
+    dec.into_outputs()
 }

@@ -2,6 +2,7 @@
 //! clock, prices and ledgers, the output policy, and the place where defenses plug in.
 //! Each tick's admitted requests are served as one batched generation.
 
+pub mod defense;
 pub mod limits;
 
 use crate::model::{GenParams, Generation};
@@ -47,6 +48,8 @@ pub struct ApiConfig {
     pub reasoning: Reasoning,
     /// Most output tokens per request.
     pub max_tokens: usize,
+    /// Output defenses, applied in order (see `defense::DefenseConfig`).
+    pub defenses: Vec<defense::DefenseConfig>,
 }
 
 impl Default for ApiConfig {
@@ -69,6 +72,7 @@ impl Default for ApiConfig {
             logprobs: 0,
             reasoning: Reasoning::Visible,
             max_tokens: 32,
+            defenses: vec![],
         }
     }
 }
@@ -143,9 +147,10 @@ impl Response {
     }
 }
 
-/// A defense in the stack: sees each request before generation and each response after.
-/// The defense suite plugs in here; the basic API has an empty stack.
-pub trait Defense: Send {
+/// An access-side hook: sees each request before generation and each response after.
+/// Access defenses and detectors' actions (ban, throttle, challenge, route) plug in here;
+/// output defenses are `defense::Defenses`, configured under `api.defenses`.
+pub trait AccessHook: Send {
     /// Return a code to stop the request before generation.
     fn before(&mut self, _now: f64, _account: &Account, _req: &Request) -> Option<Code> {
         None
@@ -157,15 +162,17 @@ pub trait Defense: Send {
 pub struct Api {
     pub config: ApiConfig,
     pub accounts: Vec<Account>,
-    pub defenses: Vec<Box<dyn Defense>>,
+    pub hooks: Vec<Box<dyn AccessHook>>,
+    pub output: defense::Defenses,
 }
 
 impl Api {
     pub fn new(config: ApiConfig) -> Api {
         Api {
+            output: defense::Defenses::new(&config.defenses),
             config,
             accounts: Vec::new(),
-            defenses: Vec::new(),
+            hooks: Vec::new(),
         }
     }
 
@@ -218,7 +225,7 @@ impl Api {
             acc.buckets[0].take(1.0);
             acc.buckets[1].take(input);
             let acc = &self.accounts[r.account as usize];
-            if let Some(code) = self.defenses.iter_mut().find_map(|d| d.before(now, acc, r)) {
+            if let Some(code) = self.hooks.iter_mut().find_map(|d| d.before(now, acc, r)) {
                 out[i] = Some(Response::empty(code));
                 continue;
             }
@@ -228,16 +235,25 @@ impl Api {
         let k_cap = self.config.logprobs.min(crate::model::generate::MAX_TOP_K);
         let params: Vec<GenParams> = admitted
             .iter()
-            .map(|&i| GenParams {
-                max_new: reqs[i].max_tokens.min(self.config.max_tokens),
-                temperature: reqs[i].temperature,
-                top_k: reqs[i].top_k.min(k_cap),
+            .map(|&i| {
+                let mut p = GenParams {
+                    max_new: reqs[i].max_tokens.min(self.config.max_tokens),
+                    temperature: reqs[i].temperature,
+                    top_k: reqs[i].top_k.min(k_cap),
+                };
+                self.output.params(&mut p);
+                p
             })
             .collect();
-        let gens = teacher.respond(&prompts, &params, rng);
+        let gens = teacher.respond(&prompts, &params, rng, self.output.processor());
         for (&i, g) in admitted.iter().zip(gens) {
             let r = &reqs[i];
             let mut resp = self.apply_output_policy(g);
+            let withheld = self
+                .output
+                .after(&r.prompt, &mut resp.tokens, &mut resp.top, rng);
+            resp.usage.hidden_reasoning_tokens += withheld as u64;
+            resp.usage.output_tokens = resp.tokens.len() as u64;
             resp.usage.input_tokens = (r.prompt.tokens.len() + 2) as u64;
             let acc = &mut self.accounts[r.account as usize];
             let tier = &self.config.tiers[acc.tier];
@@ -249,7 +265,7 @@ impl Api {
             acc.buckets[2].take(billed_out as f64);
             acc.ledger.add(&resp.usage);
             let acc = &self.accounts[r.account as usize];
-            for d in self.defenses.iter_mut() {
+            for d in self.hooks.iter_mut() {
                 d.after(now, acc, r, &mut resp);
             }
             out[i] = Some(resp);

@@ -36,8 +36,8 @@ pub fn eval_responses(
     ];
     let mut rng = derive_rng(0, "eval/greedy");
     let gens = match (teacher, engine) {
-        (Some(t), _) => t.respond(&prompts, &params, &mut rng),
-        (None, Some(e)) => generate::generate(e, &prompts, &params, 512, &mut rng),
+        (Some(t), _) => t.respond(&prompts, &params, &mut rng, None),
+        (None, Some(e)) => generate::generate(e, &prompts, &params, 512, &mut rng, None),
         (None, None) => vec![],
     };
     gens.into_iter().map(|g| g.tokens).collect()

@@ -21,6 +21,13 @@ pub struct GenParams {
     pub top_k: usize,
 }
 
+/// Changes next-token logits during generation (e.g. a watermark's green-list bias). The
+/// returned logprobs are those of the processed distribution: what the API serves.
+pub trait LogitsProcessor: Sync {
+    /// `generated`: this row's response tokens so far; `logits`: `[vocab]`.
+    fn process(&self, generated: &[Tok], logits: &mut [f32]);
+}
+
 /// One generated response.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Generation {
@@ -56,13 +63,45 @@ pub fn top_k_indices(xs: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
-struct SamplingDecoder<'a> {
+/// Chooses tokens (greedy or sampled), records top-k logprobs, stops rows at EOS.
+pub(crate) struct SamplingDecoder<'a> {
     params: &'a [GenParams],
     out: Vec<Generation>,
     done: Vec<bool>,
     rng: &'a mut SimRng,
     vocab: usize,
     scratch: Vec<f32>,
+    processor: Option<&'a dyn LogitsProcessor>,
+    row: Vec<f32>,
+}
+
+impl<'a> SamplingDecoder<'a> {
+    pub(crate) fn new(
+        params: &'a [GenParams],
+        rng: &'a mut SimRng,
+        vocab: usize,
+        processor: Option<&'a dyn LogitsProcessor>,
+    ) -> SamplingDecoder<'a> {
+        SamplingDecoder {
+            params,
+            out: vec![Generation::default(); params.len()],
+            done: vec![false; params.len()],
+            rng,
+            vocab,
+            scratch: vec![0.0; vocab],
+            processor,
+            row: Vec::with_capacity(vocab),
+        }
+    }
+
+    /// Tokens generated so far for `row`.
+    pub(crate) fn tokens(&self, row: usize) -> &[Tok] {
+        &self.out[row].tokens
+    }
+
+    pub(crate) fn into_outputs(self) -> Vec<Generation> {
+        self.out
+    }
 }
 
 impl Decoder for SamplingDecoder<'_> {
@@ -72,11 +111,17 @@ impl Decoder for SamplingDecoder<'_> {
         }
         let v = self.vocab;
         let mut next = vec![PAD; self.done.len()];
-        for (r, row) in logits.chunks(v).enumerate() {
+        for (r, raw) in logits.chunks(v).enumerate() {
             if self.done[r] {
                 continue;
             }
             let p = &self.params[r];
+            self.row.clear();
+            self.row.extend_from_slice(raw);
+            if let Some(proc_) = self.processor {
+                proc_.process(&self.out[r].tokens, &mut self.row);
+            }
+            let row = &self.row[..];
             log_softmax(row, &mut self.scratch);
             let tok = if p.temperature <= 0.0 {
                 top_k_indices(row, 1)[0] as u32
@@ -129,6 +174,7 @@ pub fn generate(
     params: &[GenParams],
     batch_size: usize,
     rng: &mut SimRng,
+    processor: Option<&dyn LogitsProcessor>,
 ) -> Vec<Generation> {
     assert_eq!(prompts.len(), params.len());
     let vocab = engine.spec().vocab;
@@ -153,19 +199,12 @@ pub fn generate(
             .max()
             .unwrap_or(0)
             .min(ctx.saturating_sub(longest));
-        let mut dec = SamplingDecoder {
-            params: &chunk_params,
-            out: vec![Generation::default(); chunk.len()],
-            done: vec![false; chunk.len()],
-            rng,
-            vocab,
-            scratch: vec![0.0; vocab],
-        };
+        let mut dec = SamplingDecoder::new(&chunk_params, rng, vocab, processor);
         if max_new > 0 {
             engine.generate(&refs, &voice, max_new, &mut dec);
         }
-        for (j, &i) in chunk.iter().enumerate() {
-            results[i] = Some(std::mem::take(&mut dec.out[j]));
+        for (&i, g) in chunk.iter().zip(dec.into_outputs()) {
+            results[i] = Some(g);
         }
     }
     out.extend(results.into_iter().map(|g| g.unwrap_or_default()));

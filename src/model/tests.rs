@@ -54,7 +54,7 @@ fn cached_batched_generation_matches_full_recomputation() {
         };
         refs.len()
     ];
-    let gens = generate::generate(eng.as_ref(), &refs, &params, 6, &mut rng);
+    let gens = generate::generate(eng.as_ref(), &refs, &params, 6, &mut rng, None);
     for (p, g) in prompts.iter().zip(&gens) {
         assert!(!g.tokens.is_empty());
         assert_eq!(g.top.len(), g.tokens.len());

@@ -1,6 +1,6 @@
 //! Prompt distributions (benign users, attackers, teacher training) and the fixed eval suites.
 
-use super::policy::generate;
+use super::generate::generate;
 use super::{Channel, Kind, Prompt, Skill, Tier};
 use crate::rng::derive_rng;
 use rand::Rng;

@@ -4,6 +4,7 @@
 //! against ground truth. A prompt is a token sequence plus an optional voice vector; the ideal
 //! response is a pure function of both ([`ideal_response`]).
 
+pub mod generate;
 pub mod mix;
 pub mod policy;
 pub mod vocab;
@@ -11,8 +12,9 @@ pub mod vocab;
 use serde::{Deserialize, Serialize};
 use vocab::Tok;
 
+pub use generate::generate;
 pub use mix::{EvalSuites, Mix, WorldConfig};
-pub use policy::{generate, ideal_response};
+pub use policy::ideal_response;
 
 /// Paralinguistic voice features (pitch variability, tremor, rate, energy, ...).
 pub const VOICE_FEATURES: usize = 8;

@@ -1,0 +1,301 @@
+//! Output defenses: composable transformations of what the API generates and returns, each with
+//! a strength knob. Configured as a list under `api.defenses`, applied in order.
+
+pub mod watermark;
+
+use crate::model::GenParams;
+use crate::rng::derive_rng;
+use crate::world::vocab::{Tok, ENDTHINK, EOS, SUMMARY, THINK, VOCAB_SIZE};
+use crate::world::Prompt;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use watermark::GreenList;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DefenseConfig {
+    /// Round returned probabilities to `decimals` decimal places (entries that round to 0 are
+    /// dropped).
+    Rounding { decimals: u32 },
+    /// Add Gaussian noise (standard deviation `std`, in nats) to returned logprobs.
+    Noise { std: f32 },
+    /// Sample at a temperature of at least `min` whatever the request asks.
+    TemperatureFloor { min: f32 },
+    /// Replace the reasoning trace by a summary: `<summary>` and the trace's last token.
+    SummariseReasoning,
+    /// KGW watermark: green share `gamma` of the vocabulary per previous token, logit bias `delta`.
+    Watermark { gamma: f32, delta: f32, key: u64 },
+    /// Keyed response flipping for ownership checks (DAWN): a keyed `rate` of prompts get a
+    /// deterministic wrong final answer token.
+    Flip { rate: f64, key: u64 },
+}
+
+/// A built defense stack.
+pub struct Defenses {
+    configs: Vec<DefenseConfig>,
+    watermark: Option<(GreenList, f32)>,
+}
+
+impl Defenses {
+    pub fn new(configs: &[DefenseConfig]) -> Defenses {
+        let watermark = configs.iter().find_map(|c| match c {
+            DefenseConfig::Watermark { gamma, delta, key } => {
+                Some((GreenList::new(*key, *gamma), *delta))
+            }
+            _ => None,
+        });
+        Defenses {
+            configs: configs.to_vec(),
+            watermark,
+        }
+    }
+
+    /// Adjust generation parameters before generation (temperature floor).
+    pub fn params(&self, p: &mut GenParams) {
+        for c in &self.configs {
+            if let DefenseConfig::TemperatureFloor { min } = c {
+                p.temperature = p.temperature.max(*min);
+            }
+        }
+    }
+
+    /// The logit processor generation must apply, if any (the watermark).
+    pub fn processor(&self) -> Option<&dyn crate::model::generate::LogitsProcessor> {
+        self.watermark
+            .as_ref()
+            .map(|w| w as &dyn crate::model::generate::LogitsProcessor)
+    }
+
+    /// Transform a served response: tokens and per-position top-k `(token, logprob)`.
+    /// Returns the number of trace tokens withheld (billed, not returned).
+    pub fn after(
+        &self,
+        prompt: &Prompt,
+        tokens: &mut Vec<Tok>,
+        top: &mut Vec<Vec<(Tok, f32)>>,
+        rng: &mut crate::rng::SimRng,
+    ) -> usize {
+        let mut hidden = 0;
+        for c in &self.configs {
+            match c {
+                DefenseConfig::Rounding { decimals } => {
+                    let scale = 10f32.powi(*decimals as i32);
+                    for row in top.iter_mut() {
+                        row.retain_mut(|(_, lp)| {
+                            let p = (lp.exp() * scale).round() / scale;
+                            *lp = p.ln();
+                            p > 0.0
+                        });
+                    }
+                }
+                DefenseConfig::Noise { std } => {
+                    for row in top.iter_mut() {
+                        for (_, lp) in row.iter_mut() {
+                            *lp += std * normal(rng);
+                        }
+                        row.sort_by(|a, b| b.1.total_cmp(&a.1));
+                    }
+                }
+                DefenseConfig::SummariseReasoning => hidden += summarise(tokens, top),
+                DefenseConfig::Flip { rate, key } => {
+                    if flipped(prompt, *key, *rate) {
+                        flip(tokens, top, *key);
+                    }
+                }
+                DefenseConfig::TemperatureFloor { .. } | DefenseConfig::Watermark { .. } => {}
+            }
+        }
+        hidden
+    }
+
+    /// The watermark's green list, for provenance tests.
+    pub fn green_list(&self) -> Option<&GreenList> {
+        self.watermark.as_ref().map(|(g, _)| g)
+    }
+}
+
+impl crate::model::generate::LogitsProcessor for (GreenList, f32) {
+    fn process(&self, generated: &[Tok], logits: &mut [f32]) {
+        let prev = generated
+            .last()
+            .copied()
+            .unwrap_or(crate::world::vocab::SEP);
+        self.0.bias(prev, logits, self.1);
+    }
+}
+
+fn normal(rng: &mut crate::rng::SimRng) -> f32 {
+    let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+    let u2: f32 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
+/// Replace `THINK trace ENDTHINK` by `SUMMARY last`; returns tokens withheld.
+fn summarise(tokens: &mut Vec<Tok>, top: &mut Vec<Vec<(Tok, f32)>>) -> usize {
+    let Some(open) = tokens.iter().position(|&t| t == THINK) else {
+        return 0;
+    };
+    let close = tokens
+        .iter()
+        .position(|&t| t == ENDTHINK)
+        .unwrap_or(tokens.len() - 1);
+    let last = if close > open + 1 {
+        tokens[close - 1]
+    } else {
+        SUMMARY
+    };
+    let removed = close + 1 - open;
+    tokens.splice(open..=close, [SUMMARY, last]);
+    if top.len() > open {
+        let end = close.min(top.len() - 1);
+        top.splice(open..=end, [vec![(SUMMARY, 0.0)], vec![(last, 0.0)]]);
+    }
+    removed.saturating_sub(2)
+}
+
+fn keyed_unit(key: u64, label: &str, toks: &[Tok]) -> f64 {
+    let mut h = Sha256::new();
+    h.update(key.to_le_bytes());
+    h.update(label.as_bytes());
+    for t in toks {
+        h.update(t.to_le_bytes());
+    }
+    let b: [u8; 32] = h.finalize().into();
+    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f64 / u64::MAX as f64
+}
+
+/// Whether the keyed flipping defense flips this prompt.
+pub fn flipped(prompt: &Prompt, key: u64, rate: f64) -> bool {
+    keyed_unit(key, "flip", &prompt.tokens) < rate
+}
+
+/// Replace the last token before EOS by a keyed other token.
+fn flip(tokens: &mut [Tok], top: &mut [Vec<(Tok, f32)>], key: u64) {
+    let end = tokens
+        .iter()
+        .position(|&t| t == EOS)
+        .unwrap_or(tokens.len());
+    if end == 0 {
+        return;
+    }
+    let i = end - 1;
+    let old = tokens[i];
+    let mut rng = derive_rng(key, &format!("flip/{old}"));
+    let mut new = old;
+    while new == old || new == EOS {
+        new = rng.random_range(0..VOCAB_SIZE as u32);
+    }
+    tokens[i] = new;
+    if let Some(row) = top.get_mut(i) {
+        // The flipped token is reported as the top choice.
+        let best = row.first().map_or(0.0, |x| x.1);
+        row.retain(|x| x.0 != new);
+        row.insert(0, (new, best));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::vocab::digit;
+    use crate::world::{Kind, Mix, Skill, Tier};
+
+    fn prompt() -> Prompt {
+        Prompt {
+            kind: Kind::Skill(Skill::Sort, Tier::Easy),
+            tokens: vec![crate::world::vocab::SORT, digit(3), digit(1)],
+            voice: None,
+        }
+    }
+
+    #[test]
+    fn rounding_returns_only_k_decimal_probabilities() {
+        let d = Defenses::new(&[DefenseConfig::Rounding { decimals: 2 }]);
+        let mut rng = derive_rng(0, "t");
+        let mut top = vec![vec![
+            (1, 0.8234f32.ln()),
+            (2, 0.1712f32.ln()),
+            (3, 0.004f32.ln()),
+        ]];
+        let mut toks = vec![1, EOS];
+        d.after(&prompt(), &mut toks, &mut top, &mut rng);
+        assert_eq!(top[0].len(), 2, "0.004 rounds to 0 and is dropped");
+        for &(_, lp) in &top[0] {
+            let p = lp.exp() * 100.0;
+            assert!((p - p.round()).abs() < 1e-3, "{p}");
+        }
+        assert!((top[0][0].1.exp() - 0.82).abs() < 1e-6);
+    }
+
+    #[test]
+    fn noise_has_the_configured_spread() {
+        let d = Defenses::new(&[DefenseConfig::Noise { std: 0.5 }]);
+        let mut rng = derive_rng(0, "t");
+        let mut diffs = Vec::new();
+        for _ in 0..2000 {
+            let mut top = vec![vec![(1, -1.0f32)]];
+            d.after(&prompt(), &mut vec![1], &mut top, &mut rng);
+            diffs.push((top[0][0].1 + 1.0) as f64);
+        }
+        let mean = diffs.iter().sum::<f64>() / 2000.0;
+        let sd = (diffs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 1999.0).sqrt();
+        assert!(mean.abs() < 0.05 && (sd - 0.5).abs() < 0.05, "{mean} {sd}");
+    }
+
+    #[test]
+    fn temperature_floor_raises_greedy_requests() {
+        let d = Defenses::new(&[DefenseConfig::TemperatureFloor { min: 0.7 }]);
+        let mut p = GenParams {
+            max_new: 8,
+            temperature: 0.0,
+            top_k: 0,
+        };
+        d.params(&mut p);
+        assert_eq!(p.temperature, 0.7);
+        let mut p = GenParams {
+            max_new: 8,
+            temperature: 1.2,
+            top_k: 0,
+        };
+        d.params(&mut p);
+        assert_eq!(p.temperature, 1.2);
+    }
+
+    #[test]
+    fn summary_replaces_the_trace_with_its_conclusion() {
+        let d = Defenses::new(&[DefenseConfig::SummariseReasoning]);
+        let mut rng = derive_rng(0, "t");
+        let mut toks = vec![THINK, digit(3), digit(4), digit(7), ENDTHINK, digit(7), EOS];
+        let mut top: Vec<Vec<(Tok, f32)>> = toks.iter().map(|&t| vec![(t, -0.1)]).collect();
+        let hidden = d.after(&prompt(), &mut toks, &mut top, &mut rng);
+        assert_eq!(toks, vec![SUMMARY, digit(7), digit(7), EOS]);
+        assert_eq!(top.len(), toks.len());
+        assert_eq!(hidden, 3);
+    }
+
+    #[test]
+    fn flipping_is_keyed_deterministic_and_at_its_rate() {
+        let mut rng = derive_rng(1, "t");
+        let mix = Mix::benign();
+        let prompts: Vec<Prompt> = (0..4000).map(|_| mix.sample(&mut rng)).collect();
+        let n = prompts.iter().filter(|p| flipped(p, 9, 0.1)).count();
+        assert!((n as f64 / 4000.0 - 0.1).abs() < 0.015, "{n}");
+        // Another key flips a different set.
+        let overlap = prompts
+            .iter()
+            .filter(|p| flipped(p, 9, 0.1) && flipped(p, 10, 0.1))
+            .count();
+        assert!(overlap < n / 3);
+        let d = Defenses::new(&[DefenseConfig::Flip { rate: 1.0, key: 9 }]);
+        let run = |rng: &mut crate::rng::SimRng| {
+            let mut toks = vec![digit(1), digit(3), EOS];
+            d.after(&prompt(), &mut toks, &mut vec![], rng);
+            toks
+        };
+        let a = run(&mut rng);
+        assert_eq!(a, run(&mut rng), "same prompt, same flip");
+        assert_eq!(a[0], digit(1));
+        assert_ne!(a[1], digit(3));
+    }
+}

@@ -1,0 +1,223 @@
+//! Prompt generators per kind, and voice vectors.
+
+use super::vocab::*;
+use super::{Channel, Kind, Prompt, Skill, Tier, VOICE_FEATURES};
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::Rng;
+
+/// Voice features 0..4 carry distress (tremor, pitch variability, rate, low energy); a distressed
+/// voice has them shifted by this many standard deviations.
+pub const VOICE_DISTRESS_SHIFT: f32 = 2.5;
+/// Decision rule of the ideal policy: mean of the distress features above this is distress.
+pub const VOICE_THRESHOLD: f32 = VOICE_DISTRESS_SHIFT / 2.0;
+/// Sampled voices keep this margin from the threshold, so the world has no ambiguous voices.
+const VOICE_MARGIN: f32 = 0.25;
+const DISTRESS_DIMS: usize = 4;
+
+/// Mean of the distress-carrying voice features.
+pub fn voice_distress_score(v: &[f32; VOICE_FEATURES]) -> f32 {
+    v[..DISTRESS_DIMS].iter().sum::<f32>() / DISTRESS_DIMS as f32
+}
+
+fn normal<R: Rng>(rng: &mut R) -> f32 {
+    // Box-Muller: portable and dependency-free.
+    let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+    let u2: f32 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
+/// Sample a voice vector, calm or distressed, at least `VOICE_MARGIN` from the threshold.
+pub fn sample_voice<R: Rng>(rng: &mut R, distressed: bool) -> [f32; VOICE_FEATURES] {
+    loop {
+        let mut v = [0.0f32; VOICE_FEATURES];
+        for (i, x) in v.iter_mut().enumerate() {
+            let shift = if distressed && i < DISTRESS_DIMS {
+                VOICE_DISTRESS_SHIFT
+            } else {
+                0.0
+            };
+            *x = normal(rng) + shift;
+        }
+        let s = voice_distress_score(&v);
+        let ok = if distressed {
+            s > VOICE_THRESHOLD + VOICE_MARGIN
+        } else {
+            s < VOICE_THRESHOLD - VOICE_MARGIN
+        };
+        if ok {
+            return v;
+        }
+    }
+}
+
+fn symbol<R: Rng>(rng: &mut R) -> Tok {
+    let i = rng.random_range(0..10 + N_LETTERS);
+    if i < 10 {
+        digit(i)
+    } else {
+        letter(i - 10)
+    }
+}
+
+pub(crate) fn digits_of(mut n: u32, width: usize) -> Vec<Tok> {
+    let mut d = Vec::with_capacity(width);
+    for _ in 0..width {
+        d.push(digit(n % 10));
+        n /= 10;
+    }
+    d.reverse();
+    d
+}
+
+/// Generate a prompt of the given kind. `voice` says whether the request carries voice; for
+/// affect and probe kinds whose channel needs voice it is forced on, for `Words` it is off.
+pub fn generate<R: Rng>(rng: &mut R, kind: Kind, voice: bool) -> Prompt {
+    let mut toks = Vec::with_capacity(24);
+    let mut distressed_voice = false;
+    let mut voice = voice;
+    match kind {
+        Kind::Skill(skill, tier) => skill_prompt(rng, skill, tier, &mut toks),
+        Kind::Harmful | Kind::LookAlike | Kind::Jailbreak => {
+            if kind == Kind::Jailbreak {
+                toks.push(JAILBREAK0 + rng.random_range(0..N_JAILBREAKS));
+            }
+            toks.push(TOPIC0 + rng.random_range(0..N_TOPICS));
+            let intent0 = if kind == Kind::LookAlike {
+                BENIGN_INTENT0
+            } else {
+                HARM_INTENT0
+            };
+            toks.push(intent0 + rng.random_range(0..N_INTENTS));
+            toks.push(letter(rng.random_range(0..N_LETTERS)));
+            toks.push(letter(rng.random_range(0..N_LETTERS)));
+            if kind == Kind::Jailbreak && rng.random_bool(0.5) {
+                toks.push(JAILBREAK0 + rng.random_range(0..N_JAILBREAKS));
+            }
+        }
+        Kind::Affect(ch) | Kind::Probe(ch) => {
+            match ch {
+                Channel::Calm => {
+                    if rng.random_bool(0.5) {
+                        toks.push(CALM_WORD0 + rng.random_range(0..N_CALM_WORDS));
+                    }
+                }
+                Channel::Words | Channel::Both => {
+                    toks.push(DISTRESS_WORD0 + rng.random_range(0..N_DISTRESS_WORDS))
+                }
+                Channel::Voice => {}
+                Channel::Conflict => toks.push(CALM_WORD0), // "fine"
+            }
+            if ch.needs_voice() {
+                voice = true;
+                distressed_voice = true;
+            }
+            if ch == Channel::Words {
+                voice = false;
+            }
+            if matches!(kind, Kind::Probe(_)) {
+                toks.push(FEEL);
+            } else {
+                toks.push(COPY);
+                for _ in 0..3 {
+                    toks.push(symbol(rng));
+                }
+            }
+        }
+    }
+    let voice = voice.then(|| sample_voice(rng, distressed_voice));
+    Prompt {
+        kind,
+        tokens: toks,
+        voice,
+    }
+}
+
+fn skill_prompt<R: Rng>(rng: &mut R, skill: Skill, tier: Tier, toks: &mut Vec<Tok>) {
+    let hard = tier == Tier::Hard;
+    match skill {
+        Skill::CopyReverse => {
+            let n = if hard {
+                rng.random_range(5..=8)
+            } else {
+                rng.random_range(3..=5)
+            };
+            toks.push(if hard { REV } else { COPY });
+            for _ in 0..n {
+                toks.push(symbol(rng));
+            }
+        }
+        Skill::Sort => {
+            let n = if hard {
+                rng.random_range(6..=8)
+            } else {
+                rng.random_range(3..=4)
+            };
+            toks.push(SORT);
+            for _ in 0..n {
+                toks.push(digit(rng.random_range(0..10)));
+            }
+        }
+        Skill::Add => {
+            let (a, b) = if hard {
+                (rng.random_range(100..1000), rng.random_range(100..1000))
+            } else {
+                (rng.random_range(0..100), rng.random_range(0..100))
+            };
+            // Operands are zero-padded to a fixed width (2 easy, 3 hard) so digits align.
+            let width = if hard { 3 } else { 2 };
+            toks.push(ADD);
+            toks.extend(digits_of(a, width));
+            toks.push(PLUS_SIGN);
+            toks.extend(digits_of(b, width));
+        }
+        Skill::Lookup => {
+            let n = if hard {
+                rng.random_range(4..=6)
+            } else {
+                rng.random_range(2..=3)
+            };
+            let mut keys: Vec<u32> = (0..N_LETTERS).collect();
+            keys.shuffle(rng);
+            toks.push(KV);
+            for &k in &keys[..n] {
+                toks.push(letter(k));
+                toks.push(digit(rng.random_range(0..10)));
+                if hard {
+                    toks.push(digit(rng.random_range(0..10)));
+                }
+            }
+            toks.push(QUERY);
+            toks.push(letter(keys[rng.random_range(0..n)]));
+        }
+        Skill::Program => {
+            let n = if hard {
+                rng.random_range(4..=6)
+            } else {
+                rng.random_range(2..=3)
+            };
+            toks.push(RUN);
+            let mut depth = 0usize;
+            for _ in 0..n {
+                let op = if depth == 0 {
+                    PUSH
+                } else if depth == 1 {
+                    *[PUSH, PUSH, DUP].choose(rng).unwrap_or(&PUSH)
+                } else {
+                    *[PUSH, PLUS, PLUS, DUP, SWAP, POP]
+                        .choose(rng)
+                        .unwrap_or(&PUSH)
+                };
+                toks.push(op);
+                match op {
+                    PUSH => {
+                        toks.push(digit(rng.random_range(0..10)));
+                        depth += 1;
+                    }
+                    PLUS | POP => depth -= 1,
+                    DUP => depth += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
