@@ -16,3 +16,4 @@ pub use error::{Error, Result};
 pub mod bench;
 pub mod experiment;
 pub mod report;
+pub mod traffic;

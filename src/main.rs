@@ -60,6 +60,9 @@ enum Cmd {
         /// Fewer repetitions (for CI).
         #[arg(long)]
         quick: bool,
+        /// Benchmark the traffic layer (clock, limits, ledgers, detectors) instead of the models.
+        #[arg(long)]
+        traffic: bool,
     },
 }
 
@@ -218,9 +221,14 @@ fn main() -> ExitCode {
         Cmd::Teacher {
             cmd: TeacherCmd::Train { config, common },
         } => teacher_train(config, common),
-        Cmd::Bench { quick } => distill_sim::bench::run(quick)
-            .map(|_| ExitCode::SUCCESS)
-            .map_err(Into::into),
+        Cmd::Bench { quick, traffic } => {
+            let r = if traffic {
+                distill_sim::bench::traffic(quick)
+            } else {
+                distill_sim::bench::run(quick)
+            };
+            r.map(|_| ExitCode::SUCCESS).map_err(Into::into)
+        }
     };
     match result {
         Ok(code) => code,

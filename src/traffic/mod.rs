@@ -1,0 +1,279 @@
+//! Traffic on the simulated clock: a benign population and an attacker campaign sharing the
+//! API, replayed at scale with compact query records (no text, no per-query allocation), for
+//! detectors and their actions. Neural generation is not part of a replay: content-level
+//! defenses are measured by the run pipeline, volume-level ones here.
+
+pub mod detect;
+
+use crate::api::limits::{Bucket, Ledger};
+use crate::api::{ApiConfig, Identity};
+use crate::rng::{derive_rng, SimRng};
+use crate::world::{Kind, Mix, Prompt, Tier};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// Kinds a query record can name (index into [`crate::world::mix::suite_kinds`]).
+pub const N_KINDS: usize = 23;
+
+/// One query as the traffic layer sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Query {
+    pub minute: u32,
+    pub account: u32,
+    /// Index into `suite_kinds()`.
+    pub kind: u8,
+    pub input_tokens: u8,
+    pub output_tokens: u8,
+    /// Asks for (or elicits) a reasoning trace.
+    pub reasoning: bool,
+}
+
+/// Index of a kind in `suite_kinds()` (the report order).
+pub fn kind_index(k: Kind) -> u8 {
+    crate::world::mix::suite_kinds()
+        .iter()
+        .position(|&x| x == k)
+        .unwrap_or(0) as u8
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PopulationConfig {
+    /// Benign users (one account each).
+    pub users: usize,
+    /// Median queries per user per day; activity is log-normal (heavy-tailed).
+    pub daily_median: f64,
+    /// Log-normal sigma of per-user activity.
+    pub sigma: f64,
+    /// Tier of benign accounts.
+    pub tier: String,
+}
+
+impl Default for PopulationConfig {
+    fn default() -> Self {
+        PopulationConfig {
+            users: 2000,
+            daily_median: 8.0,
+            sigma: 1.2,
+            tier: "tier1".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CampaignConfig {
+    /// Attacker accounts.
+    pub accounts: usize,
+    /// Queries per account per day (spread evenly over the day).
+    pub daily_per_account: f64,
+    /// Campaign length in simulated days.
+    pub days: f64,
+    /// Accounts per shared payment instrument / IP / fingerprint (1 = all unique).
+    pub identity_sharing: usize,
+    /// Share of attacker queries on hard (reasoning-bearing) tiers.
+    pub hard_share: f64,
+    /// Skills the campaign targets (all when empty).
+    pub skills: Vec<crate::world::Skill>,
+}
+
+impl Default for CampaignConfig {
+    fn default() -> Self {
+        CampaignConfig {
+            accounts: 200,
+            daily_per_account: 26.0,
+            days: 7.0,
+            identity_sharing: 10,
+            hard_share: 0.8,
+            skills: vec![],
+        }
+    }
+}
+
+/// A weighted sampler in O(1) per draw (Walker's alias method).
+pub struct Alias {
+    prob: Vec<f64>,
+    alias: Vec<u32>,
+}
+
+impl Alias {
+    pub fn new(weights: &[f64]) -> Alias {
+        let n = weights.len().max(1);
+        let total: f64 = weights.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+        let mut prob: Vec<f64> = weights.iter().map(|w| w * n as f64 / total).collect();
+        prob.resize(n, 0.0);
+        let mut alias = vec![0u32; n];
+        let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| prob[i] < 1.0);
+        while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+            alias[s] = l as u32;
+            prob[l] -= 1.0 - prob[s];
+            if prob[l] < 1.0 {
+                large.pop();
+                small.push(l);
+            }
+        }
+        for i in large.into_iter().chain(small) {
+            prob[i] = 1.0;
+        }
+        Alias { prob, alias }
+    }
+
+    pub fn sample(&self, rng: &mut SimRng) -> usize {
+        let i = rng.random_range(0..self.prob.len());
+        if rng.random::<f64>() < self.prob[i] {
+            i
+        } else {
+            self.alias[i] as usize
+        }
+    }
+}
+
+/// Poisson draw (Knuth for small means, normal approximation above 30).
+pub fn poisson(rng: &mut SimRng, mean: f64) -> u64 {
+    if mean <= 0.0 {
+        return 0;
+    }
+    if mean > 30.0 {
+        let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+        let u2: f64 = rng.random();
+        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        return (mean + z * mean.sqrt()).round().max(0.0) as u64;
+    }
+    let l = (-mean).exp();
+    let (mut k, mut p) = (0u64, 1.0);
+    loop {
+        p *= rng.random::<f64>();
+        if p <= l {
+            return k;
+        }
+        k += 1;
+    }
+}
+
+/// Pre-sampled query templates, so the hot loop draws an index instead of building a prompt.
+pub struct TemplateBank {
+    pub queries: Vec<(u8, u8, u8, bool)>,
+}
+
+impl TemplateBank {
+    /// `n` prompts from `mix`, summarised as (kind, input tokens, output tokens, reasoning).
+    pub fn new(mix: &Mix, n: usize, rng: &mut SimRng) -> TemplateBank {
+        let queries = (0..n)
+            .map(|_| {
+                let p: Prompt = mix.sample(rng);
+                let out = crate::world::ideal_response(&p).len();
+                let reasoning = matches!(p.kind, Kind::Skill(_, Tier::Hard));
+                (
+                    kind_index(p.kind),
+                    (p.tokens.len() + 2) as u8,
+                    out as u8,
+                    reasoning,
+                )
+            })
+            .collect();
+        TemplateBank { queries }
+    }
+}
+
+/// Per-account state of a replay.
+#[derive(Clone, Debug)]
+pub struct AccountState {
+    pub identity: Identity,
+    pub attacker: bool,
+    pub tier: usize,
+    pub banned_at: Option<u32>,
+    pub ledger: Ledger,
+    buckets: [Bucket; 3],
+}
+
+/// The outcome of a replay.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReplayStats {
+    pub queries: u64,
+    pub attacker_served: u64,
+    pub benign_served: u64,
+    pub throttled: u64,
+    pub blocked_banned: u64,
+    pub benign_blocked: u64,
+    pub wall_seconds: f64,
+}
+
+/// Shared set-up of a replay: accounts (benign first, then attacker) with identities.
+pub fn accounts(
+    api: &ApiConfig,
+    pop: &PopulationConfig,
+    camp: &CampaignConfig,
+    seed: u64,
+) -> crate::Result<Vec<AccountState>> {
+    let tier_of = |name: &str| {
+        api.tier_index(name)
+            .ok_or_else(|| crate::Error::Invalid(format!("tier `{name}` is not an API tier")))
+    };
+    let (bt, at) = (tier_of(&pop.tier)?, tier_of("tier1")?);
+    let mut rng = derive_rng(seed, "traffic/identities");
+    let mut v = Vec::with_capacity(pop.users + camp.accounts);
+    for i in 0..pop.users + camp.accounts {
+        let attacker = i >= pop.users;
+        let identity = if attacker {
+            let group = ((i - pop.users) / camp.identity_sharing.max(1)) as u32;
+            Identity {
+                payment: 1_000_000 + group,
+                ip_asn: 1_000_000 + group,
+                fingerprint: 1_000_000 + group,
+                region: 1,
+                verified: false,
+            }
+        } else {
+            // Benign users: unique identities, a few sharing a household IP.
+            Identity {
+                payment: i as u32,
+                ip_asn: if rng.random_bool(0.05) {
+                    (i / 2) as u32
+                } else {
+                    i as u32
+                },
+                fingerprint: i as u32,
+                region: rng.random_range(0..8),
+                verified: rng.random_bool(0.3),
+            }
+        };
+        let tier = if attacker { at } else { bt };
+        let t = &api.tiers[tier];
+        v.push(AccountState {
+            identity,
+            attacker,
+            tier,
+            banned_at: None,
+            ledger: Ledger::default(),
+            buckets: [
+                Bucket::full(t.rpm, 0.0),
+                Bucket::full(t.input_tpm, 0.0),
+                Bucket::full(t.output_tpm, 0.0),
+            ],
+        });
+    }
+    Ok(v)
+}
+
+impl AccountState {
+    /// Admit and bill one query at `now` (seconds). Returns whether it was served.
+    #[inline]
+    pub fn serve(&mut self, now: f64, q: &Query, price_in: f64, price_out: f64) -> bool {
+        if !(self.buckets[0].has(now, 1.0)
+            && self.buckets[1].has(now, q.input_tokens as f64)
+            && self.buckets[2].has(now, 0.0))
+        {
+            self.ledger.throttled += 1;
+            return false;
+        }
+        self.buckets[0].take(1.0);
+        self.buckets[1].take(q.input_tokens as f64);
+        self.buckets[2].take(q.output_tokens as f64);
+        self.ledger.requests += 1;
+        self.ledger.input_tokens += q.input_tokens as u64;
+        self.ledger.output_tokens += q.output_tokens as u64;
+        self.ledger.spend_usd +=
+            (q.input_tokens as f64 * price_in + q.output_tokens as f64 * price_out) / 1e6;
+        true
+    }
+}
