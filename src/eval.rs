@@ -28,7 +28,7 @@ pub fn direction(metric: &str) -> Direction {
     if lower.iter().any(|p| metric.starts_with(p)) {
         return Direction::Lower;
     }
-    let neutral = ["harvest.", "budget", "sim."];
+    let neutral = ["harvest.", "budget", "sim.", "provenance.watermark_p"];
     if neutral.iter().any(|p| metric.starts_with(p)) {
         return Direction::Neutral;
     }

@@ -180,7 +180,16 @@ fn run(config_path: PathBuf, common: Common) -> Result<ExitCode> {
             None => failed += 1,
         }
     }
-    println!("{}", report::run_table(&rows, &report::RUN_COLUMNS));
+    let columns: &[&str] =
+        if exp.config.api.defenses.is_empty() && !exp.config.grid.contains_key("api.defenses") {
+            &report::RUN_COLUMNS
+        } else {
+            &report::DEFENSE_COLUMNS
+        };
+    println!("{}", report::run_table(&rows, columns));
+    if exp.config.seeds.len() > 1 {
+        println!("{}", report::aggregate_table(&rows, columns));
+    }
     if failed > 0 {
         eprintln!(
             "[run] {failed} of {} runs failed (see their summary.json)",

@@ -8,7 +8,7 @@ pub mod limits;
 use crate::model::{GenParams, Generation};
 use crate::rng::SimRng;
 use crate::teacher::Teacher;
-use crate::world::vocab::{Tok, ENDTHINK, THINK};
+use crate::world::vocab::Tok;
 use crate::world::Prompt;
 use limits::{Bucket, Ledger};
 use serde::{Deserialize, Serialize};
@@ -245,7 +245,7 @@ impl Api {
                 p
             })
             .collect();
-        let gens = teacher.respond(&prompts, &params, rng, self.output.processor());
+        let gens = self.output.generate(teacher, &prompts, &params, rng);
         for (&i, g) in admitted.iter().zip(gens) {
             let r = &reqs[i];
             let mut resp = self.apply_output_policy(g);
@@ -283,18 +283,7 @@ impl Api {
             mut top,
         } = g;
         if self.config.reasoning == Reasoning::Hidden {
-            if let Some(open) = tokens.iter().position(|&t| t == THINK) {
-                let close = tokens
-                    .iter()
-                    .position(|&t| t == ENDTHINK)
-                    .unwrap_or(tokens.len() - 1);
-                let hidden = close + 1 - open;
-                usage.hidden_reasoning_tokens = hidden as u64;
-                tokens.drain(open..=close);
-                if top.len() > open {
-                    top.drain(open..=close.min(top.len() - 1));
-                }
-            }
+            usage.hidden_reasoning_tokens = defense::hide_reasoning(&mut tokens, &mut top) as u64;
         }
         usage.output_tokens = tokens.len() as u64;
         Response {

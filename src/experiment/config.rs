@@ -256,6 +256,33 @@ pub struct Experiment {
 fn value_label(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
+        // A list of tagged settings (e.g. defenses): `kind(key=value;...)+kind(...)`.
+        Value::Array(items) if items.iter().all(|x| x.get("kind").is_some()) => {
+            if items.is_empty() {
+                return "none".into();
+            }
+            items
+                .iter()
+                .map(|x| {
+                    let kind = x["kind"].as_str().unwrap_or("?").to_string();
+                    let params: Vec<String> = x
+                        .as_object()
+                        .map(|o| {
+                            o.iter()
+                                .filter(|(k, _)| *k != "kind")
+                                .map(|(k, v)| format!("{k}={}", value_label(v)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if params.is_empty() {
+                        kind
+                    } else {
+                        format!("{kind}({})", params.join(";"))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        }
         Value::Object(_) | Value::Array(_) => {
             let s = v.to_string();
             s.chars()

@@ -208,6 +208,20 @@ impl Runner {
             harvest_secs,
             harvest.times.last().copied().unwrap_or(0.0) / 60.0
         ));
+        // What benign users get under the output defenses: the teacher's eval responses as
+        // served (greedy requests), scored against the ideal.
+        let defenses = crate::api::defense::Defenses::new(&cfg.api.defenses);
+        let served = served_responses(&t.teacher, &defenses, &cfg.api, &suites, spec.seed);
+        let served_cap = eval::score(&suites, &served)["capability"];
+        let utility = served_cap / t_scores["capability"];
+        let green = defenses
+            .green_list()
+            .cloned()
+            .unwrap_or_else(|| crate::api::defense::watermark::GreenList::new(42, 0.25));
+        let flip = cfg.api.defenses.iter().find_map(|d| match d {
+            crate::api::defense::DefenseConfig::Flip { rate, key } => Some((*rate, *key)),
+            _ => None,
+        });
         let mut rows = Vec::new();
         for budget in cfg.budgets() {
             let n = budget.min(harvest.items.len());
@@ -264,6 +278,31 @@ impl Runner {
             m.insert("cost.usd".into(), json!(harvest.cost_at(n)));
             m.insert("train.loss".into(), json!(loss));
             m.insert("train.seconds".into(), json!(train_secs));
+            m.insert("defense.utility".into(), json!(utility));
+            let det =
+                crate::api::defense::watermark::detect(&green, s_resp.iter().map(|r| r.as_slice()));
+            m.insert("provenance.watermark_z".into(), json!(det.z));
+            m.insert("provenance.watermark_p".into(), json!(det.p_value));
+            if let Some((rate, key)) = flip {
+                // Share of flipped eval prompts where the student repeats the flipped answer.
+                let agree = suites
+                    .prompts
+                    .iter()
+                    .zip(s_resp.iter().zip(&served))
+                    .filter(|(p, _)| crate::api::defense::flipped(p, key, rate))
+                    .map(|(_, (a, b))| {
+                        (crate::world::parse_response(a).answer
+                            == crate::world::parse_response(b).answer)
+                            as u32 as f64
+                    })
+                    .collect::<Vec<_>>();
+                let v = if agree.is_empty() {
+                    f64::NAN
+                } else {
+                    agree.iter().sum::<f64>() / agree.len() as f64
+                };
+                m.insert("provenance.flip_agreement".into(), json!(v));
+            }
             for (k, v) in rel.iter().chain(s_scores.iter()) {
                 m.insert(k.clone(), json!(v));
             }
@@ -278,6 +317,40 @@ impl Runner {
         }
         Ok(rows)
     }
+}
+
+/// The teacher's greedy eval responses as the API serves them under its output defenses.
+fn served_responses(
+    teacher: &Teacher,
+    defenses: &crate::api::defense::Defenses,
+    api: &crate::api::ApiConfig,
+    suites: &EvalSuites,
+    seed: u64,
+) -> Vec<Vec<Tok>> {
+    let prompts: Vec<_> = suites.prompts.iter().collect();
+    let params: Vec<GenParams> = prompts
+        .iter()
+        .map(|_| {
+            let mut p = GenParams {
+                max_new: api.max_tokens,
+                temperature: 0.0,
+                top_k: 0,
+            };
+            defenses.params(&mut p);
+            p
+        })
+        .collect();
+    let mut rng = derive_rng(seed, "eval/served");
+    let gens = defenses.generate(teacher, &prompts, &params, &mut rng);
+    prompts
+        .iter()
+        .zip(gens)
+        .map(|(p, g)| {
+            let (mut tokens, mut top) = (g.tokens, g.top);
+            defenses.after(p, &mut tokens, &mut top, &mut rng);
+            tokens
+        })
+        .collect()
 }
 
 /// Rows of a finished run, if its directory is complete and its status is ok.

@@ -22,10 +22,21 @@ pub enum DefenseConfig {
     Noise { std: f32 },
     /// Sample at a temperature of at least `min` whatever the request asks.
     TemperatureFloor { min: f32 },
+    /// Return at most `k` top logprobs per position (0: text only).
+    LogprobsCap { k: usize },
+    /// Withhold the reasoning trace (billed, not returned).
+    HideReasoning,
     /// Replace the reasoning trace by a summary: `<summary>` and the trace's last token.
     SummariseReasoning,
-    /// KGW watermark: green share `gamma` of the vocabulary per previous token, logit bias `delta`.
-    Watermark { gamma: f32, delta: f32, key: u64 },
+    /// KGW watermark: green share `gamma` of the vocabulary per previous token, logit bias
+    /// `delta`, on a keyed `share` of requests (1 = all).
+    Watermark {
+        gamma: f32,
+        delta: f32,
+        key: u64,
+        #[serde(default = "one")]
+        share: f64,
+    },
     /// Keyed response flipping for ownership checks (DAWN): a keyed `rate` of prompts get a
     /// deterministic wrong final answer token.
     Flip { rate: f64, key: u64 },
@@ -34,15 +45,22 @@ pub enum DefenseConfig {
 /// A built defense stack.
 pub struct Defenses {
     configs: Vec<DefenseConfig>,
-    watermark: Option<(GreenList, f32)>,
+    watermark: Option<(GreenList, f32, u64, f64)>,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl Defenses {
     pub fn new(configs: &[DefenseConfig]) -> Defenses {
         let watermark = configs.iter().find_map(|c| match c {
-            DefenseConfig::Watermark { gamma, delta, key } => {
-                Some((GreenList::new(*key, *gamma), *delta))
-            }
+            DefenseConfig::Watermark {
+                gamma,
+                delta,
+                key,
+                share,
+            } => Some((GreenList::new(*key, *gamma), *delta, *key, *share)),
             _ => None,
         });
         Defenses {
@@ -60,11 +78,45 @@ impl Defenses {
         }
     }
 
-    /// The logit processor generation must apply, if any (the watermark).
-    pub fn processor(&self) -> Option<&dyn crate::model::generate::LogitsProcessor> {
+    /// The logit processor generation must apply to `prompt`, if any (the watermark, on its
+    /// keyed share of prompts).
+    pub fn processor(
+        &self,
+        prompt: &Prompt,
+    ) -> Option<&dyn crate::model::generate::LogitsProcessor> {
         self.watermark
             .as_ref()
+            .filter(|w| keyed_unit(w.2, "watermark", &prompt.tokens) < w.3)
             .map(|w| w as &dyn crate::model::generate::LogitsProcessor)
+    }
+
+    /// Generate for `prompts` with the processor each needs: prompts with and without the
+    /// watermark go as two batches.
+    pub fn generate(
+        &self,
+        teacher: &crate::teacher::Teacher,
+        prompts: &[&Prompt],
+        params: &[GenParams],
+        rng: &mut crate::rng::SimRng,
+    ) -> Vec<crate::model::Generation> {
+        let marked: Vec<bool> = prompts
+            .iter()
+            .map(|p| self.processor(p).is_some())
+            .collect();
+        let mut out = vec![crate::model::Generation::default(); prompts.len()];
+        for want in [false, true] {
+            let idx: Vec<usize> = (0..prompts.len()).filter(|&i| marked[i] == want).collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let ps: Vec<&Prompt> = idx.iter().map(|&i| prompts[i]).collect();
+            let pr: Vec<GenParams> = idx.iter().map(|&i| params[i]).collect();
+            let processor = if want { self.processor(ps[0]) } else { None };
+            for (&i, g) in idx.iter().zip(teacher.respond(&ps, &pr, rng, processor)) {
+                out[i] = g;
+            }
+        }
+        out
     }
 
     /// Transform a served response: tokens and per-position top-k `(token, logprob)`.
@@ -97,6 +149,15 @@ impl Defenses {
                         row.sort_by(|a, b| b.1.total_cmp(&a.1));
                     }
                 }
+                DefenseConfig::LogprobsCap { k } => {
+                    if *k == 0 {
+                        top.clear();
+                    }
+                    for row in top.iter_mut() {
+                        row.truncate(*k);
+                    }
+                }
+                DefenseConfig::HideReasoning => hidden += hide_reasoning(tokens, top),
                 DefenseConfig::SummariseReasoning => hidden += summarise(tokens, top),
                 DefenseConfig::Flip { rate, key } => {
                     if flipped(prompt, *key, *rate) {
@@ -111,11 +172,11 @@ impl Defenses {
 
     /// The watermark's green list, for provenance tests.
     pub fn green_list(&self) -> Option<&GreenList> {
-        self.watermark.as_ref().map(|(g, _)| g)
+        self.watermark.as_ref().map(|w| &w.0)
     }
 }
 
-impl crate::model::generate::LogitsProcessor for (GreenList, f32) {
+impl crate::model::generate::LogitsProcessor for (GreenList, f32, u64, f64) {
     fn process(&self, generated: &[Tok], logits: &mut [f32]) {
         let prev = generated
             .last()
@@ -129,6 +190,22 @@ fn normal(rng: &mut crate::rng::SimRng) -> f32 {
     let u1: f32 = rng.random_range(f32::EPSILON..1.0);
     let u2: f32 = rng.random();
     (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
+/// Remove `THINK trace ENDTHINK` (and its logprobs); returns tokens withheld.
+pub fn hide_reasoning(tokens: &mut Vec<Tok>, top: &mut Vec<Vec<(Tok, f32)>>) -> usize {
+    let Some(open) = tokens.iter().position(|&t| t == THINK) else {
+        return 0;
+    };
+    let close = tokens
+        .iter()
+        .position(|&t| t == ENDTHINK)
+        .unwrap_or(tokens.len() - 1);
+    tokens.drain(open..=close);
+    if top.len() > open {
+        top.drain(open..=close.min(top.len() - 1));
+    }
+    close + 1 - open
 }
 
 /// Replace `THINK trace ENDTHINK` by `SUMMARY last`; returns tokens withheld.
@@ -260,6 +337,25 @@ mod tests {
         };
         d.params(&mut p);
         assert_eq!(p.temperature, 1.2);
+    }
+
+    #[test]
+    fn logprob_cap_and_hidden_reasoning() {
+        let mut rng = derive_rng(0, "t");
+        let d = Defenses::new(&[
+            DefenseConfig::LogprobsCap { k: 1 },
+            DefenseConfig::HideReasoning,
+        ]);
+        let mut toks = vec![THINK, digit(3), ENDTHINK, digit(7), EOS];
+        let mut top: Vec<Vec<(Tok, f32)>> =
+            toks.iter().map(|&t| vec![(t, -0.1), (1, -3.0)]).collect();
+        let hidden = d.after(&prompt(), &mut toks, &mut top, &mut rng);
+        assert_eq!((toks, hidden), (vec![digit(7), EOS], 3));
+        assert_eq!(top, vec![vec![(digit(7), -0.1)], vec![(EOS, -0.1)]]);
+        let off = Defenses::new(&[DefenseConfig::LogprobsCap { k: 0 }]);
+        let mut top = vec![vec![(1, -0.1)]];
+        off.after(&prompt(), &mut vec![1], &mut top, &mut rng);
+        assert!(top.is_empty());
     }
 
     #[test]
