@@ -116,7 +116,14 @@ fn run(config_path: PathBuf, common: Common) -> Result<ExitCode> {
             exp.config.budgets().len()
         );
     }
-    let specs: Vec<_> = runs.iter().map(|(_, r)| (*r).clone()).collect();
+    // Teachers are prepared (trained or loaded) only for runs that still have work to do.
+    let specs: Vec<_> = runs
+        .iter()
+        .filter(|(_, r)| {
+            distill_sim::experiment::run::finished_rows(&runner.run_dir(&exp, &r.id)).is_none()
+        })
+        .map(|(_, r)| (*r).clone())
+        .collect();
     runner.prepare(&specs)?;
     let jobs = common
         .jobs

@@ -284,18 +284,35 @@ impl Runner {
             m.insert("provenance.watermark_z".into(), json!(det.z));
             m.insert("provenance.watermark_p".into(), json!(det.p_value));
             if let Some((rate, key)) = flip {
-                // Share of flipped eval prompts where the student repeats the flipped answer.
-                let agree = suites
-                    .prompts
+                // DAWN's check: replay the harvested queries that were flipped and count how
+                // often the suspect model repeats the flipped answer.
+                let flipped: Vec<&crate::attacker::Item> = items
                     .iter()
-                    .zip(s_resp.iter().zip(&served))
-                    .filter(|(p, _)| crate::api::defense::flipped(p, key, rate))
-                    .map(|(_, (a, b))| {
-                        (crate::world::parse_response(a).answer
-                            == crate::world::parse_response(b).answer)
+                    .filter(|i| crate::api::defense::flipped(&i.prompt, key, rate))
+                    .take(300)
+                    .collect();
+                let prompts: Vec<&crate::world::Prompt> =
+                    flipped.iter().map(|i| &i.prompt).collect();
+                let params = vec![
+                    GenParams {
+                        max_new: 32,
+                        temperature: 0.0,
+                        top_k: 0
+                    };
+                    prompts.len()
+                ];
+                let mut rng = derive_rng(spec.seed, "provenance/flip");
+                let answers =
+                    generate::generate(student.as_ref(), &prompts, &params, 512, &mut rng, None);
+                let agree: Vec<f64> = flipped
+                    .iter()
+                    .zip(&answers)
+                    .map(|(i, g)| {
+                        (crate::world::parse_response(&g.tokens).answer
+                            == crate::world::parse_response(&i.tokens).answer)
                             as u32 as f64
                     })
-                    .collect::<Vec<_>>();
+                    .collect();
                 let v = if agree.is_empty() {
                     f64::NAN
                 } else {

@@ -249,7 +249,10 @@ pub fn replay(
     let mut features = vec![Features::default(); accts.len()];
     let mut dirty: Vec<u32> = Vec::new();
     let mut is_dirty = vec![false; accts.len()];
-    let mut pending: Vec<(u32, u32)> = Vec::new(); // (ban minute, account)
+    // Scheduled bans, earliest first: (ban minute, account).
+    let mut pending: std::collections::BinaryHeap<std::cmp::Reverse<(u32, u32)>> =
+        Default::default();
+    let mut flagged = vec![false; accts.len()]; // scheduled once, not at every pass
     let mut active_attackers: Vec<u32> = (pop.users as u32..accts.len() as u32).collect();
     let attack_per_minute_each = camp.daily_per_account / 1440.0;
     let minutes = (camp.days * 1440.0) as u32;
@@ -259,20 +262,19 @@ pub fn replay(
     for minute in 0..minutes {
         let now = minute as f64 * 60.0;
         // Due bans.
-        pending.retain(|&(at, a)| {
-            if at <= minute {
-                let acc = &mut accts[a as usize];
-                if acc.banned_at.is_none() {
-                    acc.banned_at = Some(minute);
-                    if acc.attacker && det_stats.days_to_first_action.is_none() {
-                        det_stats.days_to_first_action = Some(minute as f64 / 1440.0);
-                    }
-                }
-                false
-            } else {
-                true
+        while let Some(&std::cmp::Reverse((at, a))) = pending.peek() {
+            if at > minute {
+                break;
             }
-        });
+            pending.pop();
+            let acc = &mut accts[a as usize];
+            if acc.banned_at.is_none() {
+                acc.banned_at = Some(minute);
+                if acc.attacker && det_stats.days_to_first_action.is_none() {
+                    det_stats.days_to_first_action = Some(minute as f64 / 1440.0);
+                }
+            }
+        }
         active_attackers.retain(|&a| accts[a as usize].banned_at.is_none());
         if active_attackers.is_empty() && stop_at.is_none() && camp.accounts > 0 {
             stop_at = Some(stats.attacker_served);
@@ -333,10 +335,14 @@ pub fn replay(
         if (minute + 1) % det.check_minutes.max(1) == 0 {
             for &a in &dirty {
                 is_dirty[a as usize] = false;
-                if accts[a as usize].banned_at.is_none()
+                if !flagged[a as usize]
                     && flags(det, &features[a as usize], cluster[a as usize], &reference) != 0
                 {
-                    pending.push((minute + det.action_delay_minutes, a));
+                    flagged[a as usize] = true;
+                    pending.push(std::cmp::Reverse((
+                        minute.saturating_add(det.action_delay_minutes),
+                        a,
+                    )));
                 }
             }
             dirty.clear();

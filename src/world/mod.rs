@@ -203,7 +203,9 @@ pub fn parse_response(resp: &[Tok]) -> Parsed<'_> {
             }
         }
     } else if rest.first() == Some(&vocab::SUMMARY) {
-        rest = &rest[1..];
+        // A summarised trace: SUMMARY and one token standing for the trace.
+        trace = Some(&rest[1..rest.len().min(2)]);
+        rest = &rest[rest.len().min(2)..];
     }
     Parsed {
         refused,
@@ -228,6 +230,12 @@ mod tests {
         let p = parse_response(&[REFUSE, EOS]);
         assert!(p.refused && p.answer.is_empty());
         // An unclosed trace leaves no answer.
+        let summary = [SUMMARY, digit(7), digit(7), EOS];
+        let p = parse_response(&summary);
+        assert_eq!(
+            (p.trace, p.answer),
+            (Some(&[digit(7)][..]), &[digit(7)][..])
+        );
         let unclosed = [THINK, digit(1), digit(2)];
         assert_eq!(parse_response(&unclosed).answer, &[] as &[Tok]);
     }
