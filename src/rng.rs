@@ -21,3 +21,17 @@ pub fn derive_seed(seed: u64, name: &str) -> u64 {
     use rand::RngCore;
     derive_rng(seed, name).next_u64()
 }
+
+/// A standard normal draw (Box-Muller), portable and dependency-free.
+pub fn normal<R: rand::Rng>(rng: &mut R) -> f32 {
+    let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+    let u2: f32 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
+/// [`normal`] in double precision.
+pub fn normal_f64<R: rand::Rng>(rng: &mut R) -> f64 {
+    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}

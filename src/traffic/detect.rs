@@ -197,8 +197,7 @@ pub fn replay(
     // Benign activity: log-normal daily rates, drawn through an alias table.
     let rates: Vec<f64> = (0..pop.users)
         .map(|_| {
-            let u1: f64 = rng.random_range(f64::EPSILON..1.0);
-            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * rng.random::<f64>()).cos();
+            let z = crate::rng::normal_f64(&mut rng);
             pop.daily_median * (pop.sigma * z).exp()
         })
         .collect();

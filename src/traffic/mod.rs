@@ -134,9 +134,7 @@ pub fn poisson(rng: &mut SimRng, mean: f64) -> u64 {
         return 0;
     }
     if mean > 30.0 {
-        let u1: f64 = rng.random_range(f64::EPSILON..1.0);
-        let u2: f64 = rng.random();
-        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        let z = crate::rng::normal_f64(rng);
         return (mean + z * mean.sqrt()).round().max(0.0) as u64;
     }
     let l = (-mean).exp();

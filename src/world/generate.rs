@@ -19,12 +19,7 @@ pub fn voice_distress_score(v: &[f32; VOICE_FEATURES]) -> f32 {
     v[..DISTRESS_DIMS].iter().sum::<f32>() / DISTRESS_DIMS as f32
 }
 
-fn normal<R: Rng>(rng: &mut R) -> f32 {
-    // Box-Muller: portable and dependency-free.
-    let u1: f32 = rng.random_range(f32::EPSILON..1.0);
-    let u2: f32 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-}
+use crate::rng::normal;
 
 /// Sample a voice vector, calm or distressed, at least `VOICE_MARGIN` from the threshold.
 pub fn sample_voice<R: Rng>(rng: &mut R, distressed: bool) -> [f32; VOICE_FEATURES] {

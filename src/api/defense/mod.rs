@@ -144,7 +144,7 @@ impl Defenses {
                 DefenseConfig::Noise { std } => {
                     for row in top.iter_mut() {
                         for (_, lp) in row.iter_mut() {
-                            *lp += std * normal(rng);
+                            *lp += std * crate::rng::normal(rng);
                         }
                         row.sort_by(|a, b| b.1.total_cmp(&a.1));
                     }
@@ -186,21 +186,21 @@ impl crate::model::generate::LogitsProcessor for (GreenList, f32, u64, f64) {
     }
 }
 
-fn normal(rng: &mut crate::rng::SimRng) -> f32 {
-    let u1: f32 = rng.random_range(f32::EPSILON..1.0);
-    let u2: f32 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-}
-
-/// Remove `THINK trace ENDTHINK` (and its logprobs); returns tokens withheld.
-pub fn hide_reasoning(tokens: &mut Vec<Tok>, top: &mut Vec<Vec<(Tok, f32)>>) -> usize {
-    let Some(open) = tokens.iter().position(|&t| t == THINK) else {
-        return 0;
-    };
+/// Positions of THINK and of its ENDTHINK (or the last token when the trace is unclosed).
+fn trace_span(tokens: &[Tok]) -> Option<(usize, usize)> {
+    let open = tokens.iter().position(|&t| t == THINK)?;
     let close = tokens
         .iter()
         .position(|&t| t == ENDTHINK)
         .unwrap_or(tokens.len() - 1);
+    Some((open, close))
+}
+
+/// Remove `THINK trace ENDTHINK` (and its logprobs); returns tokens withheld.
+pub fn hide_reasoning(tokens: &mut Vec<Tok>, top: &mut Vec<Vec<(Tok, f32)>>) -> usize {
+    let Some((open, close)) = trace_span(tokens) else {
+        return 0;
+    };
     tokens.drain(open..=close);
     if top.len() > open {
         top.drain(open..=close.min(top.len() - 1));
@@ -210,13 +210,9 @@ pub fn hide_reasoning(tokens: &mut Vec<Tok>, top: &mut Vec<Vec<(Tok, f32)>>) -> 
 
 /// Replace `THINK trace ENDTHINK` by `SUMMARY last`; returns tokens withheld.
 fn summarise(tokens: &mut Vec<Tok>, top: &mut Vec<Vec<(Tok, f32)>>) -> usize {
-    let Some(open) = tokens.iter().position(|&t| t == THINK) else {
+    let Some((open, close)) = trace_span(tokens) else {
         return 0;
     };
-    let close = tokens
-        .iter()
-        .position(|&t| t == ENDTHINK)
-        .unwrap_or(tokens.len() - 1);
     let last = if close > open + 1 {
         tokens[close - 1]
     } else {
