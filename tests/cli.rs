@@ -199,3 +199,22 @@ fn set_pins_a_swept_key_and_shards_partition_the_runs() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// An interrupted write leaves a hidden temporary directory; the next run of the same point
+/// removes it, and nothing half-written is ever visible under the run's name.
+#[test]
+fn stale_temporary_run_directories_are_cleaned_up() {
+    let r = scratch("stale");
+    let stale = r.join("tiny").join(".tmp-api.logprobs=0,seed=1-999999");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("metrics.jsonl"), "{\"half\":").unwrap();
+    let out = run(&fixture("tiny.yaml"), &r, &["--jobs", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!stale.exists());
+    let names: Vec<String> = std::fs::read_dir(r.join("tiny"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+    let _ = std::fs::remove_dir_all(r);
+}

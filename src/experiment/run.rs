@@ -389,8 +389,16 @@ fn write_run_dir(dir: &Path, spec: &RunSpec, rows: &[Value], summary: &Value) ->
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // Leftovers of an interrupted write of this run (any process) are removed first.
+    if let Ok(entries) = std::fs::read_dir(parent) {
+        let prefix = format!(".tmp-{name}-");
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let put = |file: &str, data: Vec<u8>| -> Result<()> {
         let p = tmp.join(file);
