@@ -18,6 +18,14 @@ pub enum Direction {
 
 /// Whether higher values of a metric are better.
 pub fn direction(metric: &str) -> Direction {
+    // Detection metrics are read from the defender's side: catching more, sooner, with fewer
+    // benign casualties and less harvest let through is better.
+    if metric == "detection.recall" {
+        return Direction::Higher;
+    }
+    if metric.starts_with("detection.") {
+        return Direction::Lower;
+    }
     let lower = [
         "safety.over_refusal",
         "ei.false_alarm",

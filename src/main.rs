@@ -187,12 +187,13 @@ fn run(config_path: PathBuf, common: Common) -> Result<ExitCode> {
             None => failed += 1,
         }
     }
-    let columns: &[&str] =
-        if exp.config.api.defenses.is_empty() && !exp.config.grid.contains_key("api.defenses") {
-            &report::RUN_COLUMNS
-        } else {
-            &report::DEFENSE_COLUMNS
-        };
+    let columns: &[&str] = if exp.config.traffic.enabled {
+        &report::DETECTION_COLUMNS
+    } else if exp.config.api.defenses.is_empty() && !exp.config.grid.contains_key("api.defenses") {
+        &report::RUN_COLUMNS
+    } else {
+        &report::DEFENSE_COLUMNS
+    };
     println!("{}", report::run_table(&rows, columns));
     if exp.config.seeds.len() > 1 {
         println!("{}", report::aggregate_table(&rows, columns));

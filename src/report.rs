@@ -150,6 +150,18 @@ pub fn aggregate_table(rows: &[(String, Value)], columns: &[&str]) -> String {
     out
 }
 
+/// Columns of the detector comparison.
+pub const DETECTION_COLUMNS: [&str; 8] = [
+    "detection.days_to_first_action",
+    "detection.recall",
+    "detection.false_positive_rate",
+    "detection.benign_blocked_share",
+    "detection.harvest_share",
+    "harvest.items",
+    "parity",
+    "cost.usd",
+];
+
 /// Columns of the defense comparison.
 pub const DEFENSE_COLUMNS: [&str; 8] = [
     "parity",

@@ -218,3 +218,38 @@ fn stale_temporary_run_directories_are_cleaned_up() {
     assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
     let _ = std::fs::remove_dir_all(r);
 }
+
+/// With the traffic replay on, detectors stop the campaign and the attacker keeps only the
+/// share of the budget served before the stop.
+#[test]
+fn detection_cuts_the_harvest_to_what_was_served_before_the_stop() {
+    let r = scratch("detect");
+    let out = run(
+        &fixture("tiny.yaml"),
+        &r,
+        &[
+            "--set",
+            "traffic.enabled=true",
+            "--set",
+            "traffic.population.users=200",
+            "--set",
+            "traffic.campaign.accounts=30",
+            "--set",
+            "traffic.campaign.days=2",
+            "--set",
+            "api.logprobs=0",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = metrics(&r);
+    let last = m[0].1.last().unwrap().clone();
+    let share = last["detection.harvest_share"].as_f64().unwrap();
+    assert!(
+        share < 0.5,
+        "identity clustering stops the campaign early: {share}"
+    );
+    assert_eq!(last["detection.recall"], 1.0);
+    let kept = (40.0 * share).ceil() as u64;
+    assert_eq!(last["harvest.items"].as_u64().unwrap(), kept.min(40));
+    let _ = std::fs::remove_dir_all(r);
+}

@@ -31,6 +31,8 @@ pub struct ExperimentConfig {
     pub api: ApiConfig,
     pub attacker: AttackerConfig,
     pub student: StudentConfig,
+    /// Traffic replay with detectors, coupled to the harvest (off by default).
+    pub traffic: crate::traffic::TrafficConfig,
     /// Budget checkpoints (queries): a student is trained from scratch on the first `n` items
     /// of the harvest at each. Empty = only `attacker.budget`.
     pub checkpoints: Vec<usize>,
@@ -51,6 +53,7 @@ impl Default for ExperimentConfig {
             api: ApiConfig::default(),
             attacker: AttackerConfig::default(),
             student: StudentConfig::default(),
+            traffic: Default::default(),
             checkpoints: vec![],
             grid: BTreeMap::new(),
         }
@@ -283,7 +286,20 @@ fn value_label(v: &Value) -> String {
                 .collect::<Vec<_>>()
                 .join("+")
         }
-        Value::Object(_) | Value::Array(_) => {
+        // An object of settings: its non-null `key=value` pairs (e.g. detector thresholds).
+        Value::Object(o) => {
+            let on: Vec<String> = o
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("{k}={}", value_label(v)))
+                .collect();
+            if on.is_empty() {
+                "off".into()
+            } else {
+                on.join(";")
+            }
+        }
+        Value::Array(_) => {
             let s = v.to_string();
             s.chars()
                 .filter(|c| c.is_alphanumeric() || *c == '_' || *c == '.')

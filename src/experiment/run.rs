@@ -208,6 +208,49 @@ impl Runner {
             harvest_secs,
             harvest.times.last().copied().unwrap_or(0.0) / 60.0
         ));
+        // Detection: replay the campaign with benign traffic and detectors; the attacker keeps
+        // the share of its plan served before it was stopped.
+        let mut detection = serde_json::Map::new();
+        let mut keep = usize::MAX;
+        if cfg.traffic.enabled {
+            let tr = &cfg.traffic;
+            let (stats, d) = crate::traffic::detect::replay(
+                &cfg.api,
+                &tr.population,
+                &tr.campaign,
+                &tr.detectors,
+                spec.seed,
+            )?;
+            let planned =
+                (tr.campaign.accounts as f64 * tr.campaign.daily_per_account * tr.campaign.days)
+                    .max(1.0);
+            let share = (d.harvested_before_stop as f64 / planned).min(1.0);
+            keep = (cfg.attacker.budget as f64 * share).ceil() as usize;
+            detection.insert(
+                "detection.days_to_first_action".into(),
+                json!(d.days_to_first_action),
+            );
+            detection.insert("detection.recall".into(), json!(d.recall));
+            detection.insert(
+                "detection.false_positive_rate".into(),
+                json!(d.false_positive_rate),
+            );
+            detection.insert("detection.benign_blocked".into(), json!(d.benign_blocked));
+            detection.insert(
+                "detection.benign_blocked_share".into(),
+                json!(
+                    d.benign_blocked as f64
+                        / (stats.benign_served + d.benign_blocked).max(1) as f64
+                ),
+            );
+            detection.insert("detection.harvest_share".into(), json!(share));
+            log(&format!(
+                "{}: detectors let {:.1}% of the campaign through (recall {:.3})",
+                spec.id,
+                100.0 * share,
+                d.recall
+            ));
+        }
         // What benign users get under the output defenses: the teacher's eval responses as
         // served (greedy requests), scored against the ideal.
         let defenses = crate::api::defense::Defenses::new(&cfg.api.defenses);
@@ -224,8 +267,9 @@ impl Runner {
         });
         let mut rows = Vec::new();
         for budget in cfg.budgets() {
-            let n = budget.min(harvest.items.len());
-            if n == 0 {
+            // A campaign stopped before its first response leaves an untrained copy.
+            let n = budget.min(harvest.items.len()).min(keep);
+            if n == 0 && keep > 0 {
                 return Err(Error::Invalid("the campaign harvested nothing".into()));
             }
             let items = &harvest.items[..n];
@@ -274,11 +318,15 @@ impl Runner {
                 json!(voiced as f64 / n as f64),
             );
             m.insert("harvest.top1_prob".into(), json!(top1));
-            m.insert("sim.hours".into(), json!(harvest.times[n - 1] / 3600.0));
+            m.insert(
+                "sim.hours".into(),
+                json!(harvest.times.get(n.max(1) - 1).copied().unwrap_or(0.0) / 3600.0),
+            );
             m.insert("cost.usd".into(), json!(harvest.cost_at(n)));
             m.insert("train.loss".into(), json!(loss));
             m.insert("train.seconds".into(), json!(train_secs));
             m.insert("defense.utility".into(), json!(utility));
+            m.extend(detection.clone());
             let det =
                 crate::api::defense::watermark::detect(&green, s_resp.iter().map(|r| r.as_slice()));
             m.insert("provenance.watermark_z".into(), json!(det.z));

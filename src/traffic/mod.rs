@@ -36,6 +36,19 @@ pub fn kind_index(k: Kind) -> u8 {
         .unwrap_or(0) as u8
 }
 
+/// Detection coupled to a run: the campaign is replayed at its own scale with a benign
+/// population and detectors; the share of its planned attacker queries served before the
+/// detectors stop it is the share of `attacker.budget` the attacker keeps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrafficConfig {
+    /// Off by default: runs then harvest their whole budget undisturbed.
+    pub enabled: bool,
+    pub population: PopulationConfig,
+    pub campaign: CampaignConfig,
+    pub detectors: detect::DetectorConfig,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PopulationConfig {
