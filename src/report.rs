@@ -151,13 +151,15 @@ pub fn aggregate_table(rows: &[(String, Value)], columns: &[&str]) -> String {
 }
 
 /// Columns of the detector comparison.
-pub const DETECTION_COLUMNS: [&str; 8] = [
+pub const DETECTION_COLUMNS: [&str; 10] = [
     "detection.days_to_first_action",
     "detection.recall",
     "detection.false_positive_rate",
     "detection.benign_blocked_share",
+    "detection.benign_degraded_share",
     "detection.harvest_share",
     "harvest.items",
+    "harvest.fallback_share",
     "parity",
     "cost.usd",
 ];

@@ -253,3 +253,39 @@ fn detection_cuts_the_harvest_to_what_was_served_before_the_stop() {
     assert_eq!(last["harvest.items"].as_u64().unwrap(), kept.min(40));
     let _ = std::fs::remove_dir_all(r);
 }
+
+/// Silent fallback keeps the whole budget, with everything after the flag from the fallback.
+#[test]
+fn silent_fallback_keeps_the_budget_and_marks_the_fallback_share() {
+    let r = scratch("fallback");
+    let mut args = vec![
+        "--set",
+        "traffic.enabled=true",
+        "--set",
+        "traffic.population.users=200",
+    ];
+    args.extend([
+        "--set",
+        "traffic.campaign.accounts=30",
+        "--set",
+        "traffic.campaign.days=2",
+    ]);
+    args.extend([
+        "--set",
+        "traffic.action=fallback_silent",
+        "--set",
+        "api.logprobs=0",
+    ]);
+    let out = run(&fixture("tiny.yaml"), &r, &args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let last = metrics(&r)[0].1.last().unwrap().clone();
+    assert_eq!(last["harvest.items"], 40);
+    let share = last["detection.harvest_share"].as_f64().unwrap();
+    let fb = last["harvest.fallback_share"].as_f64().unwrap();
+    assert!(
+        (fb - (40.0 - (40.0 * share).ceil()) / 40.0).abs() < 1e-9,
+        "{fb} {share}"
+    );
+    assert!(last.get("detection.benign_degraded_share").is_some());
+    let _ = std::fs::remove_dir_all(r);
+}

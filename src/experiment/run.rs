@@ -212,6 +212,7 @@ impl Runner {
         // the share of its plan served before it was stopped.
         let mut detection = serde_json::Map::new();
         let mut keep = usize::MAX;
+        let mut fallback_from = usize::MAX;
         if cfg.traffic.enabled {
             let tr = &cfg.traffic;
             let (stats, d) = crate::traffic::detect::replay(
@@ -226,6 +227,12 @@ impl Runner {
                     .max(1.0);
             let share = (d.harvested_before_stop as f64 / planned).min(1.0);
             keep = (cfg.attacker.budget as f64 * share).ceil() as usize;
+            if tr.action == crate::traffic::Action::FallbackSilent {
+                // The attacker keeps its whole budget, but everything after the flag came from
+                // the fallback model.
+                fallback_from = keep;
+                keep = usize::MAX;
+            }
             detection.insert(
                 "detection.days_to_first_action".into(),
                 json!(d.days_to_first_action),
@@ -235,9 +242,17 @@ impl Runner {
                 "detection.false_positive_rate".into(),
                 json!(d.false_positive_rate),
             );
-            detection.insert("detection.benign_blocked".into(), json!(d.benign_blocked));
+            let casualty = if tr.action == crate::traffic::Action::Ban {
+                "blocked"
+            } else {
+                "degraded"
+            };
             detection.insert(
-                "detection.benign_blocked_share".into(),
+                format!("detection.benign_{casualty}"),
+                json!(d.benign_blocked),
+            );
+            detection.insert(
+                format!("detection.benign_{casualty}_share"),
                 json!(
                     d.benign_blocked as f64
                         / (stats.benign_served + d.benign_blocked).max(1) as f64
@@ -272,7 +287,13 @@ impl Runner {
             if n == 0 && keep > 0 {
                 return Err(Error::Invalid("the campaign harvested nothing".into()));
             }
-            let items = &harvest.items[..n];
+            let fallback_items;
+            let items = if fallback_from < n {
+                fallback_items = with_fallback(&harvest.items[..n], fallback_from, &cfg, spec.seed);
+                &fallback_items[..]
+            } else {
+                &harvest.items[..n]
+            };
             let t_s = Instant::now();
             let seed = derive_seed(spec.seed, &format!("student/{budget}"));
             let (student, loss) = student::distill(&cfg.student, cfg.engine, items, seed)?;
@@ -327,6 +348,13 @@ impl Runner {
             m.insert("train.seconds".into(), json!(train_secs));
             m.insert("defense.utility".into(), json!(utility));
             m.extend(detection.clone());
+            if fallback_from < usize::MAX {
+                let from_fallback = n.saturating_sub(fallback_from);
+                m.insert(
+                    "harvest.fallback_share".into(),
+                    json!(from_fallback as f64 / n.max(1) as f64),
+                );
+            }
             let det =
                 crate::api::defense::watermark::detect(&green, s_resp.iter().map(|r| r.as_slice()));
             m.insert("provenance.watermark_z".into(), json!(det.z));
@@ -382,6 +410,45 @@ impl Runner {
         }
         Ok(rows)
     }
+}
+
+/// Confidence of the fallback model: the oracle at 50% per token, sampled at temperature 1, so
+/// that its answers are often wrong in ways a student can learn.
+const FALLBACK_CONFIDENCE: f32 = 0.5;
+
+/// The harvest with items from `from` on replaced by the fallback model's responses.
+fn with_fallback(
+    items: &[crate::attacker::Item],
+    from: usize,
+    cfg: &super::config::ExperimentConfig,
+    seed: u64,
+) -> Vec<crate::attacker::Item> {
+    let fallback = Teacher::Oracle {
+        easy: FALLBACK_CONFIDENCE,
+        hard: FALLBACK_CONFIDENCE,
+    };
+    let tail: Vec<&crate::world::Prompt> = items[from..].iter().map(|i| &i.prompt).collect();
+    let params = vec![
+        GenParams {
+            max_new: cfg.api.max_tokens,
+            temperature: 1.0,
+            top_k: cfg.attacker.top_k.min(cfg.api.logprobs),
+        };
+        tail.len()
+    ];
+    let mut rng = derive_rng(seed, "fallback");
+    let gens = fallback.respond(&tail, &params, &mut rng, None);
+    let mut out = items[..from].to_vec();
+    out.extend(
+        tail.into_iter()
+            .zip(gens)
+            .map(|(p, g)| crate::attacker::Item {
+                prompt: p.clone(),
+                tokens: g.tokens,
+                top: g.top,
+            }),
+    );
+    out
 }
 
 /// The teacher's greedy eval responses as the API serves them under its output defenses.

@@ -44,9 +44,26 @@ pub fn kind_index(k: Kind) -> u8 {
 pub struct TrafficConfig {
     /// Off by default: runs then harvest their whole budget undisturbed.
     pub enabled: bool,
+    /// What a flag does to an account once its delay has passed.
+    pub action: Action,
     pub population: PopulationConfig,
     pub campaign: CampaignConfig,
     pub detectors: detect::DetectorConfig,
+}
+
+/// The action on a flagged account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Refuse every later request (benign users on a banned account are blocked).
+    #[default]
+    Ban,
+    /// Serve later requests from a weaker fallback model, marked by a response code: the
+    /// attacker drops them; flagged benign users get degraded answers.
+    FallbackVisible,
+    /// Serve later requests from the fallback model without telling: the attacker trains on
+    /// them.
+    FallbackSilent,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
