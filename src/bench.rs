@@ -97,7 +97,13 @@ pub fn traffic(quick: bool) -> crate::Result<()> {
             action_delay_minutes: delay,
             ..detectors.clone()
         };
-        let (s, d) = replay(&api, &pop, &camp, &det, 1)?;
+        let tr = crate::traffic::TrafficConfig {
+            population: pop.clone(),
+            campaign: camp.clone(),
+            detectors: det,
+            ..Default::default()
+        };
+        let (s, d) = replay(&api, &tr, 1)?;
         println!(
             "| {name} | {days} | {} | {} | {} | {:.2} | {:.0} |",
             s.queries,

@@ -215,13 +215,7 @@ impl Runner {
         let mut fallback_from = usize::MAX;
         if cfg.traffic.enabled {
             let tr = &cfg.traffic;
-            let (stats, d) = crate::traffic::detect::replay(
-                &cfg.api,
-                &tr.population,
-                &tr.campaign,
-                &tr.detectors,
-                spec.seed,
-            )?;
+            let (stats, d) = crate::traffic::detect::replay(&cfg.api, tr, spec.seed)?;
             let planned =
                 (tr.campaign.accounts as f64 * tr.campaign.daily_per_account * tr.campaign.days)
                     .max(1.0);

@@ -5,8 +5,7 @@
 //! run every `check_minutes` over the accounts active since the last check.
 
 use super::{
-    accounts, kind_index, poisson, Alias, CampaignConfig, PopulationConfig, Query, ReplayStats,
-    TemplateBank, N_KINDS,
+    accounts, kind_index, poisson, Alias, Query, ReplayStats, TemplateBank, TrafficConfig, N_KINDS,
 };
 use crate::api::ApiConfig;
 use crate::rng::derive_rng;
@@ -186,13 +185,24 @@ pub struct DetectionStats {
 /// Replay a campaign and a benign population on the API's limits with detectors acting.
 pub fn replay(
     api: &ApiConfig,
-    pop: &PopulationConfig,
-    camp: &CampaignConfig,
-    det: &DetectorConfig,
+    tr: &TrafficConfig,
     seed: u64,
 ) -> crate::Result<(ReplayStats, DetectionStats)> {
     let t0 = std::time::Instant::now();
-    let mut accts = accounts(api, pop, camp, seed)?;
+    let (pop, camp, det, access) = (&tr.population, &tr.campaign, &tr.detectors, &tr.access);
+    let mut accts = accounts(api, pop, camp, access, seed)?;
+    // Access defenses fixed at sign-up: accounts over the per-payment limit are refused, and
+    // accounts in blocked regions can send nothing.
+    let mut per_payment: HashMap<u32, usize> = HashMap::new();
+    let mut refused = vec![false; accts.len()];
+    for (i, a) in accts.iter().enumerate() {
+        let n = per_payment.entry(a.identity.payment).or_default();
+        *n += 1;
+        let over = access.max_accounts_per_payment.is_some_and(|m| *n > m);
+        refused[i] = over || access.blocked_regions.contains(&a.identity.region);
+    }
+    drop(per_payment);
+    let gate_minute = (access.tier_gate_days * 1440.0) as u32;
     let mut rng = derive_rng(seed, "traffic/replay");
     // Benign activity: log-normal daily rates, drawn through an alias table.
     let rates: Vec<f64> = (0..pop.users)
@@ -252,7 +262,9 @@ pub fn replay(
     let mut pending: std::collections::BinaryHeap<std::cmp::Reverse<(u32, u32)>> =
         Default::default();
     let mut flagged = vec![false; accts.len()]; // scheduled once, not at every pass
-    let mut active_attackers: Vec<u32> = (pop.users as u32..accts.len() as u32).collect();
+    let mut active_attackers: Vec<u32> = (pop.users as u32..accts.len() as u32)
+        .filter(|&a| !refused[a as usize])
+        .collect();
     let attack_per_minute_each = camp.daily_per_account / 1440.0;
     let minutes = (camp.days * 1440.0) as u32;
     let mut stats = ReplayStats::default();
@@ -260,6 +272,11 @@ pub fn replay(
     let mut stop_at: Option<u64> = None;
     for minute in 0..minutes {
         let now = minute as f64 * 60.0;
+        if gate_minute > 0 && minute == gate_minute {
+            for a in accts.iter_mut() {
+                a.ungate(api, now);
+            }
+        }
         // Due bans.
         while let Some(&std::cmp::Reverse((at, a))) = pending.peek() {
             if at > minute {
@@ -308,7 +325,7 @@ pub fn replay(
             };
             stats.queries += 1;
             let acc = &mut accts[account as usize];
-            if acc.banned_at.is_some() {
+            if acc.banned_at.is_some() || refused[account as usize] {
                 stats.blocked_banned += 1;
                 if !attacker {
                     stats.benign_blocked += 1;
@@ -372,25 +389,26 @@ pub fn replay(
 mod tests {
     use super::*;
 
-    fn small() -> (ApiConfig, PopulationConfig, CampaignConfig) {
-        (
-            ApiConfig::default(),
-            PopulationConfig {
+    fn small() -> (ApiConfig, TrafficConfig) {
+        let tr = TrafficConfig {
+            population: crate::traffic::PopulationConfig {
                 users: 500,
                 ..Default::default()
             },
-            CampaignConfig {
+            campaign: crate::traffic::CampaignConfig {
                 accounts: 40,
                 days: 3.0,
                 ..Default::default()
             },
-        )
+            ..Default::default()
+        };
+        (ApiConfig::default(), tr)
     }
 
     #[test]
     fn detectors_flag_a_campaign_and_not_benign_users() {
-        let (api, pop, camp) = small();
-        let (stats, d) = replay(&api, &pop, &camp, &DetectorConfig::default(), 1).unwrap();
+        let (api, tr) = small();
+        let (stats, d) = replay(&api, &tr, 1).unwrap();
         assert!(stats.attacker_served > 0 && stats.benign_served > 0);
         assert!(d.recall > 0.9, "{d:?}");
         assert!(d.false_positive_rate < 0.02, "{d:?}");
@@ -405,7 +423,11 @@ mod tests {
             cluster_size: None,
             ..Default::default()
         };
-        let (s2, d2) = replay(&api, &pop, &camp, &off, 1).unwrap();
+        let tr_off = TrafficConfig {
+            detectors: off,
+            ..tr.clone()
+        };
+        let (s2, d2) = replay(&api, &tr_off, 1).unwrap();
         assert_eq!((d2.recall, d2.false_positive_rate), (0.0, 0.0));
         assert_eq!(d2.harvested_before_stop, s2.attacker_served);
         assert!(s2.attacker_served > stats.attacker_served);
@@ -460,6 +482,44 @@ mod tests {
             b.mmd2(&reference)
         );
         assert!(a.reasoning > 150 && b.reasoning < 60);
+    }
+
+    #[test]
+    fn access_defenses_refuse_datacenter_regions_and_extra_accounts() {
+        let (api, mut tr) = small();
+        tr.detectors = DetectorConfig {
+            volume_per_day: None,
+            min_entropy: None,
+            skill_concentration: None,
+            reasoning_share: None,
+            mmd: None,
+            cluster_size: None,
+            ..Default::default()
+        };
+        let (open, _) = replay(&api, &tr, 1).unwrap();
+        // 40 accounts, 10 per payment instrument: a limit of 2 leaves 8 accounts.
+        tr.access.max_accounts_per_payment = Some(2);
+        let (capped, d) = replay(&api, &tr, 1).unwrap();
+        let ratio = capped.attacker_served as f64 / open.attacker_served as f64;
+        assert!((ratio - 0.2).abs() < 0.03, "{ratio}");
+        assert_eq!(
+            capped.benign_blocked, 0,
+            "benign users have their own payment instruments"
+        );
+        assert_eq!(d.recall, 0.0, "refusing sign-ups is not a detection");
+        // Blocking the datacenter region stops a campaign without proxies; with 60% on
+        // residential proxies, about 60% of it gets through.
+        tr.access = crate::traffic::AccessConfig {
+            blocked_regions: vec![crate::traffic::DATACENTER_REGION],
+            ..Default::default()
+        };
+        let (blocked, d) = replay(&api, &tr, 1).unwrap();
+        assert_eq!((blocked.attacker_served, d.harvested_before_stop), (0, 0));
+        assert_eq!(blocked.benign_blocked, 0);
+        tr.campaign.proxy_share = 0.6;
+        let (proxied, _) = replay(&api, &tr, 1).unwrap();
+        let ratio = proxied.attacker_served as f64 / open.attacker_served as f64;
+        assert!((ratio - 0.6).abs() < 0.2, "{ratio}");
     }
 
     #[test]

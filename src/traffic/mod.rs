@@ -12,6 +12,9 @@ use crate::world::{Kind, Mix, Prompt, Tier};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+/// Region of requests from datacenter and proxy ranges.
+pub const DATACENTER_REGION: u16 = 8;
+
 /// Kinds a query record can name (index into [`crate::world::mix::suite_kinds`]).
 pub const N_KINDS: usize = 23;
 
@@ -49,6 +52,20 @@ pub struct TrafficConfig {
     pub population: PopulationConfig,
     pub campaign: CampaignConfig,
     pub detectors: detect::DetectorConfig,
+    pub access: AccessConfig,
+}
+
+/// Access defenses: who may open accounts and send requests at all.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Regions whose requests are refused. Benign users live in regions 0..8; attacker accounts
+    /// not on residential proxies appear in region 8 (datacenter / proxy ranges).
+    pub blocked_regions: Vec<u16>,
+    /// At most this many accounts per payment instrument; later sign-ups are refused.
+    pub max_accounts_per_payment: Option<usize>,
+    /// Accounts younger than this many days are held to the first (free) tier's limits.
+    pub tier_gate_days: f64,
 }
 
 /// The action on a flagged account.
@@ -105,6 +122,8 @@ pub struct CampaignConfig {
     pub hard_share: f64,
     /// Skills the campaign targets (all when empty).
     pub skills: Vec<crate::world::Skill>,
+    /// Share of attacker accounts behind residential proxies (they appear in benign regions).
+    pub proxy_share: f64,
 }
 
 impl Default for CampaignConfig {
@@ -116,6 +135,7 @@ impl Default for CampaignConfig {
             identity_sharing: 10,
             hard_share: 0.8,
             skills: vec![],
+            proxy_share: 0.0,
         }
     }
 }
@@ -231,6 +251,7 @@ pub fn accounts(
     api: &ApiConfig,
     pop: &PopulationConfig,
     camp: &CampaignConfig,
+    access: &AccessConfig,
     seed: u64,
 ) -> crate::Result<Vec<AccountState>> {
     let tier_of = |name: &str| {
@@ -248,7 +269,11 @@ pub fn accounts(
                 payment: 1_000_000 + group,
                 ip_asn: 1_000_000 + group,
                 fingerprint: 1_000_000 + group,
-                region: 1,
+                region: if rng.random_bool(camp.proxy_share.clamp(0.0, 1.0)) {
+                    rng.random_range(0..8)
+                } else {
+                    DATACENTER_REGION
+                },
                 verified: false,
             }
         } else {
@@ -266,7 +291,12 @@ pub fn accounts(
             }
         };
         let tier = if attacker { at } else { bt };
-        let t = &api.tiers[tier];
+        // Tier gating: new accounts start on the first tier's limits.
+        let t = if access.tier_gate_days > 0.0 {
+            &api.tiers[0]
+        } else {
+            &api.tiers[tier]
+        };
         v.push(AccountState {
             identity,
             attacker,
@@ -284,6 +314,18 @@ pub fn accounts(
 }
 
 impl AccountState {
+    /// Lift the account to its own tier's limits (when a tier gate has passed).
+    pub fn ungate(&mut self, api: &ApiConfig, now: f64) {
+        let t = &api.tiers[self.tier];
+        for (b, lim) in self
+            .buckets
+            .iter_mut()
+            .zip([t.rpm, t.input_tpm, t.output_tpm])
+        {
+            b.set_limit(lim, now);
+        }
+    }
+
     /// Admit and bill one query at `now` (seconds). Returns whether it was served.
     #[inline]
     pub fn serve(&mut self, now: f64, q: &Query, price_in: f64, price_out: f64) -> bool {
