@@ -68,7 +68,8 @@ pub fn run(quick: bool) -> crate::Result<()> {
 /// Bans are delayed past the end so that the whole load is processed; a second pass with
 /// actions on reports what the detectors catch.
 pub fn traffic(quick: bool) -> crate::Result<()> {
-    use crate::traffic::detect::{replay, DetectorConfig};
+    use crate::traffic::detect::DetectorConfig;
+    use crate::traffic::replay::replay;
     use crate::traffic::{CampaignConfig, PopulationConfig};
     let days = if quick { 3.0 } else { 45.0 };
     let api = crate::api::ApiConfig::default();

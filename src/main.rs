@@ -120,7 +120,7 @@ fn run(config_path: PathBuf, common: Common) -> Result<ExitCode> {
     let specs: Vec<_> = runs
         .iter()
         .filter(|(_, r)| {
-            distill_sim::experiment::run::finished_rows(&runner.run_dir(&exp, &r.id)).is_none()
+            distill_sim::experiment::results::finished_rows(&runner.run_dir(&exp, &r.id)).is_none()
         })
         .map(|(_, r)| (*r).clone())
         .collect();
@@ -182,7 +182,7 @@ fn run(config_path: PathBuf, common: Common) -> Result<ExitCode> {
     let mut rows = Vec::new();
     let mut failed = 0;
     for (_, spec) in &runs {
-        match distill_sim::experiment::run::finished_rows(&runner.run_dir(&exp, &spec.id)) {
+        match distill_sim::experiment::results::finished_rows(&runner.run_dir(&exp, &spec.id)) {
             Some(r) => rows.extend(r.into_iter().map(|x| (spec.id.clone(), x))),
             None => failed += 1,
         }

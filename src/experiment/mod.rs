@@ -1,4 +1,5 @@
 //! Experiments: configs, the runner, and results files.
 
 pub mod config;
+pub mod results;
 pub mod run;

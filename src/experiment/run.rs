@@ -3,6 +3,7 @@
 //! finished run is skipped when the experiment is run again.
 
 use super::config::{Experiment, RunSpec};
+use super::results::{finished_rows, git_revision, versions, write_run_dir};
 use crate::api::Api;
 use crate::attacker::{self, Harvest};
 use crate::error::{Error, Result};
@@ -16,7 +17,7 @@ use crate::world::vocab::Tok;
 use crate::world::EvalSuites;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Greedy responses of a teacher or student to every eval prompt.
@@ -215,7 +216,7 @@ impl Runner {
         let mut fallback_from = usize::MAX;
         if cfg.traffic.enabled {
             let tr = &cfg.traffic;
-            let (stats, d) = crate::traffic::detect::replay(&cfg.api, tr, spec.seed)?;
+            let (stats, d) = crate::traffic::replay::replay(&cfg.api, tr, spec.seed)?;
             let planned =
                 (tr.campaign.accounts as f64 * tr.campaign.daily_per_account * tr.campaign.days)
                     .max(1.0);
@@ -477,76 +478,4 @@ fn served_responses(
             tokens
         })
         .collect()
-}
-
-/// Rows of a finished run, if its directory is complete and its status is ok.
-pub fn finished_rows(dir: &Path) -> Option<Vec<Value>> {
-    let summary: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).ok()?).ok()?;
-    if summary["status"] != "ok" {
-        return None;
-    }
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).ok()?;
-    text.lines().map(|l| serde_json::from_str(l).ok()).collect()
-}
-
-/// Write a run directory atomically: build it under a hidden temporary name, then rename.
-fn write_run_dir(dir: &Path, spec: &RunSpec, rows: &[Value], summary: &Value) -> Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // Leftovers of an interrupted write of this run (any process) are removed first.
-    if let Ok(entries) = std::fs::read_dir(parent) {
-        let prefix = format!(".tmp-{name}-");
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
-    let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let put = |file: &str, data: Vec<u8>| -> Result<()> {
-        let p = tmp.join(file);
-        std::fs::write(&p, data).map_err(|e| Error::io(&p, e))
-    };
-    put(
-        "config.json",
-        serde_json::to_vec_pretty(&spec.config).unwrap_or_default(),
-    )?;
-    let mut lines = String::new();
-    for r in rows {
-        lines.push_str(&r.to_string());
-        lines.push('\n');
-    }
-    put("metrics.jsonl", lines.into_bytes())?;
-    put(
-        "summary.json",
-        serde_json::to_vec_pretty(summary).unwrap_or_default(),
-    )?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
-}
-
-pub fn versions() -> Value {
-    json!({
-        "distill_sim": env!("CARGO_PKG_VERSION"),
-        "burn": "0.22.1",
-        "teacher": crate::teacher::TEACHER_VERSION,
-    })
-}
-
-pub fn git_revision() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
 }

@@ -4,6 +4,7 @@
 //! defenses are measured by the run pipeline, volume-level ones here.
 
 pub mod detect;
+pub mod replay;
 
 use crate::api::limits::{Bucket, Ledger};
 use crate::api::{ApiConfig, Identity};

@@ -1,0 +1,83 @@
+//! Results directories: atomic writes of a run's files, and reading finished runs back.
+
+use super::config::RunSpec;
+use crate::error::{Error, Result};
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// Rows of a finished run, if its directory is complete and its status is ok.
+pub fn finished_rows(dir: &Path) -> Option<Vec<Value>> {
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).ok()?).ok()?;
+    if summary["status"] != "ok" {
+        return None;
+    }
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).ok()?;
+    text.lines().map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Write a run directory atomically: build it under a hidden temporary name, then rename.
+pub(crate) fn write_run_dir(
+    dir: &Path,
+    spec: &RunSpec,
+    rows: &[Value],
+    summary: &Value,
+) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Leftovers of an interrupted write of this run (any process) are removed first.
+    if let Ok(entries) = std::fs::read_dir(parent) {
+        let prefix = format!(".tmp-{name}-");
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let put = |file: &str, data: Vec<u8>| -> Result<()> {
+        let p = tmp.join(file);
+        std::fs::write(&p, data).map_err(|e| Error::io(&p, e))
+    };
+    put(
+        "config.json",
+        serde_json::to_vec_pretty(&spec.config).unwrap_or_default(),
+    )?;
+    let mut lines = String::new();
+    for r in rows {
+        lines.push_str(&r.to_string());
+        lines.push('\n');
+    }
+    put("metrics.jsonl", lines.into_bytes())?;
+    put(
+        "summary.json",
+        serde_json::to_vec_pretty(summary).unwrap_or_default(),
+    )?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+}
+
+pub fn versions() -> Value {
+    json!({
+        "distill_sim": env!("CARGO_PKG_VERSION"),
+        "burn": "0.22.1",
+        "teacher": crate::teacher::TEACHER_VERSION,
+    })
+}
+
+pub fn git_revision() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
