@@ -19,14 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     });
     let prompts: Vec<_> = suites.prompts.iter().collect();
-    let params = vec![
-        GenParams {
-            max_new: 32,
-            temperature: 0.0,
-            top_k: 0
-        };
-        prompts.len()
-    ];
+    let params = vec![GenParams::greedy(32); prompts.len()];
     let mut rng = distill_sim::rng::derive_rng(0, "inspect");
     let gens = distill_sim::model::generate::generate(
         eng.as_ref(),

@@ -27,14 +27,7 @@ pub fn eval_responses(
     suites: &EvalSuites,
 ) -> Vec<Vec<Tok>> {
     let prompts: Vec<_> = suites.prompts.iter().collect();
-    let params = vec![
-        GenParams {
-            max_new: 32,
-            temperature: 0.0,
-            top_k: 0
-        };
-        prompts.len()
-    ];
+    let params = vec![GenParams::greedy(32); prompts.len()];
     let mut rng = derive_rng(0, "eval/greedy");
     let gens = match (teacher, engine) {
         (Some(t), _) => t.respond(&prompts, &params, &mut rng, None),
@@ -364,14 +357,7 @@ impl Runner {
                     .collect();
                 let prompts: Vec<&crate::world::Prompt> =
                     flipped.iter().map(|i| &i.prompt).collect();
-                let params = vec![
-                    GenParams {
-                        max_new: 32,
-                        temperature: 0.0,
-                        top_k: 0
-                    };
-                    prompts.len()
-                ];
+                let params = vec![GenParams::greedy(32); prompts.len()];
                 let mut rng = derive_rng(spec.seed, "provenance/flip");
                 let answers =
                     generate::generate(student.as_ref(), &prompts, &params, 512, &mut rng, None);
@@ -458,11 +444,7 @@ fn served_responses(
     let params: Vec<GenParams> = prompts
         .iter()
         .map(|_| {
-            let mut p = GenParams {
-                max_new: api.max_tokens,
-                temperature: 0.0,
-                top_k: 0,
-            };
+            let mut p = GenParams::greedy(api.max_tokens);
             defenses.params(&mut p);
             p
         })

@@ -21,6 +21,17 @@ pub struct GenParams {
     pub top_k: usize,
 }
 
+impl GenParams {
+    /// Greedy decoding of up to `max_new` tokens, no logprobs.
+    pub fn greedy(max_new: usize) -> GenParams {
+        GenParams {
+            max_new,
+            temperature: 0.0,
+            top_k: 0,
+        }
+    }
+}
+
 /// Changes next-token logits during generation (e.g. a watermark's green-list bias). The
 /// returned logprobs are those of the processed distribution: what the API serves.
 pub trait LogitsProcessor: Sync {

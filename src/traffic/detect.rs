@@ -47,6 +47,21 @@ impl Default for DetectorConfig {
     }
 }
 
+impl DetectorConfig {
+    /// Every detector off (the other settings at their defaults).
+    pub fn off() -> DetectorConfig {
+        DetectorConfig {
+            volume_per_day: None,
+            min_entropy: None,
+            skill_concentration: None,
+            reasoning_share: None,
+            mmd: None,
+            cluster_size: None,
+            ..Default::default()
+        }
+    }
+}
+
 /// Fixed-size per-account features.
 #[derive(Clone, Copy, Debug)]
 pub struct Features {

@@ -257,15 +257,7 @@ mod tests {
         assert!(d.false_positive_rate < 0.02, "{d:?}");
         assert!(d.days_to_first_action.unwrap() < 1.0, "{d:?}");
         // With every detector off nothing is banned.
-        let off = DetectorConfig {
-            volume_per_day: None,
-            min_entropy: None,
-            skill_concentration: None,
-            reasoning_share: None,
-            mmd: None,
-            cluster_size: None,
-            ..Default::default()
-        };
+        let off = DetectorConfig::off();
         let tr_off = TrafficConfig {
             detectors: off,
             ..tr.clone()
@@ -279,15 +271,7 @@ mod tests {
     #[test]
     fn access_defenses_refuse_datacenter_regions_and_extra_accounts() {
         let (api, mut tr) = small();
-        tr.detectors = DetectorConfig {
-            volume_per_day: None,
-            min_entropy: None,
-            skill_concentration: None,
-            reasoning_share: None,
-            mmd: None,
-            cluster_size: None,
-            ..Default::default()
-        };
+        tr.detectors = DetectorConfig::off();
         let (open, _) = replay(&api, &tr, 1).unwrap();
         // 40 accounts, 10 per payment instrument: a limit of 2 leaves 8 accounts.
         tr.access.max_accounts_per_payment = Some(2);
