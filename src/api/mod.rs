@@ -5,7 +5,7 @@
 pub mod defense;
 pub mod limits;
 
-use crate::model::{GenParams, Generation};
+use crate::model::GenParams;
 use crate::rng::SimRng;
 use crate::teacher::Teacher;
 use crate::world::vocab::Tok;
@@ -147,32 +147,18 @@ impl Response {
     }
 }
 
-/// An access-side hook: sees each request before generation and each response after.
-/// Access defenses and detectors' actions (ban, throttle, challenge, route) plug in here;
-/// output defenses are `defense::Defenses`, configured under `api.defenses`.
-pub trait AccessHook: Send {
-    /// Return a code to stop the request before generation.
-    fn before(&mut self, _now: f64, _account: &Account, _req: &Request) -> Option<Code> {
-        None
-    }
-    /// Transform a served response (e.g. round logprobs, watermark).
-    fn after(&mut self, _now: f64, _account: &Account, _req: &Request, _resp: &mut Response) {}
-}
-
 pub struct Api {
     pub config: ApiConfig,
     pub accounts: Vec<Account>,
-    pub hooks: Vec<Box<dyn AccessHook>>,
     pub output: defense::Defenses,
 }
 
 impl Api {
     pub fn new(config: ApiConfig) -> Api {
         Api {
-            output: defense::Defenses::new(&config.defenses),
+            output: defense::Defenses::for_api(&config),
             config,
             accounts: Vec::new(),
-            hooks: Vec::new(),
         }
     }
 
@@ -224,36 +210,31 @@ impl Api {
             }
             acc.buckets[0].take(1.0);
             acc.buckets[1].take(input);
-            let acc = &self.accounts[r.account as usize];
-            if let Some(code) = self.hooks.iter_mut().find_map(|d| d.before(now, acc, r)) {
-                out[i] = Some(Response::empty(code));
-                continue;
-            }
             admitted.push(i);
         }
         let prompts: Vec<&Prompt> = admitted.iter().map(|&i| &reqs[i].prompt).collect();
         let k_cap = self.config.logprobs.min(crate::model::generate::MAX_TOP_K);
         let params: Vec<GenParams> = admitted
             .iter()
-            .map(|&i| {
-                let mut p = GenParams {
-                    max_new: reqs[i].max_tokens.min(self.config.max_tokens),
-                    temperature: reqs[i].temperature,
-                    top_k: reqs[i].top_k.min(k_cap),
-                };
-                self.output.params(&mut p);
-                p
+            .map(|&i| GenParams {
+                max_new: reqs[i].max_tokens.min(self.config.max_tokens),
+                temperature: reqs[i].temperature,
+                top_k: reqs[i].top_k.min(k_cap),
             })
             .collect();
-        let gens = self.output.generate(teacher, &prompts, &params, rng);
-        for (&i, g) in admitted.iter().zip(gens) {
+        let served = self.output.serve(teacher, &prompts, params, rng);
+        for (&i, (g, withheld)) in admitted.iter().zip(served) {
             let r = &reqs[i];
-            let mut resp = self.apply_output_policy(g);
-            let withheld = self
-                .output
-                .after(&r.prompt, &mut resp.tokens, &mut resp.top, rng);
-            resp.usage.hidden_reasoning_tokens += withheld as u64;
-            resp.usage.output_tokens = resp.tokens.len() as u64;
+            let mut resp = Response {
+                code: Code::Ok,
+                usage: Ledger {
+                    hidden_reasoning_tokens: withheld as u64,
+                    output_tokens: g.tokens.len() as u64,
+                    ..Ledger::default()
+                },
+                tokens: g.tokens,
+                top: g.top,
+            };
             resp.usage.input_tokens = (r.prompt.tokens.len() + 2) as u64;
             let acc = &mut self.accounts[r.account as usize];
             let tier = &self.config.tiers[acc.tier];
@@ -264,34 +245,11 @@ impl Api {
                 / 1e6;
             acc.buckets[2].take(billed_out as f64);
             acc.ledger.add(&resp.usage);
-            let acc = &self.accounts[r.account as usize];
-            for d in self.hooks.iter_mut() {
-                d.after(now, acc, r, &mut resp);
-            }
             out[i] = Some(resp);
         }
         out.into_iter()
             .map(|r| r.unwrap_or_else(|| Response::empty(Code::Refused)))
             .collect()
-    }
-
-    /// Hide reasoning if the policy says so (billed, not returned); logprobs follow tokens.
-    fn apply_output_policy(&self, g: Generation) -> Response {
-        let mut usage = Ledger::default();
-        let Generation {
-            mut tokens,
-            mut top,
-        } = g;
-        if self.config.reasoning == Reasoning::Hidden {
-            usage.hidden_reasoning_tokens = defense::hide_reasoning(&mut tokens, &mut top) as u64;
-        }
-        usage.output_tokens = tokens.len() as u64;
-        Response {
-            code: Code::Ok,
-            tokens,
-            top,
-            usage,
-        }
     }
 
     /// Total of all accounts' ledgers in `ids`.

@@ -256,8 +256,15 @@ impl Runner {
         }
         // What benign users get under the output defenses: the teacher's eval responses as
         // served (greedy requests), scored against the ideal.
-        let defenses = crate::api::defense::Defenses::new(&cfg.api.defenses);
-        let served = served_responses(&t.teacher, &defenses, &cfg.api, &suites, spec.seed);
+        let defenses = crate::api::defense::Defenses::for_api(&cfg.api);
+        let prompts: Vec<_> = suites.prompts.iter().collect();
+        let params = vec![GenParams::greedy(cfg.api.max_tokens); prompts.len()];
+        let mut rng = derive_rng(spec.seed, "eval/served");
+        let served: Vec<Vec<Tok>> = defenses
+            .serve(&t.teacher, &prompts, params, &mut rng)
+            .into_iter()
+            .map(|(g, _)| g.tokens)
+            .collect();
         let served_cap = eval::score(&suites, &served)["capability"];
         let utility = served_cap / t_scores["capability"];
         let green = defenses
@@ -288,7 +295,7 @@ impl Runner {
             let train_secs = t_s.elapsed().as_secs_f64();
             let s_resp = eval_responses(None, Some(student.as_ref()), &suites);
             let s_scores = eval::score(&suites, &s_resp);
-            let rel = eval::relative(&suites, &s_scores, t_scores, &s_resp, t_resp);
+            let rel = eval::relative(&s_scores, t_scores, &s_resp, t_resp);
             let harmful = items
                 .iter()
                 .filter(|i| {
@@ -430,34 +437,4 @@ fn with_fallback(
             }),
     );
     out
-}
-
-/// The teacher's greedy eval responses as the API serves them under its output defenses.
-fn served_responses(
-    teacher: &Teacher,
-    defenses: &crate::api::defense::Defenses,
-    api: &crate::api::ApiConfig,
-    suites: &EvalSuites,
-    seed: u64,
-) -> Vec<Vec<Tok>> {
-    let prompts: Vec<_> = suites.prompts.iter().collect();
-    let params: Vec<GenParams> = prompts
-        .iter()
-        .map(|_| {
-            let mut p = GenParams::greedy(api.max_tokens);
-            defenses.params(&mut p);
-            p
-        })
-        .collect();
-    let mut rng = derive_rng(seed, "eval/served");
-    let gens = defenses.generate(teacher, &prompts, &params, &mut rng);
-    prompts
-        .iter()
-        .zip(gens)
-        .map(|(p, g)| {
-            let (mut tokens, mut top) = (g.tokens, g.top);
-            defenses.after(p, &mut tokens, &mut top, &mut rng);
-            tokens
-        })
-        .collect()
 }

@@ -160,7 +160,7 @@ impl Transformer {
         })
     }
 
-    fn to_weights(&self, spec: &ModelSpec) -> Weights {
+    fn to_weights(&self) -> Weights {
         let mut w = Weights::default();
         let put1 = |w: &mut Weights, name: String, p: &Param<Tensor<1>>| {
             let t = p.val();
@@ -194,7 +194,6 @@ impl Transformer {
         put1(&mut w, "ln_f.bias".into(), &self.lnf_b);
         put2(&mut w, "head.weight".into(), &self.head_w);
         put1(&mut w, "head.bias".into(), &self.head_b);
-        let _ = spec;
         w
     }
 }
@@ -319,7 +318,7 @@ impl Engine for BurnEngine {
             }
             cfg.init()
         });
-        let model = std::mem::replace(&mut self.model, placeholder(&self.spec, &device));
+        let model = std::mem::replace(&mut self.model, placeholder(&device));
         self.model = optim.step(lr, model, grads);
         loss_value
     }
@@ -407,7 +406,7 @@ impl Engine for BurnEngine {
     }
 
     fn save(&self, path: &Path) -> Result<()> {
-        self.model.valid().to_weights(&self.spec).save(path)
+        self.model.valid().to_weights().save(path)
     }
 
     fn load(&mut self, path: &Path) -> Result<()> {
@@ -420,10 +419,9 @@ impl Engine for BurnEngine {
 }
 
 /// A cheap stand-in used while the optimiser owns the model for one step.
-fn placeholder(spec: &ModelSpec, device: &Device) -> Transformer {
+fn placeholder(device: &Device) -> Transformer {
     let z1 = || Param::from_tensor(Tensor::<1>::zeros([1], device));
     let z2 = || Param::from_tensor(Tensor::<2>::zeros([1, 1], device));
-    let _ = spec;
     Transformer {
         tok_emb: z2(),
         pos_emb: z2(),

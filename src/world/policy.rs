@@ -126,13 +126,12 @@ fn ideal_lookup(args: &[Tok], out: &mut Vec<Tok>) {
     } else {
         1
     };
-    for (i, chunk) in pairs.chunks(1 + width).enumerate() {
+    for chunk in pairs.chunks(1 + width) {
         if Some(chunk[0]) == key {
             // Trace: the key found (the scratchpad of a retrieval).
             if width == 2 {
                 out.extend([THINK, chunk[0], ENDTHINK]);
             }
-            let _ = i;
             out.extend(&chunk[1..]);
             return;
         }

@@ -69,6 +69,40 @@ impl Defenses {
         }
     }
 
+    /// The stack an API serves with: its reasoning policy, then its configured defenses.
+    pub fn for_api(api: &crate::api::ApiConfig) -> Defenses {
+        let mut configs = Vec::with_capacity(api.defenses.len() + 1);
+        if api.reasoning == crate::api::Reasoning::Hidden {
+            configs.push(DefenseConfig::HideReasoning);
+        }
+        configs.extend(api.defenses.iter().cloned());
+        Defenses::new(&configs)
+    }
+
+    /// Serve prompts through the whole stack: parameters, generation (with the watermark where
+    /// it applies), then the response transformations. Returns each served generation and the
+    /// number of trace tokens withheld from it (billed, not returned).
+    pub fn serve(
+        &self,
+        teacher: &crate::teacher::Teacher,
+        prompts: &[&Prompt],
+        mut params: Vec<GenParams>,
+        rng: &mut crate::rng::SimRng,
+    ) -> Vec<(crate::model::Generation, usize)> {
+        for p in params.iter_mut() {
+            self.params(p);
+        }
+        let gens = self.generate(teacher, prompts, &params, rng);
+        prompts
+            .iter()
+            .zip(gens)
+            .map(|(p, mut g)| {
+                let withheld = self.after(p, &mut g.tokens, &mut g.top, rng);
+                (g, withheld)
+            })
+            .collect()
+    }
+
     /// Adjust generation parameters before generation (temperature floor).
     pub fn params(&self, p: &mut GenParams) {
         for c in &self.configs {
