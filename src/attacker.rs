@@ -224,7 +224,7 @@ mod tests {
             budget: 500,
             ..Default::default()
         };
-        let mut api = Api::new(ApiConfig::default());
+        let mut api = Api::new(ApiConfig::default()).unwrap();
         let h = harvest(&cfg, &mut api, &oracle(), 1).unwrap();
         assert_eq!(h.items.len(), 500);
         // tier1: 50 rpm per account x 3 accounts = 150 per minute -> at least 200 s.

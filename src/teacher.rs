@@ -219,7 +219,8 @@ fn oracle_generate(
             _ => hard,
         })
         .collect();
-    let mut dec = SamplingDecoder::new(params, rng, v, processor);
+    let inputs = prompts.iter().map(|p| model_input(p)).collect();
+    let mut dec = SamplingDecoder::new(params, rng, v, processor, inputs);
     let mut logits = vec![ORACLE_FLOOR; prompts.len() * v];
     loop {
         logits.fill(ORACLE_FLOOR);

@@ -154,12 +154,12 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(config: ApiConfig) -> Api {
-        Api {
-            output: defense::Defenses::for_api(&config),
+    pub fn new(config: ApiConfig) -> crate::error::Result<Api> {
+        Ok(Api {
+            output: defense::Defenses::for_api(&config)?,
             config,
             accounts: Vec::new(),
-        }
+        })
     }
 
     pub fn open_account(&mut self, tier: usize, now: f64, identity: Identity) -> AccountId {
@@ -305,7 +305,8 @@ mod tests {
             reasoning: Reasoning::Hidden,
             logprobs: 5,
             ..Default::default()
-        });
+        })
+        .unwrap();
         let a = api.open_account(1, 0.0, Identity::default());
         let r = api
             .serve(0.0, &[request(a, 20)], &teacher, &mut rng)
@@ -330,7 +331,7 @@ mod tests {
         assert!((r.usage.spend_usd - 225e-6).abs() < 1e-12);
         assert_eq!(api.accounts[a as usize].ledger.spend_usd, r.usage.spend_usd);
         // Visible reasoning returns the whole ideal response.
-        let mut api = Api::new(ApiConfig::default());
+        let mut api = Api::new(ApiConfig::default()).unwrap();
         let a = api.open_account(1, 0.0, Identity::default());
         let r = api
             .serve(0.0, &[request(a, 20)], &teacher, &mut rng)
@@ -346,7 +347,7 @@ mod tests {
             hard: 0.8,
         };
         let mut rng = derive_rng(0, "t");
-        let mut api = Api::new(ApiConfig::default());
+        let mut api = Api::new(ApiConfig::default()).unwrap();
         let a = api.open_account(0, 0.0, Identity::default()); // free: 5 requests per minute
         let reqs: Vec<_> = (0..7).map(|_| request(a, 0)).collect();
         let codes: Vec<Code> = api

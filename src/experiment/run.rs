@@ -191,7 +191,7 @@ impl Runner {
             .get(&Self::teacher_key(spec))
             .ok_or_else(|| Error::Invalid("teacher not prepared".into()))?;
         let (t_scores, t_resp) = (&t.scores, &t.responses);
-        let mut api = Api::new(cfg.api.clone());
+        let mut api = Api::new(cfg.api.clone())?;
         let t_h = Instant::now();
         let harvest: Harvest = attacker::harvest(&cfg.attacker, &mut api, &t.teacher, spec.seed)?;
         let harvest_secs = t_h.elapsed().as_secs_f64();
@@ -256,7 +256,7 @@ impl Runner {
         }
         // What benign users get under the output defenses: the teacher's eval responses as
         // served (greedy requests), scored against the ideal.
-        let defenses = crate::api::defense::Defenses::for_api(&cfg.api);
+        let defenses = crate::api::defense::Defenses::for_api(&cfg.api)?;
         let prompts: Vec<_> = suites.prompts.iter().collect();
         let params = vec![GenParams::greedy(cfg.api.max_tokens); prompts.len()];
         let mut rng = derive_rng(spec.seed, "eval/served");

@@ -161,14 +161,26 @@ impl Transformer {
     }
 
     fn to_weights(&self) -> Weights {
+        self.collect(&|p: &Param<Tensor<1>>| p.val(), &|p: &Param<Tensor<2>>| {
+            p.val()
+        })
+    }
+
+    /// Canonical-named tensors, one per parameter, produced by `f1`/`f2` from the parameter
+    /// (its value, or its gradient).
+    fn collect(
+        &self,
+        f1: &dyn Fn(&Param<Tensor<1>>) -> Tensor<1>,
+        f2: &dyn Fn(&Param<Tensor<2>>) -> Tensor<2>,
+    ) -> Weights {
         let mut w = Weights::default();
         let put1 = |w: &mut Weights, name: String, p: &Param<Tensor<1>>| {
-            let t = p.val();
+            let t = f1(p);
             let dims = t.dims().to_vec();
             w.insert(name, dims, to_vec(t.into_data()));
         };
         let put2 = |w: &mut Weights, name: String, p: &Param<Tensor<2>>| {
-            let t = p.val();
+            let t = f2(p);
             let dims = t.dims().to_vec();
             w.insert(name, dims, to_vec(t.into_data()));
         };
@@ -268,6 +280,29 @@ fn causal_mask(t: usize, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(m, [1, 1, t, t]), device)
 }
 
+impl BurnEngine {
+    /// The weighted soft-target cross-entropy on the autodiff graph, and its value.
+    fn loss(&self, batch: &Batch, targets: &Targets) -> (Tensor<1>, f32) {
+        let (b, t, v) = (batch.b, batch.t, self.spec.vocab);
+        let total: f32 = targets.weight.iter().sum::<f32>().max(1e-6);
+        let device = self.device.clone();
+        let (toks, pos, voice) = inputs(&self.spec, batch, &device);
+        let mask = causal_mask(t, &device);
+        let logits = self.model.forward(&self.spec, toks, pos, voice, mask, None); // (B, T, V)
+        let probs =
+            Tensor::<3>::from_data(TensorData::new(targets.probs.clone(), [b, t, v]), &device);
+        let weight =
+            Tensor::<2>::from_data(TensorData::new(targets.weight.clone(), [b, t]), &device);
+        let ce = (log_softmax(logits, 2) * probs).sum_dim(2).reshape([b, t]); // (B, T)
+        let loss = (ce * weight).sum().div_scalar(-total);
+        let loss_value = to_vec(loss.clone().into_data())
+            .first()
+            .copied()
+            .unwrap_or(f32::NAN);
+        (loss, loss_value)
+    }
+}
+
 impl Engine for BurnEngine {
     fn spec(&self) -> &ModelSpec {
         &self.spec
@@ -286,24 +321,9 @@ impl Engine for BurnEngine {
     }
 
     fn train_step(&mut self, batch: &Batch, targets: &Targets, lr: f64) -> f32 {
-        let (b, t, v) = (batch.b, batch.t, self.spec.vocab);
-        let total: f32 = targets.weight.iter().sum::<f32>().max(1e-6);
         // One thread: burn's autodiff graph is shared, and concurrent backward passes over the
         // same parameters race (tried: "graph tape has already been consumed").
-        let device = self.device.clone();
-        let (toks, pos, voice) = inputs(&self.spec, batch, &device);
-        let mask = causal_mask(t, &device);
-        let logits = self.model.forward(&self.spec, toks, pos, voice, mask, None); // (B, T, V)
-        let probs =
-            Tensor::<3>::from_data(TensorData::new(targets.probs.clone(), [b, t, v]), &device);
-        let weight =
-            Tensor::<2>::from_data(TensorData::new(targets.weight.clone(), [b, t]), &device);
-        let ce = (log_softmax(logits, 2) * probs).sum_dim(2).reshape([b, t]); // (B, T)
-        let loss = (ce * weight).sum().div_scalar(-total);
-        let loss_value = to_vec(loss.clone().into_data())
-            .first()
-            .copied()
-            .unwrap_or(f32::NAN);
+        let (loss, loss_value) = self.loss(batch, targets);
         let grads = GradientsParams::from_grads(loss.backward(), &self.model);
         let s = &self.optim_settings;
         let optim = self.optim.get_or_insert_with(|| {
@@ -318,7 +338,7 @@ impl Engine for BurnEngine {
             }
             cfg.init()
         });
-        let model = std::mem::replace(&mut self.model, placeholder(&device));
+        let model = std::mem::replace(&mut self.model, placeholder(&self.device));
         self.model = optim.step(lr, model, grads);
         loss_value
     }
@@ -406,13 +426,38 @@ impl Engine for BurnEngine {
     }
 
     fn save(&self, path: &Path) -> Result<()> {
-        self.model.valid().to_weights().save(path)
+        self.weights().save(path)
+    }
+
+    fn weights(&self) -> Weights {
+        self.model.valid().to_weights()
+    }
+
+    fn loss_gradient(&self, batch: &Batch, targets: &Targets) -> (f32, Weights) {
+        let (loss, value) = self.loss(batch, targets);
+        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        let g = self.model.collect(
+            &|p: &Param<Tensor<1>>| {
+                grads
+                    .get::<1>(p.id)
+                    .unwrap_or_else(|| p.val().inner().zeros_like())
+            },
+            &|p: &Param<Tensor<2>>| {
+                grads
+                    .get::<2>(p.id)
+                    .unwrap_or_else(|| p.val().inner().zeros_like())
+            },
+        );
+        (value, g)
     }
 
     fn load(&mut self, path: &Path) -> Result<()> {
-        let w = Weights::load(path)?;
+        self.set_weights(&Weights::load(path)?)
+    }
+
+    fn set_weights(&mut self, w: &Weights) -> Result<()> {
         w.check_spec(&self.spec)?;
-        self.model = Transformer::from_weights(&self.spec, &w, &self.device)?;
+        self.model = Transformer::from_weights(&self.spec, w, &self.device)?;
         self.optim = None;
         Ok(())
     }

@@ -79,6 +79,16 @@ pub trait Engine: Send + Sync {
         decoder: &mut dyn Decoder,
     );
 
+    /// The current weights, with the canonical names.
+    fn weights(&self) -> super::weights::Weights;
+
+    /// The loss of [`Engine::train_step`] and its gradient with respect to every weight
+    /// (canonical names and shapes); the weights are not changed.
+    fn loss_gradient(&self, batch: &Batch, targets: &Targets) -> (f32, super::weights::Weights);
+
+    /// Replace the weights (any engine's canonical names and shapes).
+    fn set_weights(&mut self, w: &super::weights::Weights) -> Result<()>;
+
     /// Write the weights as safetensors.
     fn save(&self, path: &Path) -> Result<()>;
 

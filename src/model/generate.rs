@@ -35,8 +35,21 @@ impl GenParams {
 /// Changes next-token logits during generation (e.g. a watermark's green-list bias). The
 /// returned logprobs are those of the processed distribution: what the API serves.
 pub trait LogitsProcessor: Sync {
-    /// `generated`: this row's response tokens so far; `logits`: `[vocab]`.
-    fn process(&self, generated: &[Tok], logits: &mut [f32]);
+    /// Called once per decoding step for the rows still generating: `inputs[i]` is row `i`'s
+    /// model input (BOS .. SEP), `generated[i]` its response tokens so far, and `logits` the
+    /// row-major `[rows, vocab]` next-token logits, changed in place.
+    fn process(&self, inputs: &[&[Tok]], generated: &[&[Tok]], logits: &mut [f32]);
+}
+
+/// Processors applied one after another.
+pub struct Chain<'a>(pub Vec<&'a dyn LogitsProcessor>);
+
+impl LogitsProcessor for Chain<'_> {
+    fn process(&self, inputs: &[&[Tok]], generated: &[&[Tok]], logits: &mut [f32]) {
+        for p in &self.0 {
+            p.process(inputs, generated, logits);
+        }
+    }
 }
 
 /// One generated response.
@@ -83,7 +96,8 @@ pub(crate) struct SamplingDecoder<'a> {
     vocab: usize,
     scratch: Vec<f32>,
     processor: Option<&'a dyn LogitsProcessor>,
-    row: Vec<f32>,
+    inputs: Vec<Vec<Tok>>,
+    processed: Vec<f32>,
 }
 
 impl<'a> SamplingDecoder<'a> {
@@ -92,6 +106,7 @@ impl<'a> SamplingDecoder<'a> {
         rng: &'a mut SimRng,
         vocab: usize,
         processor: Option<&'a dyn LogitsProcessor>,
+        inputs: Vec<Vec<Tok>>,
     ) -> SamplingDecoder<'a> {
         SamplingDecoder {
             params,
@@ -101,7 +116,8 @@ impl<'a> SamplingDecoder<'a> {
             vocab,
             scratch: vec![0.0; vocab],
             processor,
-            row: Vec::with_capacity(vocab),
+            inputs,
+            processed: Vec::new(),
         }
     }
 
@@ -122,17 +138,25 @@ impl Decoder for SamplingDecoder<'_> {
         }
         let v = self.vocab;
         let mut next = vec![PAD; self.done.len()];
-        for (r, raw) in logits.chunks(v).enumerate() {
-            if self.done[r] {
-                continue;
+        // Rows still generating, and (with a processor) their processed logits.
+        let active: Vec<usize> = (0..self.done.len()).filter(|&r| !self.done[r]).collect();
+        if let Some(proc_) = self.processor {
+            self.processed.clear();
+            for &r in &active {
+                self.processed
+                    .extend_from_slice(&logits[r * v..(r + 1) * v]);
             }
+            let inputs: Vec<&[Tok]> = active.iter().map(|&r| &self.inputs[r][..]).collect();
+            let generated: Vec<&[Tok]> = active.iter().map(|&r| &self.out[r].tokens[..]).collect();
+            proc_.process(&inputs, &generated, &mut self.processed);
+        }
+        for (a, &r) in active.iter().enumerate() {
             let p = &self.params[r];
-            self.row.clear();
-            self.row.extend_from_slice(raw);
-            if let Some(proc_) = self.processor {
-                proc_.process(&self.out[r].tokens, &mut self.row);
-            }
-            let row = &self.row[..];
+            let row = if self.processor.is_some() {
+                &self.processed[a * v..(a + 1) * v]
+            } else {
+                &logits[r * v..(r + 1) * v]
+            };
             log_softmax(row, &mut self.scratch);
             let tok = if p.temperature <= 0.0 {
                 top_k_indices(row, 1)[0] as u32
@@ -210,7 +234,7 @@ pub fn generate(
             .max()
             .unwrap_or(0)
             .min(ctx.saturating_sub(longest));
-        let mut dec = SamplingDecoder::new(&chunk_params, rng, vocab, processor);
+        let mut dec = SamplingDecoder::new(&chunk_params, rng, vocab, processor, inputs.clone());
         if max_new > 0 {
             engine.generate(&refs, &voice, max_new, &mut dec);
         }

@@ -1,8 +1,10 @@
 //! Output defenses: composable transformations of what the API generates and returns, each with
 //! a strength knob. Configured as a list under `api.defenses`, applied in order.
 
+pub mod antidistill;
 pub mod watermark;
 
+use crate::model::generate::{Chain, LogitsProcessor};
 use crate::model::GenParams;
 use crate::rng::derive_rng;
 use crate::world::vocab::{Tok, ENDTHINK, EOS, SUMMARY, THINK, VOCAB_SIZE};
@@ -40,12 +42,40 @@ pub enum DefenseConfig {
     /// Keyed response flipping for ownership checks (DAWN): a keyed `rate` of prompts get a
     /// deterministic wrong final answer token.
     Flip { rate: f64, key: u64 },
+    /// Antidistillation sampling (Savani et al. 2025): next-token logits shifted by `lambda`
+    /// times a proxy student's finite-difference downstream-loss effect (see
+    /// [`antidistill`]). The proxy (`proxy` preset, `proxy_steps` training steps, `seed`) is
+    /// built once per process.
+    Antidistillation {
+        lambda: f32,
+        #[serde(default = "default_eps")]
+        eps: f32,
+        #[serde(default = "default_proxy")]
+        proxy: String,
+        #[serde(default = "default_proxy_steps")]
+        proxy_steps: usize,
+        #[serde(default)]
+        seed: u64,
+    },
+}
+
+fn default_eps() -> f32 {
+    0.05
+}
+
+fn default_proxy() -> String {
+    "student-s".into()
+}
+
+fn default_proxy_steps() -> usize {
+    300
 }
 
 /// A built defense stack.
 pub struct Defenses {
     configs: Vec<DefenseConfig>,
     watermark: Option<(GreenList, f32, u64, f64)>,
+    antidistill: Option<antidistill::AntiDistill>,
 }
 
 fn one() -> f64 {
@@ -53,7 +83,7 @@ fn one() -> f64 {
 }
 
 impl Defenses {
-    pub fn new(configs: &[DefenseConfig]) -> Defenses {
+    pub fn new(configs: &[DefenseConfig]) -> crate::error::Result<Defenses> {
         let watermark = configs.iter().find_map(|c| match c {
             DefenseConfig::Watermark {
                 gamma,
@@ -63,14 +93,37 @@ impl Defenses {
             } => Some((GreenList::new(*key, *gamma), *delta, *key, *share)),
             _ => None,
         });
-        Defenses {
+        let mut antidistill = None;
+        for c in configs {
+            if let DefenseConfig::Antidistillation {
+                lambda,
+                eps,
+                proxy,
+                proxy_steps,
+                seed,
+            } = c
+            {
+                let proxy = antidistill::Proxy::get(&antidistill::ProxySpec {
+                    size: proxy.clone(),
+                    steps: *proxy_steps,
+                    seed: *seed,
+                    eps: *eps,
+                })?;
+                antidistill = Some(antidistill::AntiDistill {
+                    proxy,
+                    lambda: *lambda,
+                });
+            }
+        }
+        Ok(Defenses {
             configs: configs.to_vec(),
             watermark,
-        }
+            antidistill,
+        })
     }
 
     /// The stack an API serves with: its reasoning policy, then its configured defenses.
-    pub fn for_api(api: &crate::api::ApiConfig) -> Defenses {
+    pub fn for_api(api: &crate::api::ApiConfig) -> crate::error::Result<Defenses> {
         let mut configs = Vec::with_capacity(api.defenses.len() + 1);
         if api.reasoning == crate::api::Reasoning::Hidden {
             configs.push(DefenseConfig::HideReasoning);
@@ -145,7 +198,15 @@ impl Defenses {
             }
             let ps: Vec<&Prompt> = idx.iter().map(|&i| prompts[i]).collect();
             let pr: Vec<GenParams> = idx.iter().map(|&i| params[i]).collect();
-            let processor = if want { self.processor(ps[0]) } else { None };
+            let mut chain: Vec<&dyn LogitsProcessor> = Vec::new();
+            if let Some(a) = &self.antidistill {
+                chain.push(a);
+            }
+            if want {
+                chain.extend(self.processor(ps[0]));
+            }
+            let chain = Chain(chain);
+            let processor = (!chain.0.is_empty()).then_some(&chain as &dyn LogitsProcessor);
             for (&i, g) in idx.iter().zip(teacher.respond(&ps, &pr, rng, processor)) {
                 out[i] = g;
             }
@@ -198,7 +259,9 @@ impl Defenses {
                         flip(tokens, top, *key);
                     }
                 }
-                DefenseConfig::TemperatureFloor { .. } | DefenseConfig::Watermark { .. } => {}
+                DefenseConfig::TemperatureFloor { .. }
+                | DefenseConfig::Watermark { .. }
+                | DefenseConfig::Antidistillation { .. } => {}
             }
         }
         hidden
@@ -211,12 +274,11 @@ impl Defenses {
 }
 
 impl crate::model::generate::LogitsProcessor for (GreenList, f32, u64, f64) {
-    fn process(&self, generated: &[Tok], logits: &mut [f32]) {
-        let prev = generated
-            .last()
-            .copied()
-            .unwrap_or(crate::world::vocab::SEP);
-        self.0.bias(prev, logits, self.1);
+    fn process(&self, _inputs: &[&[Tok]], generated: &[&[Tok]], logits: &mut [f32]) {
+        for (g, row) in generated.iter().zip(logits.chunks_mut(VOCAB_SIZE)) {
+            let prev = g.last().copied().unwrap_or(crate::world::vocab::SEP);
+            self.0.bias(prev, row, self.1);
+        }
     }
 }
 
@@ -318,7 +380,7 @@ mod tests {
 
     #[test]
     fn rounding_returns_only_k_decimal_probabilities() {
-        let d = Defenses::new(&[DefenseConfig::Rounding { decimals: 2 }]);
+        let d = Defenses::new(&[DefenseConfig::Rounding { decimals: 2 }]).unwrap();
         let mut rng = derive_rng(0, "t");
         let mut top = vec![vec![
             (1, 0.8234f32.ln()),
@@ -337,7 +399,7 @@ mod tests {
 
     #[test]
     fn noise_has_the_configured_spread() {
-        let d = Defenses::new(&[DefenseConfig::Noise { std: 0.5 }]);
+        let d = Defenses::new(&[DefenseConfig::Noise { std: 0.5 }]).unwrap();
         let mut rng = derive_rng(0, "t");
         let mut diffs = Vec::new();
         for _ in 0..2000 {
@@ -352,7 +414,7 @@ mod tests {
 
     #[test]
     fn temperature_floor_raises_greedy_requests() {
-        let d = Defenses::new(&[DefenseConfig::TemperatureFloor { min: 0.7 }]);
+        let d = Defenses::new(&[DefenseConfig::TemperatureFloor { min: 0.7 }]).unwrap();
         let mut p = GenParams {
             max_new: 8,
             temperature: 0.0,
@@ -375,14 +437,15 @@ mod tests {
         let d = Defenses::new(&[
             DefenseConfig::LogprobsCap { k: 1 },
             DefenseConfig::HideReasoning,
-        ]);
+        ])
+        .unwrap();
         let mut toks = vec![THINK, digit(3), ENDTHINK, digit(7), EOS];
         let mut top: Vec<Vec<(Tok, f32)>> =
             toks.iter().map(|&t| vec![(t, -0.1), (1, -3.0)]).collect();
         let hidden = d.after(&prompt(), &mut toks, &mut top, &mut rng);
         assert_eq!((toks, hidden), (vec![digit(7), EOS], 3));
         assert_eq!(top, vec![vec![(digit(7), -0.1)], vec![(EOS, -0.1)]]);
-        let off = Defenses::new(&[DefenseConfig::LogprobsCap { k: 0 }]);
+        let off = Defenses::new(&[DefenseConfig::LogprobsCap { k: 0 }]).unwrap();
         let mut top = vec![vec![(1, -0.1)]];
         off.after(&prompt(), &mut vec![1], &mut top, &mut rng);
         assert!(top.is_empty());
@@ -390,7 +453,7 @@ mod tests {
 
     #[test]
     fn summary_replaces_the_trace_with_its_conclusion() {
-        let d = Defenses::new(&[DefenseConfig::SummariseReasoning]);
+        let d = Defenses::new(&[DefenseConfig::SummariseReasoning]).unwrap();
         let mut rng = derive_rng(0, "t");
         let mut toks = vec![THINK, digit(3), digit(4), digit(7), ENDTHINK, digit(7), EOS];
         let mut top: Vec<Vec<(Tok, f32)>> = toks.iter().map(|&t| vec![(t, -0.1)]).collect();
@@ -413,7 +476,7 @@ mod tests {
             .filter(|p| flipped(p, 9, 0.1) && flipped(p, 10, 0.1))
             .count();
         assert!(overlap < n / 3);
-        let d = Defenses::new(&[DefenseConfig::Flip { rate: 1.0, key: 9 }]);
+        let d = Defenses::new(&[DefenseConfig::Flip { rate: 1.0, key: 9 }]).unwrap();
         let run = |rng: &mut crate::rng::SimRng| {
             let mut toks = vec![digit(1), digit(3), EOS];
             d.after(&prompt(), &mut toks, &mut vec![], rng);
