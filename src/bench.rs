@@ -90,12 +90,14 @@ pub fn traffic(quick: bool) -> crate::Result<()> {
     };
     println!("| pass | simulated days | queries | attacker served | benign served | wall (s) | queries/s |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (name, delay) in [
-        ("detectors, no actions", u32::MAX / 2),
-        ("detectors + bans", 60),
+    for (name, delay, prada) in [
+        ("detectors except PRADA, no actions", u32::MAX / 2, false),
+        ("all detectors, no actions", u32::MAX / 2, true),
+        ("all detectors + bans", 60, true),
     ] {
         let det = DetectorConfig {
             action_delay_minutes: delay,
+            prada_w: detectors.prada_w.filter(|_| prada),
             ..detectors.clone()
         };
         let tr = crate::traffic::TrafficConfig {

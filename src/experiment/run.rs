@@ -230,21 +230,37 @@ impl Runner {
                 "detection.false_positive_rate".into(),
                 json!(d.false_positive_rate),
             );
-            let casualty = if tr.action == crate::traffic::Action::Ban {
-                "blocked"
-            } else {
-                "degraded"
+            // Benign casualties: refused queries (ban, suspension) block; fallback answers and
+            // throttling degrade.
+            use crate::traffic::Action;
+            let (blocked, degraded) = match tr.action {
+                Action::Ban | Action::Challenge => (d.benign_blocked, 0),
+                Action::FallbackVisible | Action::FallbackSilent => (0, d.benign_blocked),
+                Action::Throttle => (d.benign_blocked, d.benign_throttled),
             };
+            let benign_total = (stats.benign_served + d.benign_blocked).max(1) as f64;
             detection.insert(
-                format!("detection.benign_{casualty}"),
-                json!(d.benign_blocked),
+                "detection.benign_blocked_share".into(),
+                json!(blocked as f64 / benign_total),
             );
             detection.insert(
-                format!("detection.benign_{casualty}_share"),
-                json!(
-                    d.benign_blocked as f64
-                        / (stats.benign_served + d.benign_blocked).max(1) as f64
-                ),
+                "detection.benign_degraded_share".into(),
+                json!(degraded as f64 / benign_total),
+            );
+            if tr.action == Action::Challenge {
+                detection.insert(
+                    "detection.challenged_benign".into(),
+                    json!(d.challenged_benign),
+                );
+                detection.insert("detection.benign_dropped".into(), json!(d.benign_dropped));
+            }
+            // The whole campaign's cost at its own scale: API spend plus identity challenges,
+            // and per thousand attacker queries served.
+            let campaign_usd = d.attacker_spend_usd + d.attacker_challenge_usd;
+            detection.insert("cost.campaign_usd".into(), json!(campaign_usd));
+            detection.insert(
+                "cost.campaign_usd_per_1k".into(),
+                json!(1e3 * campaign_usd / stats.attacker_served.max(1) as f64),
             );
             detection.insert("detection.harvest_share".into(), json!(share));
             log(&format!(

@@ -23,6 +23,19 @@ pub struct DetectorConfig {
     pub mmd: Option<f64>,
     /// Identity clustering: accounts sharing a payment instrument, IP or fingerprint, at least.
     pub cluster_size: Option<usize>,
+    /// PRADA: Shapiro-Wilk W of the account's minimum query distances below this.
+    pub prada_w: Option<f64>,
+    /// Synchronised timing: share of the account's active minutes today that were burst
+    /// minutes (many accounts at once) above this.
+    pub sync_share: Option<f64>,
+    /// Active minutes today an account needs before its timing is judged.
+    pub sync_min_active: u32,
+    /// A minute is a burst when its count of active accounts exceeds the median of the last
+    /// 15 minutes by `burst_z` Poisson standard deviations and by the share `burst_rel`.
+    pub burst_z: f64,
+    pub burst_rel: f64,
+    /// Minimum distances PRADA needs before it judges an account.
+    pub prada_min: usize,
     /// Queries an account needs before the statistical detectors judge it.
     pub min_queries: u32,
     /// Minutes between detector passes.
@@ -40,6 +53,12 @@ impl Default for DetectorConfig {
             reasoning_share: Some(0.7),
             mmd: Some(0.15),
             cluster_size: Some(5),
+            prada_w: Some(0.5),
+            sync_share: Some(0.5),
+            sync_min_active: 8,
+            burst_z: 4.0,
+            burst_rel: 0.25,
+            prada_min: 40,
             min_queries: 20,
             check_minutes: 60,
             action_delay_minutes: 60,
@@ -57,6 +76,8 @@ impl DetectorConfig {
             reasoning_share: None,
             mmd: None,
             cluster_size: None,
+            prada_w: None,
+            sync_share: None,
             ..Default::default()
         }
     }
@@ -70,6 +91,11 @@ pub struct Features {
     pub day: u32,
     pub kinds: [u32; N_KINDS],
     pub reasoning: u32,
+    /// Distinct minutes with a query today.
+    pub active_minutes: u32,
+    /// Of those, minutes the replay marked as bursts.
+    pub burst_minutes: u32,
+    last_minute: u32,
 }
 
 impl Default for Features {
@@ -80,22 +106,39 @@ impl Default for Features {
             day: 0,
             kinds: [0; N_KINDS],
             reasoning: 0,
+            active_minutes: 0,
+            burst_minutes: 0,
+            last_minute: u32::MAX,
         }
     }
 }
 
 impl Features {
+    /// Count a query; returns whether it opened a new active minute for the account.
     #[inline]
-    pub fn observe(&mut self, q: &Query) {
+    pub fn observe(&mut self, q: &Query) -> bool {
         let day = q.minute / 1440;
         if day != self.day {
             self.day = day;
             self.today = 0;
+            self.active_minutes = 0;
+            self.burst_minutes = 0;
+        }
+        let new_minute = q.minute != self.last_minute;
+        if new_minute {
+            self.last_minute = q.minute;
+            self.active_minutes += 1;
         }
         self.total += 1;
         self.today += 1;
         self.kinds[q.kind as usize] += 1;
         self.reasoning += q.reasoning as u32;
+        new_minute
+    }
+
+    /// Share of today's active minutes that were bursts.
+    pub fn burst_share(&self) -> f64 {
+        self.burst_minutes as f64 / self.active_minutes.max(1) as f64
     }
 
     /// Shannon entropy of the kind histogram over log(N_KINDS), in [0, 1].
@@ -140,9 +183,24 @@ impl Features {
     }
 }
 
+/// Cross-account and per-account signals the replay computes outside [`Features`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Signals {
+    /// Largest identity group (shared payment / IP / fingerprint) the account belongs to.
+    pub cluster: usize,
+    /// PRADA's Shapiro-Wilk W and the number of distances behind it.
+    pub prada_w: Option<(f64, usize)>,
+}
+
 /// Which detectors flag an account (bit per detector, in `DetectorConfig` field order).
-pub fn flags(cfg: &DetectorConfig, f: &Features, cluster: usize, reference: &[f64; N_KINDS]) -> u8 {
+pub fn flags(cfg: &DetectorConfig, f: &Features, sig: &Signals, reference: &[f64; N_KINDS]) -> u8 {
     let mut bits = 0u8;
+    let cluster = sig.cluster;
+    if f.active_minutes >= cfg.sync_min_active
+        && cfg.sync_share.is_some_and(|t| f.burst_share() > t)
+    {
+        bits |= 1 << 7;
+    }
     if cfg.volume_per_day.is_some_and(|t| f.today > t) {
         bits |= 1;
     }
@@ -172,6 +230,14 @@ pub fn flags(cfg: &DetectorConfig, f: &Features, cluster: usize, reference: &[f6
     if cfg.mmd.is_some_and(|t| f.mmd2(reference) > t) {
         bits |= 1 << 4;
     }
+    if let (Some(t), Some((w, n))) = (cfg.prada_w, sig.prada_w) {
+        if n < cfg.prada_min {
+            return bits;
+        }
+        if w < t {
+            bits |= 1 << 6;
+        }
+    }
     bits
 }
 
@@ -192,15 +258,8 @@ mod tests {
         }
         let feats = |bank: &TemplateBank, n: usize| {
             let mut f = Features::default();
-            for (i, t) in bank.queries.iter().take(n).enumerate() {
-                f.observe(&Query {
-                    minute: i as u32,
-                    account: 0,
-                    kind: t.0,
-                    input_tokens: t.1,
-                    output_tokens: t.2,
-                    reasoning: t.3,
-                });
+            for i in 0..n.min(bank.queries.len()) {
+                f.observe(&bank.query(i, i as u32, 0, false));
             }
             f
         };

@@ -4,6 +4,7 @@
 //! defenses are measured by the run pipeline, volume-level ones here.
 
 pub mod detect;
+pub mod prada;
 pub mod replay;
 
 use crate::api::limits::{Bucket, Ledger};
@@ -30,7 +31,12 @@ pub struct Query {
     pub output_tokens: u8,
     /// Asks for (or elicits) a reasoning trace.
     pub reasoning: bool,
+    /// Template index in its bank ([`ATTACK_BANK`] set for the campaign's bank).
+    pub template: u16,
 }
+
+/// Bit of [`Query::template`] marking the campaign's template bank.
+pub const ATTACK_BANK: u16 = 0x8000;
 
 /// Index of a kind in `suite_kinds()` (the report order).
 pub fn kind_index(k: Kind) -> u8 {
@@ -43,7 +49,7 @@ pub fn kind_index(k: Kind) -> u8 {
 /// Detection coupled to a run: the campaign is replayed at its own scale with a benign
 /// population and detectors; the share of its planned attacker queries served before the
 /// detectors stop it is the share of `attacker.budget` the attacker keeps.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrafficConfig {
     /// Off by default: runs then harvest their whole budget undisturbed.
@@ -54,6 +60,50 @@ pub struct TrafficConfig {
     pub campaign: CampaignConfig,
     pub detectors: detect::DetectorConfig,
     pub access: AccessConfig,
+    /// With `action: throttle`, a flagged account's limits are multiplied by this.
+    pub throttle_factor: f64,
+    /// With `action: challenge`, the identity-verification challenge.
+    pub challenge: ChallengeConfig,
+}
+
+impl Default for TrafficConfig {
+    fn default() -> Self {
+        TrafficConfig {
+            enabled: false,
+            action: Action::Ban,
+            population: PopulationConfig::default(),
+            campaign: CampaignConfig::default(),
+            detectors: detect::DetectorConfig::default(),
+            access: AccessConfig::default(),
+            throttle_factor: 0.1,
+            challenge: ChallengeConfig::default(),
+        }
+    }
+}
+
+/// An identity-verification challenge: the account is suspended until it is completed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChallengeConfig {
+    /// Hours from the challenge to its outcome (the time to acquire and submit an identity).
+    pub hours: f64,
+    /// What one challenge costs the attacker (a purchased or fabricated identity), USD.
+    pub attacker_cost_usd: f64,
+    /// Share of challenged attacker accounts that pass (the rest are banned).
+    pub attacker_pass: f64,
+    /// Share of challenged benign users who give up (their account is lost).
+    pub benign_dropoff: f64,
+}
+
+impl Default for ChallengeConfig {
+    fn default() -> Self {
+        ChallengeConfig {
+            hours: 24.0,
+            attacker_cost_usd: 25.0,
+            attacker_pass: 0.3,
+            benign_dropoff: 0.15,
+        }
+    }
 }
 
 /// Access defenses: who may open accounts and send requests at all.
@@ -67,6 +117,8 @@ pub struct AccessConfig {
     pub max_accounts_per_payment: Option<usize>,
     /// Accounts younger than this many days are held to the first (free) tier's limits.
     pub tier_gate_days: f64,
+    /// ... and until they have spent this much (USD).
+    pub tier_gate_spend_usd: f64,
 }
 
 /// The action on a flagged account.
@@ -82,6 +134,11 @@ pub enum Action {
     /// Serve later requests from the fallback model without telling: the attacker trains on
     /// them.
     FallbackSilent,
+    /// Cut the account's rate limits to `throttle_factor` of its tier.
+    Throttle,
+    /// Suspend the account until it passes an identity-verification challenge
+    /// (`challenge`); failing it (or giving up) loses the account.
+    Challenge,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -95,6 +152,9 @@ pub struct PopulationConfig {
     pub sigma: f64,
     /// Tier of benign accounts.
     pub tier: String,
+    /// Day-night swing of benign activity: the rate is multiplied by
+    /// `1 + diurnal * sin(2 pi (t - 6 h) / 24 h)`.
+    pub diurnal: f64,
 }
 
 impl Default for PopulationConfig {
@@ -104,6 +164,7 @@ impl Default for PopulationConfig {
             daily_median: 8.0,
             sigma: 1.2,
             tier: "tier1".into(),
+            diurnal: 0.5,
         }
     }
 }
@@ -125,6 +186,23 @@ pub struct CampaignConfig {
     pub skills: Vec<crate::world::Skill>,
     /// Share of attacker accounts behind residential proxies (they appear in benign regions).
     pub proxy_share: f64,
+    /// How the orchestrator times its accounts' queries.
+    pub pacing: Pacing,
+    /// With `pacing: synchronized`, minutes between bursts.
+    pub burst_minutes: u32,
+    /// Synthetic queries: perturbations of this many seed prompts (0: fresh prompts).
+    pub seed_prompts: usize,
+}
+
+/// Campaign timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pacing {
+    /// Each account's queries at independent random minutes.
+    #[default]
+    Random,
+    /// All accounts send in the same burst minutes (one central scheduler).
+    Synchronized,
 }
 
 impl Default for CampaignConfig {
@@ -137,6 +215,9 @@ impl Default for CampaignConfig {
             hard_share: 0.8,
             skills: vec![],
             proxy_share: 0.0,
+            pacing: Pacing::Random,
+            burst_minutes: 30,
+            seed_prompts: 0,
         }
     }
 }
@@ -201,16 +282,45 @@ pub fn poisson(rng: &mut SimRng, mean: f64) -> u64 {
 
 /// Pre-sampled query templates, so the hot loop draws an index instead of building a prompt.
 pub struct TemplateBank {
+    /// (kind, input tokens, output tokens, reasoning) per template.
     pub queries: Vec<(u8, u8, u8, bool)>,
+    /// Embedding per template (for PRADA).
+    pub emb: Vec<[f32; prada::EMB_DIM]>,
 }
 
 impl TemplateBank {
-    /// `n` prompts from `mix`, summarised as (kind, input tokens, output tokens, reasoning).
+    /// `n` prompts from `mix`.
     pub fn new(mix: &Mix, n: usize, rng: &mut SimRng) -> TemplateBank {
-        let queries = (0..n)
+        let prompts: Vec<Prompt> = (0..n).map(|_| mix.sample(rng)).collect();
+        Self::from_prompts(&prompts)
+    }
+
+    /// `n` synthetic prompts: each a seed prompt from `mix` (of `seeds`) with one to two of its
+    /// tokens after the first replaced by tokens drawn from the seed itself (slot filling).
+    pub fn perturbed(mix: &Mix, seeds: usize, n: usize, rng: &mut SimRng) -> TemplateBank {
+        let seed_prompts: Vec<Prompt> = (0..seeds.max(1)).map(|_| mix.sample(rng)).collect();
+        let prompts: Vec<Prompt> = (0..n)
             .map(|_| {
-                let p: Prompt = mix.sample(rng);
-                let out = crate::world::ideal_response(&p).len();
+                let mut p = seed_prompts[rng.random_range(0..seed_prompts.len())].clone();
+                let len = p.tokens.len();
+                if len > 2 {
+                    for _ in 0..rng.random_range(1..=2) {
+                        let (i, j) = (rng.random_range(1..len), rng.random_range(1..len));
+                        p.tokens.swap(i, j);
+                    }
+                }
+                p
+            })
+            .collect();
+        Self::from_prompts(&prompts)
+    }
+
+    fn from_prompts(prompts: &[Prompt]) -> TemplateBank {
+        let embedder = prada::Embedder::default();
+        let queries = prompts
+            .iter()
+            .map(|p| {
+                let out = crate::world::ideal_response(p).len();
                 let reasoning = matches!(p.kind, Kind::Skill(_, Tier::Hard));
                 (
                     kind_index(p.kind),
@@ -220,7 +330,23 @@ impl TemplateBank {
                 )
             })
             .collect();
-        TemplateBank { queries }
+        let emb = prompts.iter().map(|p| embedder.embed(p)).collect();
+        TemplateBank { queries, emb }
+    }
+
+    /// A query from template `i` of this bank (`attack`: the campaign's bank).
+    #[inline]
+    pub fn query(&self, i: usize, minute: u32, account: u32, attack: bool) -> Query {
+        let t = self.queries[i];
+        Query {
+            minute,
+            account,
+            kind: t.0,
+            input_tokens: t.1,
+            output_tokens: t.2,
+            reasoning: t.3,
+            template: i as u16 | if attack { ATTACK_BANK } else { 0 },
+        }
     }
 }
 
@@ -231,6 +357,12 @@ pub struct AccountState {
     pub attacker: bool,
     pub tier: usize,
     pub banned_at: Option<u32>,
+    /// Suspended (challenged) until this minute.
+    pub suspended_until: Option<u32>,
+    /// Held to the first tier's limits by the tier gate.
+    pub gated: bool,
+    /// Limits cut by a throttle action.
+    pub throttled: bool,
     pub ledger: Ledger,
     buckets: [Bucket; 3],
 }
@@ -293,7 +425,8 @@ pub fn accounts(
         };
         let tier = if attacker { at } else { bt };
         // Tier gating: new accounts start on the first tier's limits.
-        let t = if access.tier_gate_days > 0.0 {
+        let gated = access.tier_gate_days > 0.0 || access.tier_gate_spend_usd > 0.0;
+        let t = if gated {
             &api.tiers[0]
         } else {
             &api.tiers[tier]
@@ -303,6 +436,9 @@ pub fn accounts(
             attacker,
             tier,
             banned_at: None,
+            suspended_until: None,
+            gated,
+            throttled: false,
             ledger: Ledger::default(),
             buckets: [
                 Bucket::full(t.rpm, 0.0),
@@ -315,15 +451,16 @@ pub fn accounts(
 }
 
 impl AccountState {
-    /// Lift the account to its own tier's limits (when a tier gate has passed).
-    pub fn ungate(&mut self, api: &ApiConfig, now: f64) {
+    /// Set the account's limits to its own tier's, times `factor` (lifting a tier gate,
+    /// or throttling).
+    pub fn set_limits(&mut self, api: &ApiConfig, factor: f64, now: f64) {
         let t = &api.tiers[self.tier];
         for (b, lim) in self
             .buckets
             .iter_mut()
             .zip([t.rpm, t.input_tpm, t.output_tpm])
         {
-            b.set_limit(lim, now);
+            b.set_limit(lim * factor, now);
         }
     }
 

@@ -1,28 +1,68 @@
 //! The replay loop: benign users and a campaign on the simulated clock, through access
 //! defenses, limits and ledgers, with detectors flagging accounts and delayed actions.
 
-use super::detect::{flags, Features};
-use super::{accounts, poisson, Alias, Query, ReplayStats, TemplateBank, TrafficConfig, N_KINDS};
+use super::detect::{flags, Features, Signals};
+use super::prada::PradaState;
+use super::{
+    accounts, poisson, Action, Alias, Pacing, ReplayStats, TemplateBank, TrafficConfig,
+    ATTACK_BANK, N_KINDS,
+};
 use crate::api::ApiConfig;
 use crate::rng::derive_rng;
 use crate::world::Mix;
 use rand::Rng;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 /// Detection outcome of a replay.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DetectionStats {
-    /// Simulated days to the first ban of an attacker account (None: never).
+    /// Simulated days to the first action on an attacker account (None: never).
     pub days_to_first_action: Option<f64>,
     /// Attacker queries served before the last attacker account was banned (all if never).
     pub harvested_before_stop: u64,
-    /// Share of attacker accounts banned.
+    /// Share of attacker accounts actioned (banned, throttled, challenged or rerouted).
     pub recall: f64,
-    /// Share of benign accounts banned.
+    /// Share of benign accounts actioned.
     pub false_positive_rate: f64,
-    /// Benign queries refused because their account was banned.
+    /// Benign queries refused because their account was banned or suspended.
     pub benign_blocked: u64,
+    /// Benign queries throttled on accounts a throttle action had cut.
+    pub benign_throttled: u64,
+    /// Challenges sent to attacker / benign accounts.
+    pub challenged_attackers: u64,
+    pub challenged_benign: u64,
+    /// Challenged benign users who gave up.
+    pub benign_dropped: u64,
+    /// What the attacker paid: API spend and identity challenges, USD.
+    pub attacker_spend_usd: f64,
+    pub attacker_challenge_usd: f64,
+    /// Per simulated day.
+    pub timeline: Vec<DayPoint>,
+}
+
+/// One simulated day of a replay.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct DayPoint {
+    pub day: u32,
+    pub attacker_served: u64,
+    pub benign_served: u64,
+    /// Actions taken that day on attacker / benign accounts.
+    pub attacker_actions: u64,
+    pub benign_actions: u64,
+}
+
+/// Minutes of history a burst is judged against.
+const BURST_WINDOW: usize = 15;
+
+/// A scheduled event on an account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    /// The configured action takes effect.
+    Act,
+    /// A challenge's outcome is due.
+    Resolve,
 }
 
 /// Replay a campaign and a benign population on the API's limits with detectors acting.
@@ -46,6 +86,9 @@ pub fn replay(
     }
     drop(per_payment);
     let gate_minute = (access.tier_gate_days * 1440.0) as u32;
+    let mut gated: Vec<u32> = (0..accts.len() as u32)
+        .filter(|&a| accts[a as usize].gated)
+        .collect();
     let mut rng = derive_rng(seed, "traffic/replay");
     // Benign activity: log-normal daily rates, drawn through an alias table.
     let rates: Vec<f64> = (0..pop.users)
@@ -65,7 +108,18 @@ pub fn replay(
     attack_mix.affect = 0.0;
     attack_mix.probe = 0.0;
     attack_mix.hard_share = camp.hard_share;
-    let attack_bank = TemplateBank::new(&attack_mix, 4096, &mut rng);
+    let attack_bank = if camp.seed_prompts > 0 {
+        TemplateBank::perturbed(&attack_mix, camp.seed_prompts, 4096, &mut rng)
+    } else {
+        TemplateBank::new(&attack_mix, 4096, &mut rng)
+    };
+    let emb = |t: u16| {
+        if t & ATTACK_BANK != 0 {
+            attack_bank.emb[(t & !ATTACK_BANK) as usize]
+        } else {
+            benign_bank.emb[t as usize]
+        }
+    };
     // Benign reference distribution of kinds for the shift detector.
     let mut reference = [0.0f64; N_KINDS];
     for q in &benign_bank.queries {
@@ -73,64 +127,113 @@ pub fn replay(
     }
     // Identity clusters: the largest group sharing any identity attribute.
     let mut groups: HashMap<(u8, u32), usize> = HashMap::new();
-    for a in &accts {
-        for key in [
-            (0, a.identity.payment),
+    let keys = |a: &super::AccountState| {
+        [
+            (0u8, a.identity.payment),
             (1, a.identity.ip_asn),
             (2, a.identity.fingerprint),
-        ] {
+        ]
+    };
+    for a in &accts {
+        for key in keys(a) {
             *groups.entry(key).or_default() += 1;
         }
     }
     let cluster: Vec<usize> = accts
         .iter()
-        .map(|a| {
-            [
-                (0, a.identity.payment),
-                (1, a.identity.ip_asn),
-                (2, a.identity.fingerprint),
-            ]
-            .iter()
-            .map(|k| groups[k])
-            .max()
-            .unwrap_or(1)
-        })
+        .map(|a| keys(a).iter().map(|k| groups[k]).max().unwrap_or(1))
         .collect();
     drop(groups);
 
     let mut features = vec![Features::default(); accts.len()];
+    let mut prada: Vec<PradaState> = if det.prada_w.is_some() {
+        // Judged once per `prada::JUDGE_EVERY` new distances (not at every pass), so that one account is
+        // not tested hundreds of times on overlapping windows.
+        vec![PradaState::default(); accts.len()]
+    } else {
+        Vec::new()
+    };
     let mut dirty: Vec<u32> = Vec::new();
     let mut is_dirty = vec![false; accts.len()];
-    // Scheduled bans, earliest first: (ban minute, account).
-    let mut pending: std::collections::BinaryHeap<std::cmp::Reverse<(u32, u32)>> =
-        Default::default();
+    // Accounts active this minute, and the last hour's counts (for the burst test).
+    let mut this_minute: Vec<u32> = Vec::new();
+    let mut recent_counts: std::collections::VecDeque<usize> = Default::default();
+    // Scheduled events, earliest first.
+    let mut pending: BinaryHeap<Reverse<(u32, Event, u32)>> = BinaryHeap::new();
     let mut flagged = vec![false; accts.len()]; // scheduled once, not at every pass
+    let mut actioned = vec![false; accts.len()];
     let mut active_attackers: Vec<u32> = (pop.users as u32..accts.len() as u32)
         .filter(|&a| !refused[a as usize])
         .collect();
-    let attack_per_minute_each = camp.daily_per_account / 1440.0;
     let minutes = (camp.days * 1440.0) as u32;
+    let burst = camp.burst_minutes.max(1);
     let mut stats = ReplayStats::default();
-    let mut det_stats = DetectionStats::default();
+    let mut d = DetectionStats::default();
     let mut stop_at: Option<u64> = None;
+    let mut day_point = DayPoint::default();
     for minute in 0..minutes {
         let now = minute as f64 * 60.0;
-        if gate_minute > 0 && minute == gate_minute {
-            for a in accts.iter_mut() {
-                a.ungate(api, now);
-            }
+        if minute / 1440 != day_point.day {
+            d.timeline.push(std::mem::take(&mut day_point));
+            day_point.day = minute / 1440;
         }
-        // Due bans.
-        while let Some(&std::cmp::Reverse((at, a))) = pending.peek() {
+        // Due actions and challenge outcomes.
+        while let Some(&Reverse((at, ev, a))) = pending.peek() {
             if at > minute {
                 break;
             }
             pending.pop();
             let acc = &mut accts[a as usize];
-            if acc.banned_at.is_none() {
-                acc.banned_at = Some(minute);
-                if acc.attacker && det_stats.days_to_first_action.is_none() {
-                    det_stats.days_to_first_action = Some(minute as f64 / 1440.0);
+            if acc.banned_at.is_some() {
+                continue;
+            }
+            match ev {
+                Event::Act => {
+                    actioned[a as usize] = true;
+                    if acc.attacker {
+                        day_point.attacker_actions += 1;
+                        if d.days_to_first_action.is_none() {
+                            d.days_to_first_action = Some(minute as f64 / 1440.0);
+                        }
+                    } else {
+                        day_point.benign_actions += 1;
+                    }
+                    match tr.action {
+                        Action::Ban | Action::FallbackVisible | Action::FallbackSilent => {
+                            acc.banned_at = Some(minute);
+                        }
+                        Action::Throttle => {
+                            acc.throttled = true;
+                            acc.gated = false;
+                            acc.set_limits(api, tr.throttle_factor, now);
+                        }
+                        Action::Challenge => {
+                            let due = minute + (tr.challenge.hours * 60.0).round() as u32;
+                            acc.suspended_until = Some(due);
+                            pending.push(Reverse((due, Event::Resolve, a)));
+                            if acc.attacker {
+                                d.challenged_attackers += 1;
+                                d.attacker_challenge_usd += tr.challenge.attacker_cost_usd;
+                            } else {
+                                d.challenged_benign += 1;
+                            }
+                        }
+                    }
+                }
+                Event::Resolve => {
+                    let pass = if acc.attacker {
+                        rng.random_bool(tr.challenge.attacker_pass.clamp(0.0, 1.0))
+                    } else {
+                        let stay = !rng.random_bool(tr.challenge.benign_dropoff.clamp(0.0, 1.0));
+                        d.benign_dropped += !stay as u64;
+                        stay
+                    };
+                    acc.suspended_until = None;
+                    if pass {
+                        acc.identity.verified = true;
+                    } else {
+                        acc.banned_at = Some(minute);
+                    }
                 }
             }
         }
@@ -138,37 +241,36 @@ pub fn replay(
         if active_attackers.is_empty() && stop_at.is_none() && camp.accounts > 0 {
             stop_at = Some(stats.attacker_served);
         }
-        let n_benign = poisson(&mut rng, benign_per_minute);
-        let n_attack = poisson(
-            &mut rng,
-            attack_per_minute_each * active_attackers.len() as f64,
-        );
+        let diurnal = 1.0
+            + pop.diurnal
+                * (std::f64::consts::TAU * ((minute % 1440) as f64 - 360.0) / 1440.0).sin();
+        let n_benign = poisson(&mut rng, benign_per_minute * diurnal.max(0.0));
+        let attack_rate = match camp.pacing {
+            Pacing::Random => camp.daily_per_account / 1440.0,
+            Pacing::Synchronized if minute % burst == 0 => {
+                camp.daily_per_account * burst as f64 / 1440.0
+            }
+            Pacing::Synchronized => 0.0,
+        };
+        let n_attack = poisson(&mut rng, attack_rate * active_attackers.len() as f64);
         for i in 0..n_benign + n_attack {
             let attacker = i >= n_benign;
-            let (account, t) = if attacker {
+            let q = if attacker {
                 let a = active_attackers[rng.random_range(0..active_attackers.len())];
-                (
-                    a,
-                    attack_bank.queries[rng.random_range(0..attack_bank.queries.len())],
-                )
+                let t = rng.random_range(0..attack_bank.queries.len());
+                attack_bank.query(t, minute, a, true)
             } else {
                 let a = alias.sample(&mut rng) as u32;
-                (
-                    a,
-                    benign_bank.queries[rng.random_range(0..benign_bank.queries.len())],
-                )
+                let t = rng.random_range(0..benign_bank.queries.len());
+                benign_bank.query(t, minute, a, false)
             };
-            let q = Query {
-                minute,
-                account,
-                kind: t.0,
-                input_tokens: t.1,
-                output_tokens: t.2,
-                reasoning: t.3,
-            };
+            let account = q.account as usize;
             stats.queries += 1;
-            let acc = &mut accts[account as usize];
-            if acc.banned_at.is_some() || refused[account as usize] {
+            let acc = &mut accts[account];
+            if acc.banned_at.is_some()
+                || refused[account]
+                || acc.suspended_until.is_some_and(|u| minute < u)
+            {
                 stats.blocked_banned += 1;
                 if !attacker {
                     stats.benign_blocked += 1;
@@ -178,53 +280,111 @@ pub fn replay(
             let tier = &api.tiers[acc.tier];
             if !acc.serve(now, &q, tier.price_in, tier.price_out) {
                 stats.throttled += 1;
+                if !attacker && acc.throttled {
+                    d.benign_throttled += 1;
+                }
                 continue;
             }
             if attacker {
                 stats.attacker_served += 1;
+                day_point.attacker_served += 1;
             } else {
                 stats.benign_served += 1;
+                day_point.benign_served += 1;
             }
-            features[account as usize].observe(&q);
-            if !is_dirty[account as usize] {
-                is_dirty[account as usize] = true;
-                dirty.push(account);
+            if features[account].observe(&q) {
+                this_minute.push(q.account);
+            }
+            if let Some(p) = prada.get_mut(account) {
+                p.observe(q.template, emb);
+            }
+            if !is_dirty[account] {
+                is_dirty[account] = true;
+                dirty.push(q.account);
             }
         }
+        // Burst minutes: far more active accounts than the last hour's median.
+        if det.sync_share.is_some() {
+            if recent_counts.len() >= BURST_WINDOW {
+                let mut sorted: Vec<usize> = recent_counts.iter().copied().collect();
+                sorted.sort_unstable();
+                let median = sorted[sorted.len() / 2] as f64;
+                let n = this_minute.len() as f64;
+                if n > median + det.burst_z * median.max(1.0).sqrt()
+                    && n > median * (1.0 + det.burst_rel)
+                {
+                    for &a in &this_minute {
+                        features[a as usize].burst_minutes += 1;
+                    }
+                }
+            }
+            recent_counts.push_back(this_minute.len());
+            if recent_counts.len() > BURST_WINDOW {
+                recent_counts.pop_front();
+            }
+        }
+        this_minute.clear();
         if (minute + 1) % det.check_minutes.max(1) == 0 {
+            // Tier gate: lift accounts old enough and with enough spend.
+            if !gated.is_empty() && minute >= gate_minute {
+                gated.retain(|&a| {
+                    let acc = &mut accts[a as usize];
+                    if !acc.gated {
+                        return false;
+                    }
+                    if acc.ledger.spend_usd >= access.tier_gate_spend_usd {
+                        acc.gated = false;
+                        acc.set_limits(api, 1.0, now);
+                        return false;
+                    }
+                    true
+                });
+            }
             for &a in &dirty {
                 is_dirty[a as usize] = false;
+                let signals = Signals {
+                    cluster: cluster[a as usize],
+                    prada_w: prada
+                        .get_mut(a as usize)
+                        .filter(|p| p.samples() >= det.prada_min)
+                        .and_then(|p| p.judge().map(|w| (w, p.samples()))),
+                };
                 if !flagged[a as usize]
-                    && flags(det, &features[a as usize], cluster[a as usize], &reference) != 0
+                    && flags(det, &features[a as usize], &signals, &reference) != 0
                 {
                     flagged[a as usize] = true;
-                    pending.push(std::cmp::Reverse((
-                        minute.saturating_add(det.action_delay_minutes),
-                        a,
-                    )));
+                    let at = minute.saturating_add(det.action_delay_minutes);
+                    pending.push(Reverse((at, Event::Act, a)));
                 }
             }
             dirty.clear();
         }
     }
+    d.timeline.push(day_point);
     let attackers = accts.iter().filter(|a| a.attacker).count();
     let benign = accts.len() - attackers;
-    let banned = |att: bool| {
+    let count = |att: bool| {
         accts
             .iter()
-            .filter(|a| a.attacker == att && a.banned_at.is_some())
+            .zip(&actioned)
+            .filter(|(a, &x)| a.attacker == att && x)
             .count()
     };
-    det_stats.recall = if attackers == 0 {
+    d.recall = if attackers == 0 {
         f64::NAN
     } else {
-        banned(true) as f64 / attackers as f64
+        count(true) as f64 / attackers as f64
     };
-    det_stats.false_positive_rate = banned(false) as f64 / benign.max(1) as f64;
-    det_stats.harvested_before_stop = stop_at.unwrap_or(stats.attacker_served);
-    det_stats.benign_blocked = stats.benign_blocked;
+    d.false_positive_rate = count(false) as f64 / benign.max(1) as f64;
+    d.harvested_before_stop = stop_at.unwrap_or(stats.attacker_served);
+    d.benign_blocked = stats.benign_blocked;
+    d.attacker_spend_usd = accts
+        .iter()
+        .filter(|a| a.attacker)
+        .map(|a| a.ledger.spend_usd)
+        .sum();
     stats.wall_seconds = t0.elapsed().as_secs_f64();
-    Ok((stats, det_stats))
+    Ok((stats, d))
 }
 
 #[cfg(test)]
@@ -296,5 +456,119 @@ mod tests {
         let (proxied, _) = replay(&api, &tr, 1).unwrap();
         let ratio = proxied.attacker_served as f64 / open.attacker_served as f64;
         assert!((ratio - 0.6).abs() < 0.2, "{ratio}");
+    }
+
+    /// One detector on, the others off.
+    fn only(f: impl Fn(&mut DetectorConfig)) -> DetectorConfig {
+        let mut d = DetectorConfig::off();
+        f(&mut d);
+        d
+    }
+
+    #[test]
+    fn synchronised_timing_is_caught_and_random_timing_is_not() {
+        let (api, mut tr) = small();
+        tr.campaign.identity_sharing = 1;
+        tr.detectors = only(|d| d.sync_share = Some(0.5));
+        tr.campaign.pacing = crate::traffic::Pacing::Synchronized;
+        let (_, sync) = replay(&api, &tr, 1).unwrap();
+        tr.campaign.pacing = crate::traffic::Pacing::Random;
+        let (_, random) = replay(&api, &tr, 1).unwrap();
+        assert!(sync.recall > 0.9, "{sync:?}");
+        assert!(random.recall < 0.1, "{random:?}");
+        assert!(
+            sync.false_positive_rate < 0.01 && random.false_positive_rate < 0.01,
+            "{} {}",
+            sync.false_positive_rate,
+            random.false_positive_rate
+        );
+    }
+
+    #[test]
+    fn prada_catches_a_synthetic_campaign() {
+        let (api, mut tr) = small();
+        tr.detectors = only(|d| d.prada_w = DetectorConfig::default().prada_w);
+        tr.campaign.days = 6.0;
+        tr.campaign.seed_prompts = 20;
+        let (_, synthetic) = replay(&api, &tr, 1).unwrap();
+        tr.campaign.seed_prompts = 0;
+        let (_, fresh) = replay(&api, &tr, 1).unwrap();
+        assert!(synthetic.recall > 0.8, "{synthetic:?}");
+        assert!(fresh.recall < 0.2, "{fresh:?}");
+        assert!(synthetic.false_positive_rate < 0.02, "{synthetic:?}");
+    }
+
+    #[test]
+    fn throttle_and_challenge_actions() {
+        let (api, mut tr) = small();
+        tr.detectors = only(|d| d.cluster_size = Some(5));
+        tr.detectors.action_delay_minutes = 0;
+        tr.action = crate::traffic::Action::Ban;
+        let (banned, _) = replay(&api, &tr, 1).unwrap();
+        tr.detectors = DetectorConfig::off();
+        let (open, _) = replay(&api, &tr, 1).unwrap();
+        tr.detectors = only(|d| d.cluster_size = Some(5));
+        tr.detectors.action_delay_minutes = 0;
+        // Throttling to 2% of tier 1 (one request a minute, 200 output tokens) slows but does
+        // not stop it.
+        tr.action = crate::traffic::Action::Throttle;
+        tr.throttle_factor = 0.02;
+        let (thr, d) = replay(&api, &tr, 1).unwrap();
+        assert_eq!(d.recall, 1.0);
+        assert!(
+            banned.attacker_served < thr.attacker_served
+                && thr.attacker_served < open.attacker_served,
+            "{} {} {}",
+            banned.attacker_served,
+            thr.attacker_served,
+            open.attacker_served
+        );
+        // Challenges: every attacker account is challenged, pays, and about 30% pass.
+        tr.action = crate::traffic::Action::Challenge;
+        let (ch, d) = replay(&api, &tr, 1).unwrap();
+        assert_eq!(d.challenged_attackers, 40);
+        assert_eq!(
+            d.attacker_challenge_usd,
+            40.0 * tr.challenge.attacker_cost_usd
+        );
+        assert!(ch.attacker_served > banned.attacker_served);
+        // The 24-hour suspension holds: a campaign of 3 days keeps under 2/3 of its queries.
+        assert!((ch.attacker_served as f64) < 0.67 * open.attacker_served as f64);
+    }
+
+    #[test]
+    fn challenged_benign_users_drop_off_at_the_configured_rate() {
+        let (api, mut tr) = small();
+        // A volume limit low enough to flag many benign users.
+        tr.detectors = only(|d| d.volume_per_day = Some(10));
+        tr.action = crate::traffic::Action::Challenge;
+        tr.challenge.benign_dropoff = 0.5;
+        let (_, d) = replay(&api, &tr, 1).unwrap();
+        assert!(d.challenged_benign > 50, "{d:?}");
+        let share = d.benign_dropped as f64 / d.challenged_benign as f64;
+        assert!((share - 0.5).abs() < 0.15, "{share}");
+        assert!(d.benign_blocked > 0);
+    }
+
+    #[test]
+    fn spend_gate_holds_accounts_to_the_free_tier() {
+        let (api, mut tr) = small();
+        tr.detectors = DetectorConfig::off();
+        tr.campaign.daily_per_account = 2000.0;
+        let (open, _) = replay(&api, &tr, 1).unwrap();
+        tr.access.tier_gate_spend_usd = 1e9;
+        let (gated, _) = replay(&api, &tr, 1).unwrap();
+        // The free tier allows 5 requests a minute: 7200 a day against 2000 asked; its
+        // output-token limit is what binds.
+        assert!(
+            gated.attacker_served < open.attacker_served,
+            "{gated:?} {open:?}"
+        );
+        assert!(gated.throttled > open.throttled);
+        // A gate of one day and a reachable spend lifts the limit again.
+        tr.access.tier_gate_spend_usd = 0.01;
+        tr.access.tier_gate_days = 1.0;
+        let (lifted, _) = replay(&api, &tr, 1).unwrap();
+        assert!(lifted.attacker_served > gated.attacker_served);
     }
 }
