@@ -20,7 +20,8 @@ pub struct ExperimentConfig {
     pub name: String,
     /// One line on the question the experiment answers.
     pub description: String,
-    /// A config file (relative to this one) whose values this one overrides. One level only.
+    /// A config file (relative to this one) whose values this one overrides. One level only;
+    /// the base's `grid` and `variants` are not inherited.
     pub base: Option<String>,
     /// Run seeds: every grid point runs once per seed.
     pub seeds: Vec<u64>,
@@ -38,6 +39,9 @@ pub struct ExperimentConfig {
     pub checkpoints: Vec<usize>,
     /// Sweep axes: dotted config key -> values. Runs are the product of all axes and seeds.
     pub grid: BTreeMap<String, Vec<Value>>,
+    /// Named settings that change several keys at once: each is a partial config with a
+    /// `name`, merged over this config. Runs are the product of variants, grid axes and seeds.
+    pub variants: Vec<Value>,
 }
 
 impl Default for ExperimentConfig {
@@ -56,6 +60,7 @@ impl Default for ExperimentConfig {
             traffic: Default::default(),
             checkpoints: vec![],
             grid: BTreeMap::new(),
+            variants: vec![],
         }
     }
 }
@@ -116,6 +121,42 @@ impl ExperimentConfig {
         }
         if self.seeds.is_empty() {
             return Err("seeds: at least one seed is needed".into());
+        }
+        for (i, d) in self.api.defenses.iter().enumerate() {
+            if let crate::api::defense::DefenseConfig::Antidistillation { proxy, eps, .. } = d {
+                if crate::model::ModelSpec::preset(proxy).is_none() {
+                    return Err(format!(
+                        "api.defenses[{i}].proxy: `{proxy}` is not a model size ({})",
+                        crate::model::spec::PRESETS.join(", ")
+                    ));
+                }
+                if *eps <= 0.0 || eps.is_nan() {
+                    return Err(format!("api.defenses[{i}].eps: must be positive"));
+                }
+            }
+        }
+        let tr = &self.traffic;
+        for (key, v) in [
+            (
+                "traffic.challenge.attacker_pass",
+                tr.challenge.attacker_pass,
+            ),
+            (
+                "traffic.challenge.benign_dropoff",
+                tr.challenge.benign_dropoff,
+            ),
+            ("traffic.campaign.proxy_share", tr.campaign.proxy_share),
+            ("traffic.campaign.hard_share", tr.campaign.hard_share),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("{key}: {v} is outside [0, 1]"));
+            }
+        }
+        if tr.throttle_factor <= 0.0 || tr.throttle_factor.is_nan() {
+            return Err(format!(
+                "traffic.throttle_factor: {} must be positive",
+                tr.throttle_factor
+            ));
         }
         Ok(())
     }
@@ -322,6 +363,12 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
                 "base: a base file cannot have a base of its own (one level only)",
             ));
         }
+        // A base shares settings, not its sweep: its grid and variants are not inherited.
+        let mut base_val = base_val;
+        if let Some(o) = base_val.as_object_mut() {
+            o.remove("grid");
+            o.remove("variants");
+        }
         merge(&mut merged, base_val);
     }
     merge(&mut merged, own);
@@ -343,7 +390,54 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
     }
     config.validate().map_err(|e| config_err(path, e))?;
 
-    // Expand the grid: product of axes (in key order) x seeds.
+    // Variants: (name, partial config), checked before anything runs.
+    let mut variants: Vec<(String, Value)> = Vec::new();
+    for (i, v) in config.variants.iter().enumerate() {
+        let mut obj = v
+            .as_object()
+            .cloned()
+            .ok_or_else(|| config_err(path, format!("variants[{i}]: must be a mapping")))?;
+        let name = match obj.remove("name") {
+            Some(Value::String(n)) if !n.is_empty() => n,
+            _ => {
+                return Err(config_err(
+                    path,
+                    format!("variants[{i}]: needs a `name` (a non-empty string)"),
+                ))
+            }
+        };
+        if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || " _.=()+-".contains(*c)))
+        {
+            return Err(config_err(
+                path,
+                format!(
+                    "variants[{i}]: the name `{name}` has `{c}`; use letters, digits, spaces and _.=()+-"
+                ),
+            ));
+        }
+        if variants.iter().any(|(n, _)| *n == name) {
+            return Err(config_err(
+                path,
+                format!("variants[{i}]: the name `{name}` is used twice"),
+            ));
+        }
+        for key in ["name", "base", "seeds", "grid", "variants", "description"] {
+            if key != "name" && obj.contains_key(key) {
+                return Err(config_err(
+                    path,
+                    format!("variants[{i}] (`{name}`): `{key}` cannot be set per variant"),
+                ));
+            }
+        }
+        variants.push((name, Value::Object(obj)));
+    }
+    if variants.is_empty() {
+        variants.push((String::new(), Value::Object(Default::default())));
+    }
+
+    // Expand the grid: product of variants x axes (in key order) x seeds.
     let mut points: Vec<Vec<(String, Value)>> = vec![vec![]];
     for (key, values) in &config.grid {
         if values.is_empty() {
@@ -364,30 +458,38 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
             .collect();
     }
     let mut runs = Vec::new();
-    for point in &points {
-        for &seed in &config.seeds {
-            let mut v = serde_json::to_value(&config).expect("config serialises");
-            for (k, val) in point {
-                set_key(&mut v, k, val.clone())
-                    .map_err(|e| config_err(path, format!("grid: {e}")))?;
+    for (vname, overlay) in &variants {
+        for grid_point in &points {
+            let mut point = grid_point.clone();
+            if !vname.is_empty() {
+                point.insert(0, ("variant".to_string(), Value::String(vname.clone())));
             }
-            v["grid"] = Value::Object(Default::default());
-            v["seeds"] = Value::Array(vec![Value::from(seed)]);
-            let cfg: ExperimentConfig = serde_json::from_value(v)
-                .map_err(|e| config_err(path, format!("grid point {}: {e}", label(point))))?;
-            cfg.validate()
-                .map_err(|e| config_err(path, format!("grid point {}: {e}", label(point))))?;
-            let mut id = label(point);
-            if !id.is_empty() {
-                id.push(',');
+            for &seed in &config.seeds {
+                let mut v = serde_json::to_value(&config).expect("config serialises");
+                merge(&mut v, overlay.clone());
+                for (k, val) in grid_point {
+                    set_key(&mut v, k, val.clone())
+                        .map_err(|e| config_err(path, format!("grid: {e}")))?;
+                }
+                v["grid"] = Value::Object(Default::default());
+                v["variants"] = Value::Array(vec![]);
+                v["seeds"] = Value::Array(vec![Value::from(seed)]);
+                let cfg: ExperimentConfig = serde_json::from_value(v)
+                    .map_err(|e| config_err(path, format!("grid point {}: {e}", label(&point))))?;
+                cfg.validate()
+                    .map_err(|e| config_err(path, format!("grid point {}: {e}", label(&point))))?;
+                let mut id = label(&point);
+                if !id.is_empty() {
+                    id.push(',');
+                }
+                id.push_str(&format!("seed={seed}"));
+                runs.push(RunSpec {
+                    id,
+                    seed,
+                    point: point.clone(),
+                    config: cfg,
+                });
             }
-            id.push_str(&format!("seed={seed}"));
-            runs.push(RunSpec {
-                id,
-                seed,
-                point: point.clone(),
-                config: cfg,
-            });
         }
     }
     Ok(Experiment {
@@ -404,4 +506,71 @@ pub fn label(point: &[(String, Value)]) -> String {
         .map(|(k, v)| format!("{k}={}", value_label(v)))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("distill-sim-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn variants_merge_several_keys_and_multiply_with_the_grid() {
+        let p = write(
+            "variants.yaml",
+            "seeds: [1, 2]\n\
+             variants:\n  \
+               - {name: none}\n  \
+               - {name: challenge, traffic: {enabled: true, action: challenge, challenge: {attacker_pass: 0.1}}}\n\
+             grid:\n  attacker.budget: [100, 200]\n",
+        );
+        let exp = load(&p, &[]).unwrap();
+        assert_eq!(exp.runs.len(), 2 * 2 * 2);
+        let ch: Vec<&RunSpec> = exp
+            .runs
+            .iter()
+            .filter(|r| r.id.starts_with("variant=challenge,"))
+            .collect();
+        assert_eq!(ch.len(), 4);
+        let c = &ch[0].config;
+        assert!(c.traffic.enabled);
+        assert_eq!(c.traffic.action, crate::traffic::Action::Challenge);
+        assert_eq!(c.traffic.challenge.attacker_pass, 0.1);
+        // Keys the variant does not name keep their values.
+        assert_eq!(c.traffic.challenge.hours, 24.0);
+        assert_eq!(ch[0].id, "variant=challenge,attacker.budget=100,seed=1");
+        let none = exp
+            .runs
+            .iter()
+            .find(|r| r.id.starts_with("variant=none"))
+            .unwrap();
+        assert!(!none.config.traffic.enabled);
+    }
+
+    #[test]
+    fn bad_variants_are_errors_naming_the_variant() {
+        for (text, needle) in [
+            ("variants:\n  - {api: {logprobs: 5}}\n", "needs a `name`"),
+            ("variants:\n  - {name: a/b}\n", "has `/`"),
+            ("variants:\n  - {name: a}\n  - {name: a}\n", "used twice"),
+            (
+                "variants:\n  - {name: a, seeds: [3]}\n",
+                "`seeds` cannot be set",
+            ),
+            (
+                "variants:\n  - {name: typo, attacker: {budjet: 5}}\n",
+                "grid point variant=typo",
+            ),
+        ] {
+            let p = write("bad.yaml", text);
+            let e = load(&p, &[]).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e} lacks {needle}");
+        }
+    }
 }

@@ -283,10 +283,19 @@ impl Runner {
             .collect();
         let served_cap = eval::score(&suites, &served)["capability"];
         let utility = served_cap / t_scores["capability"];
-        let green = defenses
-            .green_list()
-            .cloned()
-            .unwrap_or_else(|| crate::api::defense::watermark::GreenList::new(42, 0.25));
+        // The watermark key the provenance test uses (the configured one, or a fixed key
+        // for runs without a watermark, as a control).
+        let (wm_key, wm_gamma) = cfg
+            .api
+            .defenses
+            .iter()
+            .find_map(|d| match d {
+                crate::api::defense::DefenseConfig::Watermark { key, gamma, .. } => {
+                    Some((*key, *gamma))
+                }
+                _ => None,
+            })
+            .unwrap_or((42, 0.25));
         let flip = cfg.api.defenses.iter().find_map(|d| match d {
             crate::api::defense::DefenseConfig::Flip { rate, key } => Some((*rate, *key)),
             _ => None,
@@ -366,10 +375,43 @@ impl Runner {
                     json!(from_fallback as f64 / n.max(1) as f64),
                 );
             }
-            let det =
-                crate::api::defense::watermark::detect(&green, s_resp.iter().map(|r| r.as_slice()));
+            // The provider's provenance test: sample the suspect model (temperature 1) on its
+            // own probe prompts and score the text with the watermark key.
+            let probe_mix = crate::world::Mix::benign();
+            let mut prng = derive_rng(spec.seed, "provenance/probe");
+            let probes: Vec<crate::world::Prompt> = (0..PROVENANCE_PROBES)
+                .map(|_| probe_mix.sample(&mut prng))
+                .collect();
+            let probe_refs: Vec<&crate::world::Prompt> = probes.iter().collect();
+            let probe_params = vec![
+                GenParams {
+                    max_new: cfg.api.max_tokens,
+                    temperature: 1.0,
+                    top_k: 0,
+                };
+                probes.len()
+            ];
+            let sampled = generate::generate(
+                student.as_ref(),
+                &probe_refs,
+                &probe_params,
+                512,
+                &mut prng,
+                None,
+            );
+            let det = crate::api::defense::watermark::provenance(
+                wm_key,
+                wm_gamma,
+                sampled.iter().map(|g| g.tokens.as_slice()),
+                200,
+            );
             m.insert("provenance.watermark_z".into(), json!(det.z));
             m.insert("provenance.watermark_p".into(), json!(det.p_value));
+            m.insert(
+                "provenance.watermark_green_share".into(),
+                json!(det.green_share),
+            );
+            m.insert("provenance.watermark_tokens".into(), json!(det.n));
             if let Some((rate, key)) = flip {
                 // DAWN's check: replay the harvested queries that were flipped and count how
                 // often the suspect model repeats the flipped answer.
@@ -415,6 +457,9 @@ impl Runner {
         Ok(rows)
     }
 }
+
+/// Prompts the provenance test samples the suspect model on.
+const PROVENANCE_PROBES: usize = 1000;
 
 /// Confidence of the fallback model: the oracle at 50% per token, sampled at temperature 1, so
 /// that its answers are often wrong in ways a student can learn.

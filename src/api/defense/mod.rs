@@ -266,11 +266,6 @@ impl Defenses {
         }
         hidden
     }
-
-    /// The watermark's green list, for provenance tests.
-    pub fn green_list(&self) -> Option<&GreenList> {
-        self.watermark.as_ref().map(|w| &w.0)
-    }
 }
 
 impl crate::model::generate::LogitsProcessor for (GreenList, f32, u64, f64) {

@@ -94,6 +94,74 @@ pub fn detect<'a>(list: &GreenList, responses: impl IntoIterator<Item = &'a [Tok
     }
 }
 
+/// A provenance test calibrated on other keys: the green share of `responses` under `key`
+/// (repeated (previous, token) pairs count once per response, not once overall, so that a
+/// model's *preference* for green continuations shows), standardised by the green shares of the
+/// same text under `null_keys` other keys. Under the null (text unrelated to the key) the keys
+/// are exchangeable, so `z` is roughly standard normal whatever the text's own repetitions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Provenance {
+    /// Scored pairs (per-response de-duplication).
+    pub n: usize,
+    /// Green share under the key.
+    pub green_share: f64,
+    /// (share - mean of null shares) / standard deviation of null shares.
+    pub z: f64,
+    /// Share of null keys scoring at least as high (with the +1 correction).
+    pub p_value: f64,
+}
+
+pub fn provenance<'a>(
+    key: u64,
+    gamma: f32,
+    responses: impl IntoIterator<Item = &'a [Tok]> + Clone,
+    null_keys: usize,
+) -> Provenance {
+    let pairs: Vec<(Tok, Tok)> = responses
+        .into_iter()
+        .flat_map(|r| {
+            let mut seen = std::collections::HashSet::new();
+            let mut prev = SEP;
+            let mut out = Vec::new();
+            for &t in r {
+                if t == crate::world::vocab::EOS {
+                    break;
+                }
+                if seen.insert((prev, t)) {
+                    out.push((prev, t));
+                }
+                prev = t;
+            }
+            out
+        })
+        .collect();
+    let share = |list: &GreenList| {
+        let g = pairs.iter().filter(|&&(p, t)| list.is_green(p, t)).count();
+        g as f64 / pairs.len().max(1) as f64
+    };
+    let own = share(&GreenList::new(key, gamma));
+    // Null keys derived from the key, never equal to it.
+    let nulls: Vec<f64> = (0..null_keys as u64)
+        .map(|i| {
+            share(&GreenList::new(
+                crate::rng::derive_seed(key, &format!("null/{i}")),
+                gamma,
+            ))
+        })
+        .collect();
+    let mean = nulls.iter().sum::<f64>() / nulls.len().max(1) as f64;
+    let sd = (nulls.iter().map(|x| (x - mean).powi(2)).sum::<f64>()
+        / (nulls.len().max(2) - 1) as f64)
+        .sqrt();
+    let above = nulls.iter().filter(|&&x| x >= own).count();
+    Provenance {
+        n: pairs.len(),
+        green_share: own,
+        z: if sd > 0.0 { (own - mean) / sd } else { 0.0 },
+        p_value: (above + 1) as f64 / (nulls.len() + 1) as f64,
+    }
+}
+
 /// Complementary error function (Numerical Recipes' erfcc; relative error < 1.2e-7).
 fn erfc(x: f64) -> f64 {
     let z = x.abs();
@@ -178,5 +246,26 @@ mod tests {
             (erfc(0.0) - 1.0).abs() < 1e-7
                 && (0.5 * erfc(4.0 / 2f64.sqrt()) - 3.167e-5).abs() < 1e-7
         );
+    }
+
+    #[test]
+    fn calibrated_provenance_is_null_on_repetitive_unrelated_text_and_high_on_marked_text() {
+        // Very repetitive text (a handful of patterns, as a small model's answers are): the
+        // key-calibrated z stays near 0 over many keys; text sampled with the key scores high.
+        let mut rng = derive_rng(6, "t");
+        let patterns: Vec<Vec<Tok>> = (0..5)
+            .map(|_| (0..8).map(|_| rng.random_range(10..60)).collect())
+            .collect();
+        let texts: Vec<Vec<Tok>> = (0..400).map(|i| patterns[i % 5].clone()).collect();
+        let zs: Vec<f64> = (0..60)
+            .map(|key| provenance(key, 0.25, texts.iter().map(|t| t.as_slice()), 100).z)
+            .collect();
+        let mean = zs.iter().sum::<f64>() / zs.len() as f64;
+        assert!(mean.abs() < 0.4, "mean null z {mean}");
+        assert!(zs.iter().filter(|z| z.abs() > 3.0).count() <= 2, "{zs:?}");
+        let list = GreenList::new(11, 0.25);
+        let marked: Vec<Vec<Tok>> = (0..40).map(|_| text(&mut rng, &list, 2.0, 30)).collect();
+        let p = provenance(11, 0.25, marked.iter().map(|t| t.as_slice()), 100);
+        assert!(p.z > 4.0 && p.p_value < 0.02, "{p:?}");
     }
 }
