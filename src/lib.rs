@@ -15,5 +15,6 @@ pub mod world;
 pub use error::{Error, Result};
 pub mod bench;
 pub mod experiment;
+pub mod plot;
 pub mod report;
 pub mod traffic;

@@ -44,11 +44,42 @@ struct Common {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run an experiment (every grid point and seed); finished runs are skipped.
+    /// Run an experiment's sweep (every variant, grid point and seed) with a progress bar;
+    /// finished runs are skipped, half-written ones redone, failures recorded.
+    Sweep {
+        config: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        /// List the runs and whether each is finished, then exit.
+        #[arg(long)]
+        list: bool,
+    },
+    /// The same as `sweep` (kept for scripts).
     Run {
         config: PathBuf,
         #[command(flatten)]
         common: Common,
+        /// List the runs and whether each is finished, then exit.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Markdown table (mean ± stderr over seeds) of a results directory, written as
+    /// report.md with runs.csv and summary.csv beside it.
+    Report {
+        /// An experiment's results, e.g. `results/quickstart`.
+        dir: PathBuf,
+        /// Columns (comma-separated metric names; default: chosen from the metrics present).
+        #[arg(long, value_delimiter = ',')]
+        metrics: Option<Vec<String>>,
+    },
+    /// Figures of a results directory (PNG and SVG): parity curves, safety and EI transfer,
+    /// defense Pareto, detection timeline, as the data allows.
+    Plot {
+        /// An experiment's results, e.g. `results/quickstart`.
+        dir: PathBuf,
+        /// Output directory (default: `<dir>/figures`).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Teacher commands.
     Teacher {
@@ -94,7 +125,7 @@ fn parse_slice(s: &str) -> Result<(usize, usize)> {
     Ok((i, n))
 }
 
-fn run(config_path: PathBuf, common: Common) -> Result<ExitCode> {
+fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
     let exp = config::load(&config_path, &overrides(&common.set)?)?;
     let mut runs: Vec<(usize, &config::RunSpec)> = exp.runs.iter().enumerate().collect();
     for slice in [&common.shard, &common.worker].into_iter().flatten() {
@@ -108,6 +139,23 @@ fn run(config_path: PathBuf, common: Common) -> Result<ExitCode> {
     }
     let mut runner = Runner::new(common.results.clone(), common.cache.clone());
     let total = exp.runs.len();
+    let exp_dir = common.results.join(&exp.config.name);
+    let state = |spec: &config::RunSpec| -> &'static str {
+        let dir = exp_dir.join(&spec.id);
+        if distill_sim::experiment::results::finished_rows(&dir).is_some() {
+            "finished"
+        } else if dir.join("summary.json").exists() {
+            "failed"
+        } else {
+            "pending"
+        }
+    };
+    if list {
+        for (i, spec) in &runs {
+            println!("{}\t{}\t{}", i + 1, state(spec), spec.id);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if common.worker.is_none() {
         eprintln!(
             "[run] {}: {} of {total} runs x {} checkpoints",
@@ -154,12 +202,41 @@ fn run(config_path: PathBuf, common: Common) -> Result<ExitCode> {
                 cmd.spawn().context("starting a worker process")
             })
             .collect::<Result<_>>()?;
-        for mut c in children {
-            c.wait()?;
+        // Progress: the parent watches the results tree (each worker writes its runs there).
+        let pb = progress_bar(runs.len());
+        let mut children = children;
+        loop {
+            let done = runs.iter().filter(|(_, r)| state(r) != "pending").count();
+            let failed = runs.iter().filter(|(_, r)| state(r) == "failed").count();
+            pb.set_position(done as u64);
+            pb.set_message(if failed > 0 {
+                format!("{failed} failed")
+            } else {
+                String::new()
+            });
+            let mut alive = false;
+            for c in children.iter_mut() {
+                alive |= c.try_wait()?.is_none();
+            }
+            if !alive {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
         }
+        pb.finish();
     } else {
+        let pb = (common.worker.is_none()).then(|| progress_bar(runs.len()));
+        let parent = parent_id();
+        let mut failed = 0;
         for (n, (i, spec)) in runs.iter().enumerate() {
-            let log = |msg: &str| eprintln!("[run {}/{total}] {msg}", i + 1);
+            // A worker whose parent has gone (killed) stops between runs.
+            if common.worker.is_some() && parent_id() != parent {
+                break;
+            }
+            let log = |msg: &str| match &pb {
+                Some(pb) => pb.println(format!("[run {}/{total}] {msg}", i + 1)),
+                None => eprintln!("[run {}/{total}] {msg}", i + 1),
+            };
             let outcome = runner.run(&exp, spec, &log);
             if outcome.skipped {
                 log(&format!("{}: already finished, skipped", outcome.id));
@@ -171,8 +248,18 @@ fn run(config_path: PathBuf, common: Common) -> Result<ExitCode> {
                     runs.len()
                 ));
             } else {
+                failed += 1;
                 log(&format!("{}: {}", outcome.id, outcome.status));
             }
+            if let Some(pb) = &pb {
+                pb.set_position(n as u64 + 1);
+                if failed > 0 {
+                    pb.set_message(format!("{failed} failed"));
+                }
+            }
+        }
+        if let Some(pb) = pb {
+            pb.finish();
         }
     }
     if common.worker.is_some() {
@@ -208,6 +295,30 @@ fn run(config_path: PathBuf, common: Common) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A progress bar on stderr (drawn only on a terminal; logs go above it).
+fn progress_bar(n: usize) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(n as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "[sweep] {bar:32.cyan/blue} {pos}/{len} runs  {elapsed_precise} elapsed, eta {eta}  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb
+}
+
+/// The parent process id (0 where the platform has none).
+fn parent_id() -> u32 {
+    #[cfg(unix)]
+    {
+        std::os::unix::process::parent_id()
+    }
+    #[cfg(not(unix))]
+    {
+        0
+    }
+}
+
 fn teacher_train(config_path: PathBuf, common: Common) -> Result<ExitCode> {
     let exp = config::load(&config_path, &overrides(&common.set)?)?;
     let spec = exp.runs.first().context("the experiment has no runs")?;
@@ -234,7 +345,34 @@ fn teacher_train(config_path: PathBuf, common: Common) -> Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Run { config, common } => run(config, common),
+        Cmd::Sweep {
+            config,
+            common,
+            list,
+        }
+        | Cmd::Run {
+            config,
+            common,
+            list,
+        } => sweep(config, common, list),
+        Cmd::Report { dir, metrics } => distill_sim::report::report_dir(&dir, metrics.as_deref())
+            .map(|md| {
+                println!("{md}");
+                eprintln!(
+                    "[report] wrote {}, runs.csv and summary.csv",
+                    dir.join("report.md").display()
+                );
+                ExitCode::SUCCESS
+            })
+            .map_err(Into::into),
+        Cmd::Plot { dir, out } => distill_sim::plot::plot_dir(&dir, out.as_deref())
+            .map(|files| {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            })
+            .map_err(Into::into),
         Cmd::Teacher {
             cmd: TeacherCmd::Train { config, common },
         } => teacher_train(config, common),

@@ -106,18 +106,6 @@ pub fn mean_stderr(xs: &[f64]) -> (f64, f64) {
 
 /// One row per (grid point, budget): mean ± standard error over seeds, in first-seen order.
 pub fn aggregate_table(rows: &[(String, Value)], columns: &[&str]) -> String {
-    let mut keys: Vec<(String, i64)> = Vec::new();
-    let mut groups: std::collections::HashMap<(String, i64), Vec<&Value>> = Default::default();
-    for (id, r) in rows {
-        let key = (
-            point_of(id),
-            r.get("budget").and_then(|b| b.as_i64()).unwrap_or(0),
-        );
-        if !groups.contains_key(&key) {
-            keys.push(key.clone());
-        }
-        groups.entry(key).or_default().push(r);
-    }
     let mut out = String::from("| setting | budget | seeds |");
     for c in columns {
         out.push_str(&format!(" {c}{} |", arrow(c)));
@@ -127,8 +115,7 @@ pub fn aggregate_table(rows: &[(String, Value)], columns: &[&str]) -> String {
         out.push_str("---:|");
     }
     out.push('\n');
-    for key in keys {
-        let g = &groups[&key];
+    for (key, g) in group_rows(rows) {
         out.push_str(&format!("| {} | {} | {} |", key.0, key.1, g.len()));
         for c in columns {
             let xs: Vec<f64> = g
@@ -175,6 +162,209 @@ pub const DEFENSE_COLUMNS: [&str; 8] = [
     "fidelity",
     "cost.usd",
 ];
+
+/// The defense-suite comparison: copy, safety and EI transfer, defender utility, detection and
+/// attacker cost.
+pub const SUITE_COLUMNS: [&str; 12] = [
+    "parity",
+    "safety.transfer",
+    "ei.gap",
+    "defense.utility",
+    "provenance.watermark_z",
+    "detection.days_to_first_action",
+    "detection.recall",
+    "detection.false_positive_rate",
+    "detection.benign_blocked_share",
+    "detection.harvest_share",
+    "cost.usd",
+    "cost.campaign_usd",
+];
+
+/// Columns for a results set: the first of the standard column sets whose defining metric the
+/// rows carry, keeping the columns present in at least one row.
+pub fn default_columns(rows: &[(String, Value)]) -> Vec<String> {
+    let has = |m: &str| rows.iter().any(|(_, r)| r.get(m).is_some());
+    let set: &[&str] = if has("detection.recall") && has("defense.utility") && rows.len() > 40 {
+        &SUITE_COLUMNS
+    } else if has("detection.recall") {
+        &DETECTION_COLUMNS
+    } else if has("defense.utility") && rows.iter().any(|(id, _)| id.contains("defenses")) {
+        &DEFENSE_COLUMNS
+    } else {
+        &RUN_COLUMNS
+    };
+    set.iter()
+        .filter(|c| has(c))
+        .map(|c| c.to_string())
+        .collect()
+}
+
+/// Quote a CSV field when it needs it.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn csv_number(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Bool(b)) => (*b as u8).to_string(),
+        Some(Value::String(s)) => csv_field(s),
+        _ => String::new(),
+    }
+}
+
+/// Every metric name in the rows, sorted.
+fn metric_names(rows: &[(String, Value)]) -> Vec<String> {
+    let mut names: std::collections::BTreeSet<String> = Default::default();
+    for (_, r) in rows {
+        if let Some(o) = r.as_object() {
+            names.extend(o.keys().filter(|k| *k != "budget").cloned());
+        }
+    }
+    names.into_iter().collect()
+}
+
+/// Long CSV: one line per run and budget checkpoint, every metric a column.
+pub fn runs_csv(runs: &[crate::experiment::results::RunRecord]) -> String {
+    let rows: Vec<(String, Value)> = runs
+        .iter()
+        .flat_map(|r| r.rows.iter().map(|x| (r.id.clone(), x.clone())))
+        .collect();
+    let names = metric_names(&rows);
+    let mut out = String::from("run,point,seed,status,budget");
+    for n in &names {
+        out.push(',');
+        out.push_str(&csv_field(n));
+    }
+    out.push('\n');
+    for r in runs {
+        let lines: Vec<Option<&Value>> = if r.rows.is_empty() {
+            vec![None]
+        } else {
+            r.rows.iter().map(Some).collect()
+        };
+        for row in lines {
+            out.push_str(&format!(
+                "{},{},{},{},{}",
+                csv_field(&r.id),
+                csv_field(&r.point()),
+                r.seed,
+                csv_field(&r.status),
+                csv_number(row.and_then(|x| x.get("budget")))
+            ));
+            for n in &names {
+                out.push(',');
+                out.push_str(&csv_number(row.and_then(|x| x.get(n))));
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Summary CSV: one line per grid point, budget and metric: mean, standard error, seeds.
+pub fn summary_csv(rows: &[(String, Value)]) -> String {
+    let names = metric_names(rows);
+    let mut out = String::from("point,budget,metric,direction,mean,stderr,n\n");
+    for ((point, budget), group) in group_rows(rows) {
+        for n in &names {
+            let xs: Vec<f64> = group
+                .iter()
+                .filter_map(|r| r.get(n).and_then(|v| v.as_f64()))
+                .collect();
+            if xs.is_empty() {
+                continue;
+            }
+            let (m, se) = mean_stderr(&xs);
+            let dir = match direction(n) {
+                Direction::Higher => "higher",
+                Direction::Lower => "lower",
+                Direction::Neutral => "",
+            };
+            let f = |x: f64| {
+                if x.is_finite() {
+                    format!("{x}")
+                } else {
+                    String::new()
+                }
+            };
+            out.push_str(&format!(
+                "{},{budget},{},{dir},{},{},{}\n",
+                csv_field(&point),
+                csv_field(n),
+                f(m),
+                f(se),
+                xs.iter().filter(|x| x.is_finite()).count()
+            ));
+        }
+    }
+    out
+}
+
+/// Rows grouped by (grid point, budget), in first-seen order.
+pub fn group_rows(rows: &[(String, Value)]) -> Vec<((String, i64), Vec<&Value>)> {
+    let mut out: Vec<((String, i64), Vec<&Value>)> = Vec::new();
+    for (id, r) in rows {
+        let key = (
+            point_of(id),
+            r.get("budget").and_then(|b| b.as_i64()).unwrap_or(0),
+        );
+        match out.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.push(r),
+            None => out.push((key, vec![r])),
+        }
+    }
+    out
+}
+
+/// `distill-sim report`: the Markdown table (mean ± stderr over seeds, directions marked) of a
+/// results directory, written with `runs.csv` and `summary.csv` next to the runs. Returns the
+/// Markdown.
+pub fn report_dir(dir: &std::path::Path, columns: Option<&[String]>) -> crate::Result<String> {
+    let runs = crate::experiment::results::load_dir(dir)?;
+    let rows: Vec<(String, Value)> = runs
+        .iter()
+        .flat_map(|r| r.rows.iter().map(|x| (r.id.clone(), x.clone())))
+        .collect();
+    let cols: Vec<String> = match columns {
+        Some(c) => c.to_vec(),
+        None => default_columns(&rows),
+    };
+    let col_refs: Vec<&str> = cols.iter().map(|s| s.as_str()).collect();
+    let failed: Vec<&crate::experiment::results::RunRecord> =
+        runs.iter().filter(|r| r.status != "ok").collect();
+    let mut md = format!(
+        "# {}\n\n{} runs ({} failed). Cells: mean ± standard error over seeds; ↑/↓: which \
+         direction is better for the copy (detection metrics: for the defender).\n\n",
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        runs.len(),
+        failed.len()
+    );
+    md.push_str(&aggregate_table(&rows, &col_refs));
+    if !failed.is_empty() {
+        md.push_str("\nFailed runs:\n\n");
+        for r in failed {
+            md.push_str(&format!(
+                "- `{}`: {}\n",
+                r.id,
+                r.error.as_deref().unwrap_or("no error recorded")
+            ));
+        }
+    }
+    let put = |name: &str, text: &str| -> crate::Result<()> {
+        crate::fsutil::write_atomic(&dir.join(name), text.as_bytes())
+    };
+    put("report.md", &md)?;
+    put("runs.csv", &runs_csv(&runs))?;
+    put("summary.csv", &summary_csv(&rows))?;
+    Ok(md)
+}
 
 #[cfg(test)]
 mod tests {

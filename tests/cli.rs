@@ -41,11 +41,16 @@ fn text(b: &[u8]) -> String {
 
 /// Metrics of every run, without wall-clock fields.
 fn metrics(results: &Path) -> Vec<(String, Vec<Value>)> {
+    metrics_of(results, "tiny")
+}
+
+fn metrics_of(results: &Path, experiment: &str) -> Vec<(String, Vec<Value>)> {
     let mut out = Vec::new();
-    let exp = results.join("tiny");
+    let exp = results.join(experiment);
     let mut dirs: Vec<_> = std::fs::read_dir(&exp)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
         .collect();
     dirs.sort();
     for d in dirs {
@@ -288,4 +293,108 @@ fn silent_fallback_keeps_the_budget_and_marks_the_fallback_share() {
     );
     assert!(last.get("detection.benign_degraded_share").is_some());
     let _ = std::fs::remove_dir_all(r);
+}
+
+/// A sweep killed with SIGKILL midway and resumed ends with the same results as one that ran
+/// through; nothing partial is ever visible under a run's name; report and plot read the
+/// results back.
+#[test]
+fn killed_sweep_resumes_to_the_same_results_and_reports_and_plots() {
+    let cfg = fixture("sweep.yaml");
+    let killed = scratch("killed");
+    let sweep = |results: &Path| {
+        let mut c = bin();
+        c.arg("sweep")
+            .arg(&cfg)
+            .arg("--results")
+            .arg(results)
+            .arg("--cache")
+            .arg(results.join("cache"))
+            .args(["--jobs", "1"]);
+        c
+    };
+    let exp = killed.join("sweep");
+    let visible = || -> Vec<PathBuf> {
+        std::fs::read_dir(&exp)
+            .map(|d| {
+                d.map(|e| e.unwrap().path())
+                    .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut child = sweep(&killed)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once two of its six runs are written (or after 60 s).
+    let t0 = std::time::Instant::now();
+    while visible().len() < 2 && t0.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    let before = visible().len();
+    assert!(before < 6, "the sweep finished before it could be killed");
+    // Every visible run directory is complete.
+    for d in visible() {
+        let summary: Value =
+            serde_json::from_slice(&std::fs::read(d.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["status"], "ok", "{}", d.display());
+        let lines = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
+        assert_eq!(lines.lines().count(), 2, "{}", d.display());
+    }
+    let listed = sweep(&killed).arg("--list").output().unwrap();
+    let listed = text(&listed.stdout);
+    assert_eq!(listed.matches("\tfinished\t").count(), before, "{listed}");
+    assert_eq!(
+        listed.matches("\tpending\t").count(),
+        6 - before,
+        "{listed}"
+    );
+    let out = sweep(&killed).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let through = scratch("through");
+    assert!(sweep(&through).output().unwrap().status.success());
+    assert_eq!(metrics_of(&killed, "sweep"), metrics_of(&through, "sweep"));
+    let hidden: Vec<String> = std::fs::read_dir(&exp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?}");
+
+    // Report: Markdown with mean ± stderr, a CSV line per run and checkpoint.
+    let out = bin().arg("report").arg(&exp).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let md = text(&out.stdout);
+    assert!(
+        md.contains("| api.logprobs=5 | 40 | 3 |") && md.contains(" ± "),
+        "{md}"
+    );
+    assert!(md.contains("parity ↑"), "{md}");
+    let csv = std::fs::read_to_string(exp.join("runs.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 6 * 2);
+    assert!(csv.starts_with("run,point,seed,status,budget,"));
+    let summary = std::fs::read_to_string(exp.join("summary.csv")).unwrap();
+    assert!(
+        summary.contains("api.logprobs=0,40,parity,higher,"),
+        "{summary}"
+    );
+    // Plot: parity and transfer curves (two checkpoints), PNG and SVG.
+    let out = bin().arg("plot").arg(&exp).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let png = std::fs::read(exp.join("figures/parity.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let svg = std::fs::read_to_string(exp.join("figures/transfer.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("Safety transfer"));
+    // Bad input: a directory without runs is an error naming it.
+    let empty = scratch("empty");
+    let out = bin().arg("report").arg(&empty).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no run directories"));
+    for d in [killed, through, empty] {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }

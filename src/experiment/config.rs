@@ -283,6 +283,8 @@ pub fn set_key(root: &mut Value, key: &str, v: Value) -> std::result::Result<(),
 /// One run of an experiment: a grid point and a seed, with its fully resolved config.
 #[derive(Clone, Debug)]
 pub struct RunSpec {
+    /// Position in the expanded sweep (variants, then grid axes in key order, then seeds).
+    pub index: usize,
     pub id: String,
     pub seed: u64,
     pub point: Vec<(String, Value)>,
@@ -484,6 +486,7 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
                 }
                 id.push_str(&format!("seed={seed}"));
                 runs.push(RunSpec {
+                    index: runs.len(),
                     id,
                     seed,
                     point: point.clone(),

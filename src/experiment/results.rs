@@ -22,6 +22,7 @@ pub(crate) fn write_run_dir(
     spec: &RunSpec,
     rows: &[Value],
     summary: &Value,
+    timeline: Option<&Value>,
 ) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -54,6 +55,9 @@ pub(crate) fn write_run_dir(
         lines.push('\n');
     }
     put("metrics.jsonl", lines.into_bytes())?;
+    if let Some(t) = timeline {
+        put("timeline.json", serde_json::to_vec(t).unwrap_or_default())?;
+    }
     put(
         "summary.json",
         serde_json::to_vec_pretty(summary).unwrap_or_default(),
@@ -80,4 +84,79 @@ pub fn git_revision() -> String {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// One run directory read back.
+#[derive(Clone, Debug)]
+pub struct RunRecord {
+    /// Directory name (the run id).
+    pub id: String,
+    /// Position in the sweep (runs written before it was recorded sort last, by id).
+    pub index: usize,
+    pub seed: u64,
+    /// `ok` or `failed`.
+    pub status: String,
+    pub error: Option<String>,
+    /// Metric rows, one per budget checkpoint (empty for a failed run).
+    pub rows: Vec<Value>,
+    /// The traffic replay's per-day timeline, when the run had traffic.
+    pub timeline: Option<Value>,
+}
+
+impl RunRecord {
+    /// The grid point: the id without its seed.
+    pub fn point(&self) -> String {
+        crate::report::point_of(&self.id)
+    }
+}
+
+/// Every run directory under `dir` (an experiment's results), in sweep order; hidden and
+/// temporary directories are ignored. Errors name the directory or file that is unreadable.
+pub fn load_dir(dir: &Path) -> Result<Vec<RunRecord>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if name.starts_with('.') || !path.is_dir() || !path.join("summary.json").exists() {
+            continue;
+        }
+        let read_json = |file: &str| -> Result<Value> {
+            let p = path.join(file);
+            let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))
+        };
+        let summary = read_json("summary.json")?;
+        let status = summary["status"].as_str().unwrap_or("unknown").to_string();
+        let rows = if status == "ok" {
+            finished_rows(&path).ok_or_else(|| {
+                Error::Invalid(format!("{}: metrics.jsonl is unreadable", path.display()))
+            })?
+        } else {
+            vec![]
+        };
+        let timeline = if path.join("timeline.json").exists() {
+            Some(read_json("timeline.json")?)
+        } else {
+            None
+        };
+        out.push(RunRecord {
+            id: name,
+            index: summary["index"].as_u64().map_or(usize::MAX, |i| i as usize),
+            seed: summary["seed"].as_u64().unwrap_or(0),
+            status,
+            error: summary["error"].as_str().map(String::from),
+            rows,
+            timeline,
+        });
+    }
+    if out.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: no run directories (expected results/<experiment>/<run-id>/summary.json)",
+            dir.display()
+        )));
+    }
+    out.sort_by(|a, b| (a.index, &a.id).cmp(&(b.index, &b.id)));
+    Ok(out)
 }

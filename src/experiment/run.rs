@@ -148,13 +148,14 @@ impl Runner {
         let t0 = Instant::now();
         let result = self.execute(spec, log);
         let wall = t0.elapsed().as_secs_f64();
-        let (status, error, rows) = match result {
-            Ok(rows) => ("ok".to_string(), None, rows),
-            Err(e) => ("failed".to_string(), Some(e.to_string()), vec![]),
+        let (status, error, rows, timeline) = match result {
+            Ok((rows, timeline)) => ("ok".to_string(), None, rows, timeline),
+            Err(e) => ("failed".to_string(), Some(e.to_string()), vec![], None),
         };
         let summary = json!({
             "experiment": exp.config.name,
             "run": spec.id,
+            "index": spec.index,
             "status": status,
             "error": error,
             "seed": spec.seed,
@@ -164,7 +165,7 @@ impl Runner {
             "git_revision": git_revision(),
             "final": rows.last().cloned().unwrap_or(Value::Null),
         });
-        if let Err(e) = write_run_dir(&dir, spec, &rows, &summary) {
+        if let Err(e) = write_run_dir(&dir, spec, &rows, &summary, timeline.as_ref()) {
             return RunOutcome {
                 id: spec.id.clone(),
                 status: format!("failed: {e}"),
@@ -183,7 +184,12 @@ impl Runner {
         }
     }
 
-    fn execute(&self, spec: &RunSpec, log: &(dyn Fn(&str) + Sync)) -> Result<Vec<Value>> {
+    /// The metric rows (one per budget checkpoint) and, with traffic, the replay's timeline.
+    fn execute(
+        &self,
+        spec: &RunSpec,
+        log: &(dyn Fn(&str) + Sync),
+    ) -> Result<(Vec<Value>, Option<Value>)> {
         let cfg = spec.config.clone();
         let suites = EvalSuites::new(&cfg.world);
         let t = self
@@ -205,11 +211,20 @@ impl Runner {
         // Detection: replay the campaign with benign traffic and detectors; the attacker keeps
         // the share of its plan served before it was stopped.
         let mut detection = serde_json::Map::new();
+        let mut timeline = None;
         let mut keep = usize::MAX;
         let mut fallback_from = usize::MAX;
         if cfg.traffic.enabled {
             let tr = &cfg.traffic;
             let (stats, d) = crate::traffic::replay::replay(&cfg.api, tr, spec.seed)?;
+            timeline = Some(json!({
+                "campaign_planned": (tr.campaign.accounts as f64
+                    * tr.campaign.daily_per_account
+                    * tr.campaign.days),
+                "attacker_accounts": tr.campaign.accounts,
+                "benign_users": tr.population.users,
+                "days": &d.timeline,
+            }));
             let planned =
                 (tr.campaign.accounts as f64 * tr.campaign.daily_per_account * tr.campaign.days)
                     .max(1.0);
@@ -454,7 +469,7 @@ impl Runner {
             ));
             rows.push(Value::Object(m));
         }
-        Ok(rows)
+        Ok((rows, timeline))
     }
 }
 
