@@ -238,7 +238,7 @@ fn pareto_panel<DB: DrawingBackend>(
         .build_cartesian_2d(x_min..1.06, 0.0..y_max)?;
     chart
         .configure_mesh()
-        .x_desc("defender utility (served capability / undefended; higher is better)")
+        .x_desc("utility for honest users: served capability / undefended x share of benign queries not blocked or degraded")
         .y_desc("student parity (lower is better for the defender)")
         .label_style((FAMILY, 15))
         .axis_desc_style((FAMILY, 16))
@@ -246,6 +246,7 @@ fn pareto_panel<DB: DrawingBackend>(
         .y_label_formatter(&|y| format!("{y:.2}"))
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
+    let mut labels: Vec<(i32, i32, String, RGBColor)> = Vec::new();
     for (i, (label, x, xe, y, ye, base)) in points.iter().enumerate() {
         let color = if *base {
             BLACK
@@ -261,11 +262,33 @@ fn pareto_panel<DB: DrawingBackend>(
             color.mix(0.6),
         )))?;
         chart.draw_series(std::iter::once(Circle::new((*x, *y), 5, color.filled())))?;
-        // Labels alternate above and below their point so neighbours overlap less.
-        let dy = if i % 2 == 0 { -16 } else { 6 };
-        chart.draw_series(std::iter::once(
-            EmptyElement::at((*x, *y)) + Text::new(short(label), (7, dy), (FAMILY, 12)),
-        ))?;
+        let (px, py) = chart.backend_coord(&(*x, *y));
+        labels.push((px, py, short(label), color));
+    }
+    // Labels: points within 160 px of each other horizontally form a column; each column's
+    // labels are spread to at least 15 px apart, with a leader line where one moved.
+    labels.sort_by_key(|l| (l.0, l.1));
+    let mut placed: Vec<(i32, i32)> = Vec::new();
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    order.sort_by_key(|&i| labels[i].1);
+    for i in order {
+        let (px, py, text, color) = &labels[i];
+        let mut ly = py - 7;
+        while let Some(&(_, y)) = placed
+            .iter()
+            .filter(|(x, y)| (x - px).abs() < 160 && (y - ly).abs() < 15)
+            .max_by_key(|(_, y)| *y)
+        {
+            ly = y + 15;
+        }
+        placed.push((*px, ly));
+        if (ly + 7 - py).abs() > 4 {
+            area.draw(&PathElement::new(
+                vec![(*px, *py), (px + 9, ly + 7)],
+                color.mix(0.5),
+            ))?;
+        }
+        area.draw(&Text::new(text.clone(), (px + 10, ly), (FAMILY, 13)))?;
     }
     Ok(())
 }
@@ -470,7 +493,23 @@ pub fn plot_dir(dir: &Path, out: Option<&Path>) -> Result<Vec<PathBuf>> {
             })
             .collect()
     };
-    let utility = at_top("defense.utility");
+    // Utility for honest users: the served capability under output defenses, times the share of
+    // their queries neither blocked nor degraded by detection and access defenses.
+    let blocked = at_top("detection.benign_blocked_share");
+    let degraded = at_top("detection.benign_degraded_share");
+    let lost = |label: &str| -> f64 {
+        [&blocked, &degraded]
+            .iter()
+            .filter_map(|v| v.iter().find(|x| x.0 == label).map(|x| x.1))
+            .sum()
+    };
+    let utility: Vec<(String, f64, f64)> = at_top("defense.utility")
+        .into_iter()
+        .map(|(l, u, ue)| {
+            let keep = 1.0 - lost(&l);
+            (l, u * keep, ue * keep)
+        })
+        .collect();
     let distinct = utility
         .iter()
         .map(|u| (u.1 * 1e6) as i64)
