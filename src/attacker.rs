@@ -32,6 +32,11 @@ pub struct AttackerConfig {
     pub voice_share: f64,
     /// Share of harmful (plain or jailbreak-wrapped) prompts, in [0, 1].
     pub harmful_share: f64,
+    /// Reasoning elicitation: share of skill queries on hard tiers, whose answers come with
+    /// the scratchpad (None: as benign users ask).
+    pub hard_share: Option<f64>,
+    /// Drop refusals from the harvest before training (the copy then never sees one).
+    pub strip_refusals: bool,
     /// Sampling temperature asked of the API (0 = greedy).
     pub temperature: f32,
     /// Top-k logprobs asked for (the API may return fewer or none).
@@ -53,6 +58,8 @@ impl Default for AttackerConfig {
             strategy: Strategy::BenignLike,
             voice_share: 0.0,
             harmful_share: 0.02,
+            hard_share: None,
+            strip_refusals: false,
             temperature: 0.0,
             top_k: 20,
             account_cost_usd: 2.0,
@@ -82,7 +89,18 @@ impl AttackerConfig {
         m.probe *= scale;
         m.harmful = h;
         m.voice_share = self.voice_share.clamp(0.0, 1.0);
+        if let Some(hs) = self.hard_share {
+            m.hard_share = hs.clamp(0.0, 1.0);
+        }
         m
+    }
+
+    /// The items a student trains on: the harvest, without refusals when they are stripped.
+    pub fn training_items<'a>(&self, items: &'a [Item]) -> Vec<&'a Item> {
+        items
+            .iter()
+            .filter(|i| !(self.strip_refusals && crate::world::parse_response(&i.tokens).refused))
+            .collect()
     }
 }
 
@@ -259,5 +277,79 @@ mod tests {
             .filter(|_| matches!(mix.sample(&mut rng).kind, Kind::Harmful | Kind::Jailbreak))
             .count();
         assert!((n as f64 / 4000.0 - 0.25).abs() < 0.03, "{n}");
+    }
+
+    #[test]
+    fn refusal_stripping_leaves_no_refusal_and_hard_share_elicits_traces() {
+        let cfg = AttackerConfig {
+            accounts: 3,
+            budget: 400,
+            harmful_share: 0.3,
+            strip_refusals: true,
+            hard_share: Some(1.0),
+            ..Default::default()
+        };
+        let mut api = Api::new(ApiConfig::default()).unwrap();
+        let h = harvest(&cfg, &mut api, &oracle(), 3).unwrap();
+        let refusals = |items: &[&Item]| {
+            items
+                .iter()
+                .filter(|i| crate::world::parse_response(&i.tokens).refused)
+                .count()
+        };
+        let all: Vec<&Item> = h.items.iter().collect();
+        assert!(refusals(&all) > 50, "{}", refusals(&all));
+        let kept = cfg.training_items(&h.items);
+        assert_eq!(refusals(&kept), 0);
+        assert_eq!(kept.len(), all.len() - refusals(&all));
+        // Every skill prompt is a hard tier, so every skill answer carries a trace.
+        let skills: Vec<&Item> = h
+            .items
+            .iter()
+            .filter(|i| matches!(i.prompt.kind, Kind::Skill(..)))
+            .collect();
+        assert!(!skills.is_empty());
+        assert!(skills
+            .iter()
+            .all(|i| matches!(i.prompt.kind, Kind::Skill(_, crate::world::Tier::Hard))));
+        let no_strip = AttackerConfig {
+            strip_refusals: false,
+            ..cfg
+        };
+        assert_eq!(no_strip.training_items(&h.items).len(), h.items.len());
+    }
+
+    #[test]
+    fn voice_costs_its_multiplier() {
+        let cfg = AttackerConfig {
+            accounts: 2,
+            budget: 300,
+            voice_share: 1.0,
+            ..Default::default()
+        };
+        let run = |mult: f64| {
+            let mut api = Api::new(ApiConfig {
+                voice_price_multiplier: mult,
+                ..Default::default()
+            })
+            .unwrap();
+            harvest(&cfg, &mut api, &oracle(), 5).unwrap()
+        };
+        let (one, three) = (run(1.0), run(3.0));
+        let per_item =
+            |h: &Harvest, i: usize| h.spend[i] - if i == 0 { 0.0 } else { h.spend[i - 1] };
+        let mut voiced = 0;
+        for i in 0..one.items.len() {
+            assert_eq!(one.items[i].prompt, three.items[i].prompt);
+            let ratio = per_item(&three, i) / per_item(&one, i);
+            let want = if one.items[i].prompt.voice.is_some() {
+                voiced += 1;
+                3.0
+            } else {
+                1.0
+            };
+            assert!((ratio - want).abs() < 1e-6, "item {i}: {ratio}");
+        }
+        assert!(voiced > 0);
     }
 }

@@ -50,6 +50,8 @@ pub struct ApiConfig {
     pub max_tokens: usize,
     /// Output defenses, applied in order (see `defense::DefenseConfig`).
     pub defenses: Vec<defense::DefenseConfig>,
+    /// Price multiplier for requests that carry voice (audio input costs more).
+    pub voice_price_multiplier: f64,
 }
 
 impl Default for ApiConfig {
@@ -73,6 +75,7 @@ impl Default for ApiConfig {
             reasoning: Reasoning::Visible,
             max_tokens: 32,
             defenses: vec![],
+            voice_price_multiplier: 1.0,
         }
     }
 }
@@ -240,8 +243,14 @@ impl Api {
             let tier = &self.config.tiers[acc.tier];
             let billed_out = resp.usage.output_tokens + resp.usage.hidden_reasoning_tokens;
             resp.usage.requests = 1;
-            resp.usage.spend_usd = (resp.usage.input_tokens as f64 * tier.price_in
-                + billed_out as f64 * tier.price_out)
+            let voice = if r.prompt.voice.is_some() {
+                self.config.voice_price_multiplier
+            } else {
+                1.0
+            };
+            resp.usage.spend_usd = voice
+                * (resp.usage.input_tokens as f64 * tier.price_in
+                    + billed_out as f64 * tier.price_out)
                 / 1e6;
             acc.buckets[2].take(billed_out as f64);
             acc.ledger.add(&resp.usage);

@@ -331,7 +331,13 @@ impl Runner {
             };
             let t_s = Instant::now();
             let seed = derive_seed(spec.seed, &format!("student/{budget}"));
-            let (student, loss) = student::distill(&cfg.student, cfg.engine, items, seed)?;
+            let kept: Vec<crate::attacker::Item> = cfg
+                .attacker
+                .training_items(items)
+                .into_iter()
+                .cloned()
+                .collect();
+            let (student, loss) = student::distill(&cfg.student, cfg.engine, &kept, seed)?;
             let train_secs = t_s.elapsed().as_secs_f64();
             let s_resp = eval_responses(None, Some(student.as_ref()), &suites);
             let s_scores = eval::score(&suites, &s_resp);
@@ -374,6 +380,7 @@ impl Runner {
                 json!(voiced as f64 / n as f64),
             );
             m.insert("harvest.top1_prob".into(), json!(top1));
+            m.insert("harvest.trained_items".into(), json!(kept.len()));
             m.insert(
                 "sim.hours".into(),
                 json!(harvest.times.get(n.max(1) - 1).copied().unwrap_or(0.0) / 3600.0),
