@@ -272,6 +272,11 @@ impl Runner {
             // The whole campaign's cost at its own scale: API spend plus identity challenges,
             // and per thousand attacker queries served.
             let campaign_usd = d.attacker_spend_usd + d.attacker_challenge_usd;
+            detection.insert(
+                "cost.campaign_accounts_usd".into(),
+                json!(d.attacker_accounts_usd),
+            );
+            detection.insert("detection.regrown".into(), json!(d.regrown));
             detection.insert("cost.campaign_usd".into(), json!(campaign_usd));
             detection.insert(
                 "cost.campaign_usd_per_1k".into(),

@@ -64,6 +64,16 @@ pub struct TrafficConfig {
     pub throttle_factor: f64,
     /// With `action: challenge`, the identity-verification challenge.
     pub challenge: ChallengeConfig,
+    /// A mid-campaign change of every tier's rate limits.
+    pub limit_change: Option<LimitChange>,
+}
+
+/// The provider multiplies every tier's limits by `factor` on simulated day `day`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitChange {
+    pub day: f64,
+    pub factor: f64,
 }
 
 impl Default for TrafficConfig {
@@ -77,6 +87,7 @@ impl Default for TrafficConfig {
             access: AccessConfig::default(),
             throttle_factor: 0.1,
             challenge: ChallengeConfig::default(),
+            limit_change: None,
         }
     }
 }
@@ -192,6 +203,20 @@ pub struct CampaignConfig {
     pub burst_minutes: u32,
     /// Synthetic queries: perturbations of this many seed prompts (0: fresh prompts).
     pub seed_prompts: usize,
+    /// Accounts opened per simulated day until `accounts` exist (None: all on day 0).
+    pub creation_per_day: Option<f64>,
+    /// Hydra regrowth: each lost account (banned, failed challenge) is replaced after this
+    /// many hours (None: never).
+    pub regrow_hours: Option<f64>,
+    /// Adaptive attacker: after its first lost account it sends benign-like queries at random
+    /// times, opens new accounts with unique identities, and scales its rate with any change of
+    /// the provider's limits.
+    pub adaptive: bool,
+    /// Cost of opening one account, USD.
+    pub account_cost_usd: f64,
+    /// Cost of one identity (payment instrument, IP, fingerprint), USD: unique identities cost
+    /// one each, shared ones one per group.
+    pub identity_cost_usd: f64,
 }
 
 /// Campaign timing.
@@ -203,6 +228,8 @@ pub enum Pacing {
     Random,
     /// All accounts send in the same burst minutes (one central scheduler).
     Synchronized,
+    /// Random minutes following the benign population's day-night cycle.
+    BenignLike,
 }
 
 impl Default for CampaignConfig {
@@ -218,6 +245,11 @@ impl Default for CampaignConfig {
             pacing: Pacing::Random,
             burst_minutes: 30,
             seed_prompts: 0,
+            creation_per_day: None,
+            regrow_hours: None,
+            adaptive: false,
+            account_cost_usd: 2.0,
+            identity_cost_usd: 10.0,
         }
     }
 }
@@ -451,6 +483,32 @@ pub fn accounts(
 }
 
 impl AccountState {
+    /// A new account with `old`'s identity, tier and kind, opened at `now` under `api`'s limits
+    /// (on the first tier's while a tier gate is configured).
+    pub fn new_like(old: &AccountState, api: &ApiConfig, access: &AccessConfig, now: f64) -> Self {
+        let gated = access.tier_gate_days > 0.0 || access.tier_gate_spend_usd > 0.0;
+        let t = if gated {
+            &api.tiers[0]
+        } else {
+            &api.tiers[old.tier]
+        };
+        AccountState {
+            identity: old.identity,
+            attacker: old.attacker,
+            tier: old.tier,
+            banned_at: None,
+            suspended_until: None,
+            gated,
+            throttled: false,
+            ledger: Ledger::default(),
+            buckets: [
+                Bucket::full(t.rpm, now),
+                Bucket::full(t.input_tpm, now),
+                Bucket::full(t.output_tpm, now),
+            ],
+        }
+    }
+
     /// Set the account's limits to its own tier's, times `factor` (lifting a tier gate,
     /// or throttling).
     pub fn set_limits(&mut self, api: &ApiConfig, factor: f64, now: f64) {

@@ -38,6 +38,12 @@ pub struct DetectionStats {
     /// What the attacker paid: API spend and identity challenges, USD.
     pub attacker_spend_usd: f64,
     pub attacker_challenge_usd: f64,
+    /// Attacker accounts opened (initial, scheduled and regrown) and what they and their
+    /// identities cost, USD.
+    pub attacker_accounts_opened: u64,
+    pub attacker_accounts_usd: f64,
+    /// Accounts regrown after a loss.
+    pub regrown: u64,
     /// Per simulated day.
     pub timeline: Vec<DayPoint>,
 }
@@ -51,6 +57,8 @@ pub struct DayPoint {
     /// Actions taken that day on attacker / benign accounts.
     pub attacker_actions: u64,
     pub benign_actions: u64,
+    /// Attacker accounts able to send at the end of the day.
+    pub attacker_accounts_active: u64,
 }
 
 /// Minutes of history a burst is judged against.
@@ -59,6 +67,10 @@ const BURST_WINDOW: usize = 15;
 /// A scheduled event on an account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
+    /// A scheduled attacker account opens.
+    Activate,
+    /// A replacement for a lost attacker account opens (hydra regrowth).
+    Regrow,
     /// The configured action takes effect.
     Act,
     /// A challenge's outcome is due.
@@ -145,6 +157,9 @@ pub fn replay(
         .collect();
     drop(groups);
 
+    // Scheduled events, earliest first.
+    let mut pending: BinaryHeap<Reverse<(u32, Event, u32)>> = BinaryHeap::new();
+    let mut cluster = cluster;
     let mut features = vec![Features::default(); accts.len()];
     let mut prada: Vec<PradaState> = if det.prada_w.is_some() {
         // Judged once per `prada::JUDGE_EVERY` new distances (not at every pass), so that one account is
@@ -158,24 +173,71 @@ pub fn replay(
     // Accounts active this minute, and the last hour's counts (for the burst test).
     let mut this_minute: Vec<u32> = Vec::new();
     let mut recent_counts: std::collections::VecDeque<usize> = Default::default();
-    // Scheduled events, earliest first.
-    let mut pending: BinaryHeap<Reverse<(u32, Event, u32)>> = BinaryHeap::new();
     let mut flagged = vec![false; accts.len()]; // scheduled once, not at every pass
     let mut actioned = vec![false; accts.len()];
-    let mut active_attackers: Vec<u32> = (pop.users as u32..accts.len() as u32)
-        .filter(|&a| !refused[a as usize])
-        .collect();
+    // Attacker accounts open on their schedule (all on day 0 by default).
+    let mut active_attackers: Vec<u32> = Vec::new();
+    let mut accounts_due = 0usize; // scheduled or regrowing, not yet open
+    for (k, a) in (pop.users as u32..accts.len() as u32).enumerate() {
+        let at = camp
+            .creation_per_day
+            .filter(|r| *r > 0.0)
+            .map_or(0, |r| (k as f64 / r * 1440.0) as u32);
+        if at == 0 {
+            if !refused[a as usize] {
+                active_attackers.push(a);
+            }
+        } else {
+            accounts_due += 1;
+            pending.push(Reverse((at, Event::Activate, a)));
+        }
+    }
+    let initial_accounts = camp.accounts as u64;
+    // Limits in force (a mid-campaign change rescales them) and the campaign's rate factor.
+    let mut api_now = api.clone();
+    let change_minute = tr.limit_change.as_ref().map(|c| (c.day * 1440.0) as u32);
+    let mut rate_factor = 1.0;
+    // An adaptive campaign changes its behaviour after its first lost account.
+    let mut adapted = false;
+    let mut next_identity = 3_000_000u32;
+    let mut per_payment: HashMap<u32, usize> = HashMap::new();
+    for a in &accts {
+        *per_payment.entry(a.identity.payment).or_default() += 1;
+    }
     let minutes = (camp.days * 1440.0) as u32;
     let burst = camp.burst_minutes.max(1);
     let mut stats = ReplayStats::default();
-    let mut d = DetectionStats::default();
+    let mut d = DetectionStats {
+        attacker_accounts_opened: initial_accounts,
+        ..Default::default()
+    };
     let mut stop_at: Option<u64> = None;
     let mut day_point = DayPoint::default();
     for minute in 0..minutes {
         let now = minute as f64 * 60.0;
         if minute / 1440 != day_point.day {
+            day_point.attacker_accounts_active = active_attackers.len() as u64;
             d.timeline.push(std::mem::take(&mut day_point));
             day_point.day = minute / 1440;
+        }
+        if change_minute == Some(minute) {
+            let f = tr.limit_change.as_ref().map_or(1.0, |c| c.factor);
+            for t in api_now.tiers.iter_mut() {
+                t.rpm *= f;
+                t.input_tpm *= f;
+                t.output_tpm *= f;
+            }
+            for acc in accts.iter_mut().filter(|a| !a.gated) {
+                let factor = if acc.throttled {
+                    tr.throttle_factor
+                } else {
+                    1.0
+                };
+                acc.set_limits(&api_now, factor, now);
+            }
+            if camp.adaptive {
+                rate_factor *= f;
+            }
         }
         // Due actions and challenge outcomes.
         while let Some(&Reverse((at, ev, a))) = pending.peek() {
@@ -183,10 +245,49 @@ pub fn replay(
                 break;
             }
             pending.pop();
+            if matches!(ev, Event::Activate | Event::Regrow) {
+                accounts_due -= 1;
+                let a = if ev == Event::Regrow {
+                    // A replacement: the lost account's identity, or a fresh one once adapted.
+                    let old = &accts[a as usize];
+                    let mut new = super::AccountState::new_like(old, &api_now, access, now);
+                    let mut group = cluster[a as usize];
+                    if adapted {
+                        next_identity += 1;
+                        new.identity.payment = next_identity;
+                        new.identity.ip_asn = next_identity;
+                        new.identity.fingerprint = next_identity;
+                        group = 1;
+                    }
+                    let n = per_payment.entry(new.identity.payment).or_default();
+                    *n += 1;
+                    let over = access.max_accounts_per_payment.is_some_and(|m| *n > m);
+                    refused.push(over || access.blocked_regions.contains(&new.identity.region));
+                    accts.push(new);
+                    cluster.push(group);
+                    features.push(Features::default());
+                    if det.prada_w.is_some() {
+                        prada.push(PradaState::default());
+                    }
+                    is_dirty.push(false);
+                    flagged.push(false);
+                    actioned.push(false);
+                    d.regrown += 1;
+                    d.attacker_accounts_opened += 1;
+                    (accts.len() - 1) as u32
+                } else {
+                    a
+                };
+                if !refused[a as usize] {
+                    active_attackers.push(a);
+                }
+                continue;
+            }
             let acc = &mut accts[a as usize];
             if acc.banned_at.is_some() {
                 continue;
             }
+            let was_attacker = acc.attacker;
             match ev {
                 Event::Act => {
                     actioned[a as usize] = true;
@@ -205,7 +306,7 @@ pub fn replay(
                         Action::Throttle => {
                             acc.throttled = true;
                             acc.gated = false;
-                            acc.set_limits(api, tr.throttle_factor, now);
+                            acc.set_limits(&api_now, tr.throttle_factor, now);
                         }
                         Action::Challenge => {
                             let due = minute + (tr.challenge.hours * 60.0).round() as u32;
@@ -235,21 +336,43 @@ pub fn replay(
                         acc.banned_at = Some(minute);
                     }
                 }
+                Event::Activate | Event::Regrow => {}
+            }
+            // A lost attacker account: the campaign may adapt and regrow it.
+            if was_attacker && accts[a as usize].banned_at.is_some() {
+                adapted |= camp.adaptive;
+                if let Some(h) = camp.regrow_hours {
+                    accounts_due += 1;
+                    pending.push(Reverse((
+                        minute + (h * 60.0).round() as u32,
+                        Event::Regrow,
+                        a,
+                    )));
+                }
             }
         }
         active_attackers.retain(|&a| accts[a as usize].banned_at.is_none());
-        if active_attackers.is_empty() && stop_at.is_none() && camp.accounts > 0 {
+        if active_attackers.is_empty()
+            && accounts_due == 0
+            && stop_at.is_none()
+            && camp.accounts > 0
+        {
             stop_at = Some(stats.attacker_served);
         }
         let diurnal = 1.0
             + pop.diurnal
                 * (std::f64::consts::TAU * ((minute % 1440) as f64 - 360.0) / 1440.0).sin();
         let n_benign = poisson(&mut rng, benign_per_minute * diurnal.max(0.0));
-        let attack_rate = match camp.pacing {
-            Pacing::Random => camp.daily_per_account / 1440.0,
-            Pacing::Synchronized if minute % burst == 0 => {
-                camp.daily_per_account * burst as f64 / 1440.0
-            }
+        let pacing = if adapted {
+            Pacing::BenignLike
+        } else {
+            camp.pacing
+        };
+        let per_minute = rate_factor * camp.daily_per_account / 1440.0;
+        let attack_rate = match pacing {
+            Pacing::Random => per_minute,
+            Pacing::BenignLike => per_minute * diurnal.max(0.0),
+            Pacing::Synchronized if minute % burst == 0 => per_minute * burst as f64,
             Pacing::Synchronized => 0.0,
         };
         let n_attack = poisson(&mut rng, attack_rate * active_attackers.len() as f64);
@@ -257,8 +380,14 @@ pub fn replay(
             let attacker = i >= n_benign;
             let q = if attacker {
                 let a = active_attackers[rng.random_range(0..active_attackers.len())];
-                let t = rng.random_range(0..attack_bank.queries.len());
-                attack_bank.query(t, minute, a, true)
+                if adapted {
+                    // Benign-looking queries.
+                    let t = rng.random_range(0..benign_bank.queries.len());
+                    benign_bank.query(t, minute, a, false)
+                } else {
+                    let t = rng.random_range(0..attack_bank.queries.len());
+                    attack_bank.query(t, minute, a, true)
+                }
             } else {
                 let a = alias.sample(&mut rng) as u32;
                 let t = rng.random_range(0..benign_bank.queries.len());
@@ -334,7 +463,7 @@ pub fn replay(
                     }
                     if acc.ledger.spend_usd >= access.tier_gate_spend_usd {
                         acc.gated = false;
-                        acc.set_limits(api, 1.0, now);
+                        acc.set_limits(&api_now, 1.0, now);
                         return false;
                     }
                     true
@@ -360,7 +489,15 @@ pub fn replay(
             dirty.clear();
         }
     }
+    day_point.attacker_accounts_active = active_attackers.len() as u64;
     d.timeline.push(day_point);
+    let identities: std::collections::HashSet<u32> = accts
+        .iter()
+        .filter(|a| a.attacker)
+        .map(|a| a.identity.payment)
+        .collect();
+    d.attacker_accounts_usd = d.attacker_accounts_opened as f64 * camp.account_cost_usd
+        + identities.len() as f64 * camp.identity_cost_usd;
     let attackers = accts.iter().filter(|a| a.attacker).count();
     let benign = accts.len() - attackers;
     let count = |att: bool| {
@@ -570,5 +707,104 @@ mod tests {
         tr.access.tier_gate_days = 1.0;
         let (lifted, _) = replay(&api, &tr, 1).unwrap();
         assert!(lifted.attacker_served > gated.attacker_served);
+    }
+
+    #[test]
+    fn hydra_regrowth_restores_the_account_count_after_the_delay() {
+        let (api, mut tr) = small();
+        tr.campaign.days = 4.0;
+        tr.detectors = only(|d| d.cluster_size = Some(5)); // bans the whole campaign on day 0
+        tr.detectors.action_delay_minutes = 0;
+        let (_, plain) = replay(&api, &tr, 1).unwrap();
+        assert_eq!(plain.timeline[1].attacker_accounts_active, 0);
+        tr.campaign.regrow_hours = Some(24.0);
+        let (_, hydra) = replay(&api, &tr, 1).unwrap();
+        // Banned within the first hours of day 0 and back 24 h later, every day: with their
+        // old shared identities they are banned again within hours.
+        assert_eq!(hydra.timeline[0].attacker_accounts_active, 0);
+        for day in &hydra.timeline[1..] {
+            assert_eq!(day.attacker_actions, 40, "{:?}", hydra.timeline);
+        }
+        assert_eq!(hydra.regrown, 120);
+        assert_eq!(hydra.attacker_accounts_opened, 40 + hydra.regrown);
+        let cost = hydra.attacker_accounts_usd;
+        assert!((cost - (hydra.attacker_accounts_opened as f64 * 2.0 + 4.0 * 10.0)).abs() < 1e-9);
+        // An adaptive campaign regrows them with fresh identities: the count is restored 24 h
+        // after the bans and stays.
+        tr.campaign.adaptive = true;
+        let (_, adaptive) = replay(&api, &tr, 1).unwrap();
+        let active: Vec<u64> = adaptive
+            .timeline
+            .iter()
+            .map(|d| d.attacker_accounts_active)
+            .collect();
+        assert_eq!(active, vec![0, 40, 40, 40], "{:?}", adaptive.timeline);
+    }
+
+    #[test]
+    fn an_adaptive_campaign_loses_less_to_detection_than_a_naive_one() {
+        let (api, mut tr) = small();
+        tr.campaign.days = 6.0;
+        tr.campaign.identity_sharing = 1;
+        tr.campaign.regrow_hours = Some(6.0);
+        tr.detectors = only(|d| d.reasoning_share = Some(0.7));
+        let (naive_s, naive) = replay(&api, &tr, 1).unwrap();
+        tr.campaign.adaptive = true;
+        let (adapt_s, adapt) = replay(&api, &tr, 1).unwrap();
+        // Queries planned but not served (lost to bans and regrowth delays).
+        let planned = 40.0 * 26.0 * 6.0;
+        let lost = |s: &ReplayStats| planned - s.attacker_served as f64;
+        assert!(
+            lost(&adapt_s) < lost(&naive_s) / 3.0,
+            "adaptive lost {} vs naive {}",
+            lost(&adapt_s),
+            lost(&naive_s)
+        );
+        // The naive campaign's regrown accounts keep getting banned; the adapted ones do not.
+        assert!(
+            adapt.regrown < naive.regrown,
+            "{} {}",
+            adapt.regrown,
+            naive.regrown
+        );
+    }
+
+    #[test]
+    fn creation_schedule_and_a_limit_change_the_adaptive_attacker_scales_into() {
+        let (api, mut tr) = small();
+        tr.detectors = DetectorConfig::off();
+        tr.campaign.days = 4.0;
+        tr.campaign.creation_per_day = Some(20.0); // 40 accounts over two days
+        let (_, d) = replay(&api, &tr, 1).unwrap();
+        let active: Vec<u64> = d
+            .timeline
+            .iter()
+            .map(|p| p.attacker_accounts_active)
+            .collect();
+        assert_eq!(active, vec![20, 40, 40, 40]);
+        tr.campaign.creation_per_day = None;
+        tr.limit_change = Some(crate::traffic::LimitChange {
+            day: 2.0,
+            factor: 2.0,
+        });
+        let served = |tr: &TrafficConfig| -> (f64, f64) {
+            let (_, d) = replay(&api, tr, 1).unwrap();
+            let t = &d.timeline;
+            (
+                (t[0].attacker_served + t[1].attacker_served) as f64,
+                (t[2].attacker_served + t[3].attacker_served) as f64,
+            )
+        };
+        let (before, after) = served(&tr);
+        assert!(
+            (after / before - 1.0).abs() < 0.1,
+            "naive {before} -> {after}"
+        );
+        tr.campaign.adaptive = true;
+        let (before, after) = served(&tr);
+        assert!(
+            (after / before - 2.0).abs() < 0.2,
+            "adaptive {before} -> {after}"
+        );
     }
 }
