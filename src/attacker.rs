@@ -16,6 +16,42 @@ pub enum Strategy {
     BenignLike,
     /// Only capability prompts on the chosen skills.
     Targeted { skills: Vec<Skill> },
+    /// Active selection: the budget is spent in `rounds`; after the first (benign-like) round a
+    /// student is trained on the harvest so far, and each round sends the prompts, out of `pool`
+    /// candidates per query, on which that student is least certain (highest next-token
+    /// entropy at the start of its answer).
+    Active { rounds: usize, pool: usize },
+}
+
+/// Trains a student on the harvest so far (for active selection).
+pub type Learner<'a> = &'a dyn Fn(&[Item], u64) -> crate::Result<Box<dyn crate::model::Engine>>;
+
+/// The student's next-token entropy (nats) at the first response position of each prompt.
+pub fn uncertainty(student: &dyn crate::model::Engine, prompts: &[Prompt]) -> Vec<f32> {
+    let v = student.spec().vocab;
+    let mut out = Vec::with_capacity(prompts.len());
+    let mut lp = vec![0.0f32; v];
+    for chunk in prompts.chunks(256) {
+        let inputs: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(crate::model::generate::model_input)
+            .collect();
+        let voices: Vec<[f32; crate::world::VOICE_DIM]> =
+            chunk.iter().map(|p| p.voice_input()).collect();
+        let rows: Vec<(&[u32], &[f32; crate::world::VOICE_DIM])> = inputs
+            .iter()
+            .zip(&voices)
+            .map(|(i, v)| (&i[..], v))
+            .collect();
+        let batch = crate::model::generate::pack(&rows);
+        let logits = student.logits(&batch);
+        for (r, i) in inputs.iter().enumerate() {
+            let at = (r * batch.t + i.len() - 1) * v;
+            crate::model::generate::log_softmax(&logits[at..at + v], &mut lp);
+            out.push(-lp.iter().map(|l| l.exp() * l).sum::<f32>());
+        }
+    }
+    out
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -138,12 +174,23 @@ impl Harvest {
     }
 }
 
-/// Run a campaign until the budget is harvested or time runs out.
+/// The `n` prompts with the highest uncertainty `u`, most uncertain first.
+pub fn select_uncertain(candidates: Vec<Prompt>, u: &[f32], n: usize) -> Vec<Prompt> {
+    let mut idx: Vec<usize> = (0..candidates.len()).collect();
+    idx.sort_by(|&a, &b| u[b].total_cmp(&u[a]).then(a.cmp(&b)));
+    idx.truncate(n);
+    let mut slots: Vec<Option<Prompt>> = candidates.into_iter().map(Some).collect();
+    idx.into_iter().filter_map(|i| slots[i].take()).collect()
+}
+
+/// Run a campaign until the budget is harvested or time runs out. `learner` trains a student
+/// on the harvest so far (needed by active selection only).
 pub fn harvest(
     cfg: &AttackerConfig,
     api: &mut Api,
     teacher: &Teacher,
     seed: u64,
+    learner: Option<Learner>,
 ) -> crate::Result<Harvest> {
     let tier = api.config.tier_index(&cfg.tier).ok_or_else(|| {
         crate::Error::Invalid(format!(
@@ -181,14 +228,41 @@ pub fn harvest(
         ..Default::default()
     };
     let mut pending: Vec<Prompt> = Vec::new();
+    // Active selection: prompts chosen for the current round, and the round boundaries.
+    let mut selected: Vec<Prompt> = Vec::new();
+    let mut round = 0usize;
+    let (rounds, pool) = match cfg.strategy {
+        Strategy::Active { rounds, pool } => (rounds.max(1), pool.max(1)),
+        _ => (1, 1),
+    };
+    let round_size = cfg.budget.div_ceil(rounds);
     let mut spend = 0.0;
     let mut now = 0.0;
     let end = cfg.max_days * 86_400.0;
     while h.items.len() < cfg.budget && now < end {
+        if rounds > 1 && h.items.len() >= (round + 1) * round_size && pending.is_empty() {
+            // A new round: train on the harvest so far, select the most uncertain prompts.
+            round += 1;
+            let learner = learner.ok_or_else(|| {
+                crate::Error::Invalid("attacker.strategy active needs a student to train".into())
+            })?;
+            let student = learner(
+                &h.items,
+                crate::rng::derive_seed(seed, &format!("active/{round}")),
+            )?;
+            let n = round_size.min(cfg.budget - h.items.len());
+            let candidates: Vec<Prompt> = (0..n * pool).map(|_| mix.sample(&mut rng)).collect();
+            let u = uncertainty(student.as_ref(), &candidates);
+            selected = select_uncertain(candidates, &u, n);
+            selected.reverse(); // popped from the back: most uncertain first
+        }
         let want = (cfg.budget - h.items.len()).min(per_tick * ids.len());
         let mut reqs = Vec::with_capacity(want);
         for j in 0..want {
-            let prompt = pending.pop().unwrap_or_else(|| mix.sample(&mut rng));
+            let prompt = pending
+                .pop()
+                .or_else(|| selected.pop())
+                .unwrap_or_else(|| mix.sample(&mut rng));
             reqs.push(Request {
                 account: ids[j % ids.len()],
                 prompt,
@@ -243,7 +317,7 @@ mod tests {
             ..Default::default()
         };
         let mut api = Api::new(ApiConfig::default()).unwrap();
-        let h = harvest(&cfg, &mut api, &oracle(), 1).unwrap();
+        let h = harvest(&cfg, &mut api, &oracle(), 1, None).unwrap();
         assert_eq!(h.items.len(), 500);
         // tier1: 50 rpm per account x 3 accounts = 150 per minute -> at least 200 s.
         let last = *h.times.last().unwrap();
@@ -290,7 +364,7 @@ mod tests {
             ..Default::default()
         };
         let mut api = Api::new(ApiConfig::default()).unwrap();
-        let h = harvest(&cfg, &mut api, &oracle(), 3).unwrap();
+        let h = harvest(&cfg, &mut api, &oracle(), 3, None).unwrap();
         let refusals = |items: &[&Item]| {
             items
                 .iter()
@@ -333,7 +407,7 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
-            harvest(&cfg, &mut api, &oracle(), 5).unwrap()
+            harvest(&cfg, &mut api, &oracle(), 5, None).unwrap()
         };
         let (one, three) = (run(1.0), run(3.0));
         let per_item =
@@ -351,5 +425,54 @@ mod tests {
             assert!((ratio - want).abs() < 1e-6, "item {i}: {ratio}");
         }
         assert!(voiced > 0);
+    }
+
+    #[test]
+    fn active_selection_sends_prompts_the_student_is_least_sure_of() {
+        let student_cfg = crate::student::StudentConfig {
+            size: "tiny".into(),
+            min_steps: 150,
+            train: crate::model::train::TrainConfig {
+                steps: 150,
+                batch_size: 32,
+                warmup: 10,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let learner = |items: &[Item], seed: u64| {
+            crate::student::distill(&student_cfg, crate::model::EngineKind::Burn, items, seed)
+                .map(|(e, _)| e)
+        };
+        let cfg = AttackerConfig {
+            accounts: 4,
+            budget: 300,
+            strategy: Strategy::Active { rounds: 3, pool: 4 },
+            ..Default::default()
+        };
+        let mut api = Api::new(ApiConfig::default()).unwrap();
+        let h = harvest(&cfg, &mut api, &oracle(), 2, Some(&learner)).unwrap();
+        assert_eq!(h.items.len(), 300);
+        // The selection itself: selected prompts are more uncertain than random ones.
+        let student = learner(&h.items[..100], 7).unwrap();
+        let mut rng = derive_rng(8, "t");
+        let mix = cfg.mix();
+        let pool: Vec<Prompt> = (0..400).map(|_| mix.sample(&mut rng)).collect();
+        let u = uncertainty(student.as_ref(), &pool);
+        let random_mean = u[..100].iter().sum::<f32>() / 100.0;
+        let chosen = select_uncertain(pool.clone(), &u, 100);
+        let chosen_u = uncertainty(student.as_ref(), &chosen);
+        let chosen_mean = chosen_u.iter().sum::<f32>() / 100.0;
+        assert!(
+            chosen_mean > random_mean + 0.05,
+            "{chosen_mean} vs {random_mean}"
+        );
+        assert!(
+            chosen_u.windows(2).all(|w| w[0] >= w[1] - 1e-5),
+            "most uncertain first"
+        );
+        // Without a learner the strategy is an error, not a silent fallback.
+        let mut api = Api::new(ApiConfig::default()).unwrap();
+        assert!(harvest(&cfg, &mut api, &oracle(), 2, None).is_err());
     }
 }

@@ -199,7 +199,16 @@ impl Runner {
         let (t_scores, t_resp) = (&t.scores, &t.responses);
         let mut api = Api::new(cfg.api.clone())?;
         let t_h = Instant::now();
-        let harvest: Harvest = attacker::harvest(&cfg.attacker, &mut api, &t.teacher, spec.seed)?;
+        let learner = |items: &[attacker::Item], seed: u64| {
+            student::distill(&cfg.student, cfg.engine, items, seed).map(|(e, _)| e)
+        };
+        let harvest: Harvest = attacker::harvest(
+            &cfg.attacker,
+            &mut api,
+            &t.teacher,
+            spec.seed,
+            Some(&learner),
+        )?;
         let harvest_secs = t_h.elapsed().as_secs_f64();
         log(&format!(
             "{}: harvested {} items in {:.1}s ({:.1} simulated minutes)",
