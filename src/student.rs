@@ -16,6 +16,11 @@ pub enum Method {
     /// Token-level KL to the returned top-k logprobs (renormalised over the k tokens);
     /// falls back to the text where the API returned none.
     Logprobs,
+    /// On-policy: half the budget harvested and learned as `logprobs`, the other half spent
+    /// on the API's scoring mode: the student samples its own answers and the teacher's top-k
+    /// logprobs at every position of them are the targets. Where the API offers no scoring
+    /// (`api.scoring: false`) the whole budget is harvested and learned off-policy.
+    OnPolicy,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -76,7 +81,7 @@ impl StudentConfig {
 /// Training example for one harvested exchange.
 pub fn harvest_example(item: &Item, method: Method) -> Example {
     let mut ex = example(&item.prompt, &item.tokens);
-    if method == Method::Logprobs && item.top.len() == item.tokens.len() {
+    if method != Method::Text && item.top.len() == item.tokens.len() {
         for (target, top) in ex.targets.iter_mut().zip(&item.top) {
             if top.is_empty() {
                 continue;
@@ -86,6 +91,16 @@ pub fn harvest_example(item: &Item, method: Method) -> Example {
         }
     }
     ex
+}
+
+/// Continue training `eng` on `items` (targets as for `method`), with the schedule for their
+/// number.
+pub fn train_more(eng: &mut dyn Engine, cfg: &StudentConfig, items: &[Item], seed: u64) -> f32 {
+    let examples: Vec<Example> = items
+        .iter()
+        .map(|i| harvest_example(i, cfg.method))
+        .collect();
+    train::train(eng, &examples, &cfg.train_for(items.len()), seed, |_, _| {})
 }
 
 /// Distil a fresh student from `items`.

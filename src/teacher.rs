@@ -186,6 +186,87 @@ impl Teacher {
         }
     }
 
+    /// Scoring mode: the teacher's top-`k` logprobs at every position of each given
+    /// continuation of a prompt (what it would have put there), most likely first.
+    pub fn score(&self, items: &[(&Prompt, &[Tok])], k: usize) -> Vec<Vec<Vec<(Tok, f32)>>> {
+        let v = VOCAB_SIZE;
+        let k = k.clamp(1, generate::MAX_TOP_K);
+        let top = |lp: &[f32]| -> Vec<(Tok, f32)> {
+            generate::top_k_indices(lp, k)
+                .into_iter()
+                .map(|i| (i as Tok, lp[i]))
+                .collect()
+        };
+        match self {
+            Teacher::Neural(e) => {
+                let mut out = Vec::with_capacity(items.len());
+                let ctx = e.spec().context;
+                let mut lp = vec![0.0f32; v];
+                for chunk in items.chunks(256) {
+                    let seqs: Vec<Vec<u32>> = chunk
+                        .iter()
+                        .map(|(p, c)| {
+                            let mut s = model_input(p);
+                            s.extend_from_slice(c);
+                            s.truncate(ctx);
+                            s
+                        })
+                        .collect();
+                    let voices: Vec<[f32; crate::world::VOICE_DIM]> =
+                        chunk.iter().map(|(p, _)| p.voice_input()).collect();
+                    let rows: Vec<(&[u32], &[f32; crate::world::VOICE_DIM])> =
+                        seqs.iter().zip(&voices).map(|(s, v)| (&s[..], v)).collect();
+                    let batch = generate::pack(&rows);
+                    let logits = e.logits(&batch);
+                    for (r, (p, c)) in chunk.iter().enumerate() {
+                        let start = p.tokens.len() + 1; // the SEP position predicts token 0
+                        let n = c.len().min(seqs[r].len().saturating_sub(start));
+                        out.push(
+                            (0..n)
+                                .map(|j| {
+                                    let at = (r * batch.t + start + j) * v;
+                                    generate::log_softmax(&logits[at..at + v], &mut lp);
+                                    top(&lp)
+                                })
+                                .collect(),
+                        );
+                    }
+                }
+                out
+            }
+            Teacher::Oracle { easy, hard } => items
+                .iter()
+                .map(|(p, c)| {
+                    let ideal = ideal_response(p);
+                    let conf = match p.kind {
+                        Kind::Skill(_, Tier::Easy) => *easy,
+                        _ => *hard,
+                    };
+                    (0..c.len())
+                        .map(|j| {
+                            let mut row = vec![ORACLE_FLOOR; v];
+                            let on_path =
+                                c[..j].iter().zip(&ideal).all(|(a, b)| a == b) && j <= ideal.len();
+                            match ideal.get(j) {
+                                Some(&tok) if on_path => {
+                                    row[tok as usize] = conf.ln();
+                                    for m in 1..=3u32 {
+                                        let alt = (tok + 7 * m + j as u32) % v as u32;
+                                        row[alt as usize] = ((1.0 - conf) / 3.0).ln();
+                                    }
+                                }
+                                _ => row[crate::world::vocab::EOS as usize] = 0.0,
+                            }
+                            let mut lp = vec![0.0f32; v];
+                            generate::log_softmax(&row, &mut lp);
+                            top(&lp)
+                        })
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
     pub fn engine(&self) -> Option<&dyn Engine> {
         match self {
             Teacher::Neural(e) => Some(e.as_ref()),

@@ -398,3 +398,38 @@ fn killed_sweep_resumes_to_the_same_results_and_reports_and_plots() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// On-policy distillation spends half the budget on the API's scoring mode where it is offered,
+/// and falls back to off-policy learning where it is denied.
+#[test]
+fn on_policy_uses_the_scoring_mode_or_falls_back() {
+    for (scoring, scored, denied) in [("true", true, 0), ("false", false, 1)] {
+        let r = scratch(&format!("onpolicy-{scoring}"));
+        let out = run(
+            &fixture("tiny.yaml"),
+            &r,
+            &[
+                "--set",
+                "student.method=on_policy",
+                "--set",
+                &format!("api.scoring={scoring}"),
+                "--set",
+                "api.logprobs=5",
+                "--jobs",
+                "1",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let m = metrics(&r);
+        let last = m[0].1.last().unwrap();
+        assert_eq!(last["harvest.on_policy_denied"], denied);
+        let n = last["harvest.on_policy_scored"].as_u64().unwrap();
+        if scored {
+            assert_eq!(n, 20, "half of the 40-query budget is scored");
+            assert!(last["cost.scoring_usd"].as_f64().unwrap() > 0.0);
+        } else {
+            assert_eq!(n, 0);
+        }
+        let _ = std::fs::remove_dir_all(r);
+    }
+}

@@ -52,6 +52,9 @@ pub struct ApiConfig {
     pub defenses: Vec<defense::DefenseConfig>,
     /// Price multiplier for requests that carry voice (audio input costs more).
     pub voice_price_multiplier: f64,
+    /// Scoring mode: the API returns its top-k logprobs at every position of a continuation the
+    /// caller supplies (billed as input), which on-policy distillation needs.
+    pub scoring: bool,
 }
 
 impl Default for ApiConfig {
@@ -76,6 +79,7 @@ impl Default for ApiConfig {
             max_tokens: 32,
             defenses: vec![],
             voice_price_multiplier: 1.0,
+            scoring: false,
         }
     }
 }
@@ -261,6 +265,71 @@ impl Api {
             .collect()
     }
 
+    /// Scoring mode: for each `(account, prompt, continuation)`, the teacher's top-k logprobs at
+    /// every position of the continuation, after the logprob defenses (cap, rounding, noise).
+    /// Refused where the API offers no scoring; limits and billing as for generation, the
+    /// continuation billed as input.
+    pub fn score(
+        &mut self,
+        now: f64,
+        reqs: &[(AccountId, &Prompt, &[Tok])],
+        teacher: &Teacher,
+        top_k: usize,
+        rng: &mut SimRng,
+    ) -> Vec<Response> {
+        let mut out: Vec<Response> = Vec::with_capacity(reqs.len());
+        let mut admitted = Vec::new();
+        for (i, &(account, prompt, cont)) in reqs.iter().enumerate() {
+            out.push(Response::empty(Code::Refused));
+            let Some(acc) = self.accounts.get_mut(account as usize) else {
+                continue;
+            };
+            if !self.config.scoring || acc.suspended {
+                continue;
+            }
+            let input = (prompt.tokens.len() + 2 + cont.len()) as f64;
+            if !(acc.buckets[0].has(now, 1.0) && acc.buckets[1].has(now, input)) {
+                acc.ledger.throttled += 1;
+                out[i] = Response::empty(Code::Throttled);
+                continue;
+            }
+            acc.buckets[0].take(1.0);
+            acc.buckets[1].take(input);
+            admitted.push(i);
+        }
+        let k = top_k
+            .min(self.config.logprobs)
+            .min(crate::model::generate::MAX_TOP_K);
+        let items: Vec<(&Prompt, &[Tok])> =
+            admitted.iter().map(|&i| (reqs[i].1, reqs[i].2)).collect();
+        let scores = if k == 0 {
+            vec![vec![]; items.len()]
+        } else {
+            teacher.score(&items, k)
+        };
+        for (&i, mut top) in admitted.iter().zip(scores) {
+            let (account, prompt, cont) = reqs[i];
+            self.output.after_scores(&mut top, rng);
+            let acc = &mut self.accounts[account as usize];
+            let tier = &self.config.tiers[acc.tier];
+            let input = (prompt.tokens.len() + 2 + cont.len()) as u64;
+            let usage = Ledger {
+                requests: 1,
+                input_tokens: input,
+                spend_usd: input as f64 * tier.price_in / 1e6,
+                ..Ledger::default()
+            };
+            acc.ledger.add(&usage);
+            out[i] = Response {
+                code: Code::Ok,
+                tokens: cont.to_vec(),
+                top,
+                usage,
+            };
+        }
+        out
+    }
+
     /// Total of all accounts' ledgers in `ids`.
     pub fn ledger_of(&self, ids: &[AccountId]) -> Ledger {
         let mut l = Ledger::default();
@@ -381,5 +450,61 @@ mod tests {
             api.serve(100.0, &reqs[..1], &teacher, &mut rng)[0].code,
             Code::Refused
         );
+    }
+
+    #[test]
+    fn scoring_mode_returns_teacher_logprobs_on_the_callers_continuation() {
+        let teacher = Teacher::Oracle {
+            easy: 0.9,
+            hard: 0.8,
+        };
+        let mut rng = derive_rng(0, "t");
+        let mut api = Api::new(ApiConfig {
+            scoring: true,
+            logprobs: 5,
+            ..Default::default()
+        })
+        .unwrap();
+        let a = api.open_account(1, 0.0, Identity::default());
+        let p = hard_add();
+        let ideal = ideal_response(&p);
+        // Follows the ideal for two tokens, then deviates.
+        let mut cont = ideal[..3].to_vec();
+        cont[2] = if ideal[2] == digit(9) {
+            digit(8)
+        } else {
+            digit(9)
+        };
+        let r = api
+            .score(0.0, &[(a, &p, &cont[..])], &teacher, 20, &mut rng)
+            .remove(0);
+        assert_eq!(r.code, Code::Ok);
+        assert_eq!(r.tokens, cont);
+        assert_eq!(r.top.len(), 3);
+        assert!(r.top.iter().all(|t| t.len() == 5), "capped at the API's 5");
+        for (top, &want) in r.top.iter().zip(&ideal) {
+            // On the ideal path the teacher puts 0.8 on the ideal token at every position,
+            // including the one the caller got wrong.
+            assert_eq!(top[0].0, want);
+            assert!((top[0].1 - 0.8f32.ln()).abs() < 1e-4, "{top:?}");
+        }
+        // Billed as input: prompt + BOS + SEP + continuation; no output.
+        assert_eq!(
+            (r.usage.input_tokens, r.usage.output_tokens),
+            (8 + 2 + 3, 0)
+        );
+        assert!((r.usage.spend_usd - 13.0 * 3.0 / 1e6).abs() < 1e-12);
+        // An API without scoring refuses, unbilled.
+        let mut closed = Api::new(ApiConfig {
+            logprobs: 5,
+            ..Default::default()
+        })
+        .unwrap();
+        let b = closed.open_account(1, 0.0, Identity::default());
+        let r = closed
+            .score(0.0, &[(b, &p, &cont[..])], &teacher, 20, &mut rng)
+            .remove(0);
+        assert_eq!(r.code, Code::Refused);
+        assert_eq!(closed.accounts[b as usize].ledger.requests, 0);
     }
 }

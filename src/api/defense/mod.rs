@@ -214,6 +214,38 @@ impl Defenses {
         out
     }
 
+    /// The logprob defenses (cap, rounding, noise) on scores returned by the scoring mode.
+    pub fn after_scores(&self, top: &mut Vec<Vec<(Tok, f32)>>, rng: &mut crate::rng::SimRng) {
+        let logprob_only: Vec<DefenseConfig> = self
+            .configs
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c,
+                    DefenseConfig::Rounding { .. }
+                        | DefenseConfig::Noise { .. }
+                        | DefenseConfig::LogprobsCap { .. }
+                )
+            })
+            .cloned()
+            .collect();
+        if logprob_only.is_empty() {
+            return;
+        }
+        let d = Defenses {
+            configs: logprob_only,
+            watermark: None,
+            antidistill: None,
+        };
+        let mut tokens = Vec::new();
+        let nothing = Prompt {
+            kind: crate::world::Kind::Harmful,
+            tokens: vec![],
+            voice: None,
+        };
+        d.after(&nothing, &mut tokens, top, rng);
+    }
+
     /// Transform a served response: tokens and per-position top-k `(token, logprob)`.
     /// Returns the number of trace tokens withheld (billed, not returned).
     pub fn after(
