@@ -475,4 +475,34 @@ mod tests {
         let mut api = Api::new(ApiConfig::default()).unwrap();
         assert!(harvest(&cfg, &mut api, &oracle(), 2, None).is_err());
     }
+
+    #[test]
+    fn sampled_text_differs_from_greedy_labels_at_the_teachers_confidence() {
+        let run = |temperature: f32| {
+            let cfg = AttackerConfig {
+                accounts: 4,
+                budget: 600,
+                temperature,
+                harmful_share: 0.0,
+                strategy: Strategy::Targeted {
+                    skills: vec![Skill::Sort],
+                },
+                ..Default::default()
+            };
+            let mut api = Api::new(ApiConfig::default()).unwrap();
+            let h = harvest(&cfg, &mut api, &oracle(), 4, None).unwrap();
+            let first_ok = h
+                .items
+                .iter()
+                .filter(|i| i.tokens.first() == crate::world::ideal_response(&i.prompt).first())
+                .count();
+            first_ok as f64 / h.items.len() as f64
+        };
+        // Label-only (greedy) text is the teacher's argmax: always the ideal first token.
+        assert_eq!(run(0.0), 1.0);
+        // Sampled text follows the teacher's distribution: the oracle puts 0.9 (easy) or 0.8
+        // (hard) on the ideal token.
+        let sampled = run(1.0);
+        assert!(sampled > 0.75 && sampled < 0.93, "{sampled}");
+    }
 }
