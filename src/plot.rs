@@ -119,6 +119,22 @@ fn budgets(runs: &[RunRecord]) -> Vec<f64> {
     b
 }
 
+/// The house style of an axis grid: descriptions, label fonts and formats, no minor lines.
+macro_rules! mesh {
+    ($chart:expr, $x_desc:expr, $y_desc:expr, $x_fmt:literal, $y_fmt:literal) => {
+        $chart
+            .configure_mesh()
+            .x_desc($x_desc)
+            .y_desc($y_desc)
+            .label_style((FAMILY, 15))
+            .axis_desc_style((FAMILY, 16))
+            .x_label_formatter(&|x| format!($x_fmt, x))
+            .y_label_formatter(&|y| format!($y_fmt, y))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+    };
+}
+
 type DrawResult<DB> =
     std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
@@ -144,16 +160,13 @@ fn curve_panel<DB: DrawingBackend>(
         .x_label_area_size(48)
         .y_label_area_size(64)
         .build_cartesian_2d((x_range.0..x_range.1).log_scale(), 0.0..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("queries harvested (log scale)")
-        .y_desc(y_desc)
-        .label_style((FAMILY, 15))
-        .axis_desc_style((FAMILY, 16))
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.2}"))
-        .light_line_style(WHITE.mix(0.0))
-        .draw()?;
+    mesh!(
+        chart,
+        "queries harvested (log scale)",
+        y_desc,
+        "{:.0}",
+        "{:.2}"
+    )?;
     if let Some(t) = teacher {
         let style = ShapeStyle::from(&BLACK.mix(0.7)).stroke_width(2);
         chart.draw_series(DashedLineSeries::new(
@@ -236,16 +249,7 @@ fn pareto_panel<DB: DrawingBackend>(
         .x_label_area_size(48)
         .y_label_area_size(64)
         .build_cartesian_2d(x_min..1.06, 0.0..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("utility for honest users: served capability / undefended x share of benign queries not blocked or degraded")
-        .y_desc("student parity (lower is better for the defender)")
-        .label_style((FAMILY, 15))
-        .axis_desc_style((FAMILY, 16))
-        .x_label_formatter(&|x| format!("{x:.2}"))
-        .y_label_formatter(&|y| format!("{y:.2}"))
-        .light_line_style(WHITE.mix(0.0))
-        .draw()?;
+    mesh!(chart, "utility for honest users: served capability / undefended x share of benign queries not blocked or degraded", "student parity (lower is better for the defender)", "{:.2}", "{:.2}")?;
     let mut labels: Vec<(i32, i32, String, RGBColor)> = Vec::new();
     for (i, (label, x, xe, y, ye, base)) in points.iter().enumerate() {
         let color = if *base {
@@ -327,29 +331,25 @@ fn timeline_panels<DB: DrawingBackend>(
         .x_label_area_size(40)
         .y_label_area_size(72)
         .build_cartesian_2d(0.0..days, 0.0..served_max)?;
-    c1.configure_mesh()
-        .x_desc("simulated day")
-        .y_desc("attacker queries served (cumulative)")
-        .label_style((FAMILY, 15))
-        .axis_desc_style((FAMILY, 16))
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .light_line_style(WHITE.mix(0.0))
-        .draw()?;
+    mesh!(
+        c1,
+        "simulated day",
+        "attacker queries served (cumulative)",
+        "{:.0}",
+        "{:.0}"
+    )?;
     let mut c2 = ChartBuilder::on(bottom)
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(72)
         .build_cartesian_2d(0.0..days, 0.0..act_max)?;
-    c2.configure_mesh()
-        .x_desc("simulated day")
-        .y_desc("actions on attacker accounts per day")
-        .label_style((FAMILY, 15))
-        .axis_desc_style((FAMILY, 16))
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .light_line_style(WHITE.mix(0.0))
-        .draw()?;
+    mesh!(
+        c2,
+        "simulated day",
+        "actions on attacker accounts per day",
+        "{:.0}",
+        "{:.0}"
+    )?;
     let mut k = 0;
     for (label, pts, base) in lines {
         let color = if *base {

@@ -456,46 +456,34 @@ pub fn accounts(
             }
         };
         let tier = if attacker { at } else { bt };
-        // Tier gating: new accounts start on the first tier's limits.
+        v.push(AccountState::open(
+            identity, attacker, tier, api, access, 0.0,
+        ));
+    }
+    Ok(v)
+}
+
+impl AccountState {
+    /// An account opened at `now` under `api`'s limits (on the first tier's while a tier gate
+    /// is configured).
+    pub fn open(
+        identity: Identity,
+        attacker: bool,
+        tier: usize,
+        api: &ApiConfig,
+        access: &AccessConfig,
+        now: f64,
+    ) -> Self {
         let gated = access.tier_gate_days > 0.0 || access.tier_gate_spend_usd > 0.0;
         let t = if gated {
             &api.tiers[0]
         } else {
             &api.tiers[tier]
         };
-        v.push(AccountState {
+        AccountState {
             identity,
             attacker,
             tier,
-            banned_at: None,
-            suspended_until: None,
-            gated,
-            throttled: false,
-            ledger: Ledger::default(),
-            buckets: [
-                Bucket::full(t.rpm, 0.0),
-                Bucket::full(t.input_tpm, 0.0),
-                Bucket::full(t.output_tpm, 0.0),
-            ],
-        });
-    }
-    Ok(v)
-}
-
-impl AccountState {
-    /// A new account with `old`'s identity, tier and kind, opened at `now` under `api`'s limits
-    /// (on the first tier's while a tier gate is configured).
-    pub fn new_like(old: &AccountState, api: &ApiConfig, access: &AccessConfig, now: f64) -> Self {
-        let gated = access.tier_gate_days > 0.0 || access.tier_gate_spend_usd > 0.0;
-        let t = if gated {
-            &api.tiers[0]
-        } else {
-            &api.tiers[old.tier]
-        };
-        AccountState {
-            identity: old.identity,
-            attacker: old.attacker,
-            tier: old.tier,
             banned_at: None,
             suspended_until: None,
             gated,

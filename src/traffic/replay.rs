@@ -250,7 +250,14 @@ pub fn replay(
                 let a = if ev == Event::Regrow {
                     // A replacement: the lost account's identity, or a fresh one once adapted.
                     let old = &accts[a as usize];
-                    let mut new = super::AccountState::new_like(old, &api_now, access, now);
+                    let mut new = super::AccountState::open(
+                        old.identity,
+                        old.attacker,
+                        old.tier,
+                        &api_now,
+                        access,
+                        now,
+                    );
                     let mut group = cluster[a as usize];
                     if adapted {
                         next_identity += 1;
