@@ -175,6 +175,9 @@ pub fn replay(
     let mut recent_counts: std::collections::VecDeque<usize> = Default::default();
     let mut flagged = vec![false; accts.len()]; // scheduled once, not at every pass
     let mut actioned = vec![false; accts.len()];
+    // Throttled accounts an adaptive campaign stopped using, and accounts already replaced.
+    let mut abandoned = vec![false; accts.len()];
+    let mut regrow_scheduled = vec![false; accts.len()];
     // Attacker accounts open on their schedule (all on day 0 by default).
     let mut active_attackers: Vec<u32> = Vec::new();
     let mut accounts_due = 0usize; // scheduled or regrowing, not yet open
@@ -279,6 +282,8 @@ pub fn replay(
                     is_dirty.push(false);
                     flagged.push(false);
                     actioned.push(false);
+                    abandoned.push(false);
+                    regrow_scheduled.push(false);
                     d.regrown += 1;
                     d.attacker_accounts_opened += 1;
                     (accts.len() - 1) as u32
@@ -345,8 +350,16 @@ pub fn replay(
                 }
                 Event::Activate | Event::Regrow => {}
             }
+            // An adaptive campaign abandons a throttled account (and adapts) as if it were lost.
+            let throttled = accts[a as usize].throttled;
+            if was_attacker && camp.adaptive && throttled && !abandoned[a as usize] {
+                abandoned[a as usize] = true;
+                active_attackers.retain(|&x| x != a);
+            }
             // A lost attacker account: the campaign may adapt and regrow it.
-            if was_attacker && accts[a as usize].banned_at.is_some() {
+            let lost = accts[a as usize].banned_at.is_some() || abandoned[a as usize];
+            if was_attacker && lost && !regrow_scheduled[a as usize] {
+                regrow_scheduled[a as usize] = true;
                 adapted |= camp.adaptive;
                 if let Some(h) = camp.regrow_hours {
                     accounts_due += 1;
@@ -813,5 +826,31 @@ mod tests {
             (after / before - 2.0).abs() < 0.2,
             "adaptive {before} -> {after}"
         );
+    }
+
+    #[test]
+    fn an_adaptive_campaign_abandons_throttled_accounts_and_regrows_them() {
+        let (api, mut tr) = small();
+        tr.campaign.days = 4.0;
+        tr.campaign.identity_sharing = 1;
+        tr.campaign.regrow_hours = Some(6.0);
+        tr.action = crate::traffic::Action::Throttle;
+        tr.throttle_factor = 0.02;
+        tr.detectors = only(|d| d.reasoning_share = Some(0.7));
+        let (_, naive) = replay(&api, &tr, 1).unwrap();
+        assert_eq!(
+            naive.regrown, 0,
+            "a naive campaign keeps its throttled accounts"
+        );
+        tr.campaign.adaptive = true;
+        let (_, adaptive) = replay(&api, &tr, 1).unwrap();
+        // Every throttled account is abandoned and replaced; after the first throttle the
+        // campaign sends benign-looking queries and the rest are never flagged.
+        assert!(adaptive.regrown > 0);
+        let throttled: u64 = adaptive.timeline.iter().map(|d| d.attacker_actions).sum();
+        assert_eq!(adaptive.regrown, throttled);
+        let last = adaptive.timeline.last().unwrap();
+        assert_eq!(last.attacker_actions, 0);
+        assert_eq!(last.attacker_accounts_active, 40);
     }
 }
