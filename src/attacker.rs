@@ -131,11 +131,24 @@ impl AttackerConfig {
         m
     }
 
-    /// The items a student trains on: the harvest, without refusals when they are stripped.
-    pub fn training_items<'a>(&self, items: &'a [Item]) -> Vec<&'a Item> {
+    /// The items a student trains on: the harvest, without refusals when they are stripped:
+    /// responses that refuse are dropped, and the refusal token is removed from the returned
+    /// logprobs of the others (a sampled answer's logprobs can still put most of the mass on
+    /// refusing).
+    pub fn training_items(&self, items: &[Item]) -> Vec<Item> {
+        use crate::world::vocab::REFUSE;
         items
             .iter()
             .filter(|i| !(self.strip_refusals && crate::world::parse_response(&i.tokens).refused))
+            .map(|i| {
+                let mut i = i.clone();
+                if self.strip_refusals {
+                    for row in i.top.iter_mut() {
+                        row.retain(|&(t, _)| t != REFUSE);
+                    }
+                }
+                i
+            })
             .collect()
     }
 }
@@ -365,17 +378,24 @@ mod tests {
         };
         let mut api = Api::new(ApiConfig::default()).unwrap();
         let h = harvest(&cfg, &mut api, &oracle(), 3, None).unwrap();
-        let refusals = |items: &[&Item]| {
+        let refusals = |items: &[Item]| {
             items
                 .iter()
                 .filter(|i| crate::world::parse_response(&i.tokens).refused)
                 .count()
         };
-        let all: Vec<&Item> = h.items.iter().collect();
+        let all = h.items.clone();
         assert!(refusals(&all) > 50, "{}", refusals(&all));
         let kept = cfg.training_items(&h.items);
         assert_eq!(refusals(&kept), 0);
         assert_eq!(kept.len(), all.len() - refusals(&all));
+        // Nor in the logprob targets of what is kept (sampled answers of a harmful prompt can
+        // carry the refusal there).
+        let mut sampled = h.items[0].clone();
+        sampled.tokens = vec![7, crate::world::vocab::EOS];
+        sampled.top = vec![vec![(crate::world::vocab::REFUSE, -0.1), (7, -2.4)]];
+        let stripped = cfg.training_items(std::slice::from_ref(&sampled));
+        assert_eq!(stripped[0].top, vec![vec![(7, -2.4)]]);
         // Every skill prompt is a hard tier, so every skill answer carries a trace.
         let skills: Vec<&Item> = h
             .items

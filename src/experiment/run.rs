@@ -345,12 +345,7 @@ impl Runner {
             };
             let t_s = Instant::now();
             let seed = derive_seed(spec.seed, &format!("student/{budget}"));
-            let kept: Vec<crate::attacker::Item> = cfg
-                .attacker
-                .training_items(items)
-                .into_iter()
-                .cloned()
-                .collect();
+            let kept: Vec<crate::attacker::Item> = cfg.attacker.training_items(items);
             let (student, loss, on_policy) = if cfg.student.method == student::Method::OnPolicy {
                 let end = harvest.times.last().copied().unwrap_or(0.0);
                 let (s, l, o) = on_policy(&cfg, &mut api, &t.teacher, &kept, seed, end)?;
