@@ -188,8 +188,9 @@ impl Features {
 pub struct Signals {
     /// Largest identity group (shared payment / IP / fingerprint) the account belongs to.
     pub cluster: usize,
-    /// PRADA's Shapiro-Wilk W and the number of distances behind it.
-    pub prada_w: Option<(f64, usize)>,
+    /// PRADA's Shapiro-Wilk W, when the account has `prada_min` distances and new ones since
+    /// its last judgement.
+    pub prada_w: Option<f64>,
 }
 
 /// Which detectors flag an account (bit per detector, in `DetectorConfig` field order).
@@ -230,10 +231,7 @@ pub fn flags(cfg: &DetectorConfig, f: &Features, sig: &Signals, reference: &[f64
     if cfg.mmd.is_some_and(|t| f.mmd2(reference) > t) {
         bits |= 1 << 4;
     }
-    if let (Some(t), Some((w, n))) = (cfg.prada_w, sig.prada_w) {
-        if n < cfg.prada_min {
-            return bits;
-        }
+    if let (Some(t), Some(w)) = (cfg.prada_w, sig.prada_w) {
         if w < t {
             bits |= 1 << 6;
         }

@@ -455,9 +455,11 @@ pub fn replay(
         // Burst minutes: far more active accounts than the last hour's median.
         if det.sync_share.is_some() {
             if recent_counts.len() >= BURST_WINDOW {
-                let mut sorted: Vec<usize> = recent_counts.iter().copied().collect();
-                sorted.sort_unstable();
-                let median = sorted[sorted.len() / 2] as f64;
+                let mut window = [0usize; BURST_WINDOW];
+                for (w, &c) in window.iter_mut().zip(&recent_counts) {
+                    *w = c;
+                }
+                let median = *window.select_nth_unstable(BURST_WINDOW / 2).1 as f64;
                 let n = this_minute.len() as f64;
                 if n > median + det.burst_z * median.max(1.0).sqrt()
                     && n > median * (1.0 + det.burst_rel)
@@ -496,7 +498,7 @@ pub fn replay(
                     prada_w: prada
                         .get_mut(a as usize)
                         .filter(|p| p.samples() >= det.prada_min)
-                        .and_then(|p| p.judge().map(|w| (w, p.samples()))),
+                        .and_then(|p| p.judge()),
                 };
                 if !flagged[a as usize]
                     && flags(det, &features[a as usize], &signals, &reference) != 0

@@ -216,34 +216,9 @@ impl Defenses {
 
     /// The logprob defenses (cap, rounding, noise) on scores returned by the scoring mode.
     pub fn after_scores(&self, top: &mut Vec<Vec<(Tok, f32)>>, rng: &mut crate::rng::SimRng) {
-        let logprob_only: Vec<DefenseConfig> = self
-            .configs
-            .iter()
-            .filter(|c| {
-                matches!(
-                    c,
-                    DefenseConfig::Rounding { .. }
-                        | DefenseConfig::Noise { .. }
-                        | DefenseConfig::LogprobsCap { .. }
-                )
-            })
-            .cloned()
-            .collect();
-        if logprob_only.is_empty() {
-            return;
+        for c in &self.configs {
+            transform_logprobs(c, top, rng);
         }
-        let d = Defenses {
-            configs: logprob_only,
-            watermark: None,
-            antidistill: None,
-        };
-        let mut tokens = Vec::new();
-        let nothing = Prompt {
-            kind: crate::world::Kind::Harmful,
-            tokens: vec![],
-            voice: None,
-        };
-        d.after(&nothing, &mut tokens, top, rng);
     }
 
     /// Transform a served response: tokens and per-position top-k `(token, logprob)`.
@@ -257,33 +232,10 @@ impl Defenses {
     ) -> usize {
         let mut hidden = 0;
         for c in &self.configs {
+            if transform_logprobs(c, top, rng) {
+                continue;
+            }
             match c {
-                DefenseConfig::Rounding { decimals } => {
-                    let scale = 10f32.powi(*decimals as i32);
-                    for row in top.iter_mut() {
-                        row.retain_mut(|(_, lp)| {
-                            let p = (lp.exp() * scale).round() / scale;
-                            *lp = p.ln();
-                            p > 0.0
-                        });
-                    }
-                }
-                DefenseConfig::Noise { std } => {
-                    for row in top.iter_mut() {
-                        for (_, lp) in row.iter_mut() {
-                            *lp += std * crate::rng::normal(rng);
-                        }
-                        row.sort_by(|a, b| b.1.total_cmp(&a.1));
-                    }
-                }
-                DefenseConfig::LogprobsCap { k } => {
-                    if *k == 0 {
-                        top.clear();
-                    }
-                    for row in top.iter_mut() {
-                        row.truncate(*k);
-                    }
-                }
                 DefenseConfig::HideReasoning => hidden += hide_reasoning(tokens, top),
                 DefenseConfig::SummariseReasoning => hidden += summarise(tokens, top),
                 DefenseConfig::Flip { rate, key } => {
@@ -291,7 +243,10 @@ impl Defenses {
                         flip(tokens, top, *key);
                     }
                 }
-                DefenseConfig::TemperatureFloor { .. }
+                DefenseConfig::Rounding { .. }
+                | DefenseConfig::Noise { .. }
+                | DefenseConfig::LogprobsCap { .. }
+                | DefenseConfig::TemperatureFloor { .. }
                 | DefenseConfig::Watermark { .. }
                 | DefenseConfig::Antidistillation { .. } => {}
             }
@@ -307,6 +262,45 @@ impl crate::model::generate::LogitsProcessor for (GreenList, f32, u64, f64) {
             self.0.bias(prev, row, self.1);
         }
     }
+}
+
+/// Apply `c` if it acts on returned logprobs only (rounding, noise, cap); returns whether it
+/// does. Shared by served responses and the scoring mode.
+fn transform_logprobs(
+    c: &DefenseConfig,
+    top: &mut Vec<Vec<(Tok, f32)>>,
+    rng: &mut crate::rng::SimRng,
+) -> bool {
+    match c {
+        DefenseConfig::Rounding { decimals } => {
+            let scale = 10f32.powi(*decimals as i32);
+            for row in top.iter_mut() {
+                row.retain_mut(|(_, lp)| {
+                    let p = (lp.exp() * scale).round() / scale;
+                    *lp = p.ln();
+                    p > 0.0
+                });
+            }
+        }
+        DefenseConfig::Noise { std } => {
+            for row in top.iter_mut() {
+                for (_, lp) in row.iter_mut() {
+                    *lp += std * crate::rng::normal(rng);
+                }
+                row.sort_by(|a, b| b.1.total_cmp(&a.1));
+            }
+        }
+        DefenseConfig::LogprobsCap { k } => {
+            if *k == 0 {
+                top.clear();
+            }
+            for row in top.iter_mut() {
+                row.truncate(*k);
+            }
+        }
+        _ => return false,
+    }
+    true
 }
 
 /// Positions of THINK and of its ENDTHINK (or the last token when the trace is unclosed).
