@@ -125,6 +125,104 @@ pub fn distill(
     Ok((eng, loss))
 }
 
+/// What the on-policy phase did.
+pub struct OnPolicy {
+    /// Continuations scored by the API.
+    pub scored: usize,
+    /// The API offers no scoring: the attacker learned off-policy from the whole harvest.
+    pub denied: bool,
+    pub spend_usd: f64,
+}
+
+/// On-policy distillation: a student learned off-policy (top-k logprobs) from the first half of
+/// `items`, then the second half's prompts are answered by the student (temperature 1), scored
+/// by the API (the teacher's top-k logprobs at every position of the student's answer) and
+/// learned from. Where the API offers no scoring the whole harvest is learned off-policy.
+#[allow(clippy::too_many_arguments)]
+pub fn on_policy(
+    cfg: &StudentConfig,
+    engine: EngineKind,
+    attacker: &crate::attacker::AttackerConfig,
+    api: &mut crate::api::Api,
+    teacher: &crate::teacher::Teacher,
+    items: &[Item],
+    seed: u64,
+    start: f64,
+) -> Result<(Box<dyn Engine>, f32, OnPolicy)> {
+    use crate::model::{generate, GenParams};
+    use crate::rng::{derive_rng, derive_seed};
+    use crate::world::vocab::Tok;
+    let off = StudentConfig {
+        method: Method::Logprobs,
+        ..cfg.clone()
+    };
+    if !api.config.scoring || items.len() < 2 {
+        let (s, l) = distill(&off, engine, items, seed)?;
+        return Ok((
+            s,
+            l,
+            OnPolicy {
+                scored: 0,
+                denied: !api.config.scoring,
+                spend_usd: 0.0,
+            },
+        ));
+    }
+    let half = items.len() / 2;
+    let (mut s, _) = distill(&off, engine, &items[..half], seed)?;
+    let prompts: Vec<&crate::world::Prompt> = items[half..].iter().map(|i| &i.prompt).collect();
+    let params = vec![
+        GenParams {
+            max_new: api.config.max_tokens,
+            temperature: 1.0,
+            top_k: 0,
+        };
+        prompts.len()
+    ];
+    let mut rng = derive_rng(seed, "on-policy/sample");
+    let answers = generate::generate(s.as_ref(), &prompts, &params, 512, &mut rng, None);
+    // Score through the attacker's accounts, tick by tick within the rate limits.
+    let accounts = api.accounts.len().max(1) as u32;
+    let mut todo: Vec<usize> = (0..prompts.len()).rev().collect();
+    let mut scored: Vec<Option<Item>> = vec![None; prompts.len()];
+    let (mut now, mut spend) = (start, 0.0);
+    let end = start + attacker.max_days * 86_400.0;
+    while !todo.is_empty() && now < end {
+        let batch: Vec<usize> = todo.drain(todo.len().saturating_sub(4096)..).collect();
+        let reqs: Vec<(crate::api::AccountId, &crate::world::Prompt, &[Tok])> = batch
+            .iter()
+            .map(|&j| (j as u32 % accounts, prompts[j], &answers[j].tokens[..]))
+            .collect();
+        let resps = api.score(now, &reqs, teacher, attacker.top_k, &mut rng);
+        for (&j, r) in batch.iter().zip(resps) {
+            match r.code {
+                crate::api::Code::Ok => {
+                    spend += r.usage.spend_usd;
+                    scored[j] = Some(Item {
+                        prompt: prompts[j].clone(),
+                        tokens: r.tokens,
+                        top: r.top,
+                    });
+                }
+                crate::api::Code::Throttled => todo.push(j),
+                crate::api::Code::Refused => {}
+            }
+        }
+        now += attacker.tick_seconds;
+    }
+    let scored: Vec<Item> = scored.into_iter().flatten().collect();
+    let loss = train_more(s.as_mut(), &off, &scored, derive_seed(seed, "on-policy"));
+    Ok((
+        s,
+        loss,
+        OnPolicy {
+            scored: scored.len(),
+            denied: false,
+            spend_usd: spend,
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -348,7 +348,16 @@ impl Runner {
             let kept: Vec<crate::attacker::Item> = cfg.attacker.training_items(items);
             let (student, loss, on_policy) = if cfg.student.method == student::Method::OnPolicy {
                 let end = harvest.times.last().copied().unwrap_or(0.0);
-                let (s, l, o) = on_policy(&cfg, &mut api, &t.teacher, &kept, seed, end)?;
+                let (s, l, o) = student::on_policy(
+                    &cfg.student,
+                    cfg.engine,
+                    &cfg.attacker,
+                    &mut api,
+                    &t.teacher,
+                    &kept,
+                    seed,
+                    end,
+                )?;
                 (s, l, Some(o))
             } else {
                 let (s, l) = student::distill(&cfg.student, cfg.engine, &kept, seed)?;
@@ -499,98 +508,6 @@ impl Runner {
         }
         Ok((rows, timeline))
     }
-}
-
-/// What the on-policy phase did.
-struct OnPolicy {
-    /// Continuations scored by the API.
-    scored: usize,
-    /// The API offers no scoring: the attacker learned off-policy from the whole harvest.
-    denied: bool,
-    spend_usd: f64,
-}
-
-/// On-policy distillation: a student learned off-policy (top-k logprobs) from the first half of
-/// `items`, then the second half's prompts are answered by the student (temperature 1), scored
-/// by the API (the teacher's top-k logprobs at every position of the student's answer) and
-/// learned from. Where the API offers no scoring the whole harvest is learned off-policy.
-fn on_policy(
-    cfg: &super::config::ExperimentConfig,
-    api: &mut Api,
-    teacher: &Teacher,
-    items: &[crate::attacker::Item],
-    seed: u64,
-    start: f64,
-) -> Result<(Box<dyn crate::model::Engine>, f32, OnPolicy)> {
-    let off = student::StudentConfig {
-        method: student::Method::Logprobs,
-        ..cfg.student.clone()
-    };
-    if !api.config.scoring || items.len() < 2 {
-        let (s, l) = student::distill(&off, cfg.engine, items, seed)?;
-        return Ok((
-            s,
-            l,
-            OnPolicy {
-                scored: 0,
-                denied: !api.config.scoring,
-                spend_usd: 0.0,
-            },
-        ));
-    }
-    let half = items.len() / 2;
-    let (mut s, _) = student::distill(&off, cfg.engine, &items[..half], seed)?;
-    let prompts: Vec<&crate::world::Prompt> = items[half..].iter().map(|i| &i.prompt).collect();
-    let params = vec![
-        GenParams {
-            max_new: cfg.api.max_tokens,
-            temperature: 1.0,
-            top_k: 0,
-        };
-        prompts.len()
-    ];
-    let mut rng = derive_rng(seed, "on-policy/sample");
-    let answers = generate::generate(s.as_ref(), &prompts, &params, 512, &mut rng, None);
-    // Score through the attacker's accounts, tick by tick within the rate limits.
-    let accounts = api.accounts.len().max(1) as u32;
-    let mut todo: Vec<usize> = (0..prompts.len()).rev().collect();
-    let mut scored: Vec<Option<crate::attacker::Item>> = vec![None; prompts.len()];
-    let (mut now, mut spend) = (start, 0.0);
-    let end = start + cfg.attacker.max_days * 86_400.0;
-    while !todo.is_empty() && now < end {
-        let batch: Vec<usize> = todo.drain(todo.len().saturating_sub(4096)..).collect();
-        let reqs: Vec<(crate::api::AccountId, &crate::world::Prompt, &[Tok])> = batch
-            .iter()
-            .map(|&j| (j as u32 % accounts, prompts[j], &answers[j].tokens[..]))
-            .collect();
-        let resps = api.score(now, &reqs, teacher, cfg.attacker.top_k, &mut rng);
-        for (&j, r) in batch.iter().zip(resps) {
-            match r.code {
-                crate::api::Code::Ok => {
-                    spend += r.usage.spend_usd;
-                    scored[j] = Some(crate::attacker::Item {
-                        prompt: prompts[j].clone(),
-                        tokens: r.tokens,
-                        top: r.top,
-                    });
-                }
-                crate::api::Code::Throttled => todo.push(j),
-                crate::api::Code::Refused => {}
-            }
-        }
-        now += cfg.attacker.tick_seconds;
-    }
-    let scored: Vec<crate::attacker::Item> = scored.into_iter().flatten().collect();
-    let loss = student::train_more(s.as_mut(), &off, &scored, derive_seed(seed, "on-policy"));
-    Ok((
-        s,
-        loss,
-        OnPolicy {
-            scored: scored.len(),
-            denied: false,
-            spend_usd: spend,
-        },
-    ))
 }
 
 /// Prompts the provenance test samples the suspect model on.
