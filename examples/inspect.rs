@@ -1,7 +1,7 @@
 //! Print a teacher's greedy responses next to the ideal ones, a few per eval suite.
 //! Usage: cargo run --release --example inspect -- <model.safetensors> [size] [per-suite]
 
-use distill_sim::model::{load_engine, EngineKind, GenParams, ModelSpec};
+use distill_sim::model::{load_engine, Backend, GenParams, ModelSpec};
 use distill_sim::world::vocab::render;
 use distill_sim::world::{ideal_response, EvalSuites, WorldConfig};
 
@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let size = args.get(2).map(String::as_str).unwrap_or("teacher-s");
     let n: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(3);
     let spec = ModelSpec::preset(size).ok_or("unknown size")?;
-    let eng = load_engine(EngineKind::Burn, spec, std::path::Path::new(path))?;
+    let eng = load_engine(Backend::BURN, spec, std::path::Path::new(path))?;
     let suites = EvalSuites::new(&WorldConfig {
         eval_per_suite: n,
         ..Default::default()

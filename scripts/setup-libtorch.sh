@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Fetch LibTorch for the `tch` engine (issue 6, in progress): the torch 2.11.0 wheel from the
+# Fetch LibTorch for the `tch` engine: the torch 2.11.0 wheel from the
 # package index (about 530 MB), unpacked to .libtorch/ (torch/lib and torch/include), plus the
 # two CUDA runtime libraries that the wheel's libtorch_cpu.so links against even on CPU
 # (libcudart.so.13, libcupti.so.13; about 13 MB). Prints the environment to build with.
-# Needs python3 with pip and access to the package index; run once.
+# Needs python3 with pip and access to the package index; run once (a second run only prints
+# the environment).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 dest="$root/.libtorch"
+if [ -f "$dest/VERSION" ] && [ "$(cat "$dest/VERSION")" = "torch 2.11.0" ] \
+    && [ -f "$dest/torch/lib/libtorch_cpu.so" ] && [ -f "$dest/lib/libcudart.so.13" ]; then
+    echo "LibTorch 2.11.0 already in $dest"
+    echo "export LIBTORCH=$dest/torch"
+    echo "export LD_LIBRARY_PATH=$dest/torch/lib:$dest/lib:\${LD_LIBRARY_PATH:-}"
+    exit 0
+fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 py="${PYTHON:-python3}"
@@ -31,8 +39,7 @@ for w in glob.glob("nvidia_cuda_*.whl"):
                 with z.open(n) as src, open(out, "wb") as dst:
                     shutil.copyfileobj(src, dst)
 PY
+echo "torch 2.11.0" > "$dest/VERSION"
 echo "LibTorch 2.11.0 in $dest"
 echo "export LIBTORCH=$dest/torch"
-echo "export LIBTORCH_INCLUDE=$dest/torch"
-echo "export LIBTORCH_LIB=$dest/torch"
 echo "export LD_LIBRARY_PATH=$dest/torch/lib:$dest/lib:\${LD_LIBRARY_PATH:-}"

@@ -1,63 +1,274 @@
-//! `distill-sim bench`: teacher generation queries/s and student training tokens/s for the
-//! default sizes, printed (benchmarks print numbers; tests never time).
+//! `distill-sim bench`: teacher generation queries/s, student training tokens/s and the
+//! end-to-end time of a harvest plus distillation, per engine and model size, printed
+//! (benchmarks print numbers; tests never time). `--dump` writes the benchmark's weights and
+//! data as safetensors so that `scripts/torch_reference.py` runs the identical workload in
+//! PyTorch, for ratios measured side by side on one device.
 
-use crate::model::generate::{self, GenParams};
+use crate::model::generate::{self, model_input, GenParams};
 use crate::model::train::{make_batch, Example};
-use crate::model::{new_engine, EngineKind, ModelSpec};
+use crate::model::weights::{self, Weights};
+use crate::model::{load_engine, Backend, Engine, ModelSpec};
 use crate::rng::derive_rng;
 use crate::teacher::example;
-use crate::world::{ideal_response, Mix};
+use crate::world::{ideal_response, Mix, Prompt};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-pub fn run(quick: bool) -> crate::Result<()> {
-    let engine = EngineKind::Burn;
-    let reps = if quick { 1 } else { 3 };
+/// What `distill-sim bench` measures.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Fewer repetitions.
+    pub quick: bool,
+    /// Engines/devices, side by side in one process.
+    pub backends: Vec<Backend>,
+    /// Model size presets.
+    pub sizes: Vec<String>,
+    /// Queries of the end-to-end harvest + distillation (0 = skip).
+    pub harvest: usize,
+    /// Teacher cache (the end-to-end run uses the default teacher, trained if missing).
+    pub cache: PathBuf,
+    /// Write weights and workload as safetensors here (for the PyTorch reference).
+    pub dump: Option<PathBuf>,
+}
+
+/// Generation: this many benign prompts, greedy, up to `GEN_MAX_NEW` tokens with top-5
+/// logprobs, in batches of `GEN_BATCH`.
+pub const GEN_PROMPTS: usize = 512;
+pub const GEN_MAX_NEW: usize = 32;
+pub const GEN_BATCH: usize = 256;
+/// Training: batches of this many ideal-policy sequences.
+pub const TRAIN_BATCH: usize = 64;
+
+fn workload() -> (Vec<Prompt>, Vec<Example>) {
     let mut rng = derive_rng(0, "bench");
     let mix = Mix::benign();
-    let prompts: Vec<_> = (0..512).map(|_| mix.sample(&mut rng)).collect();
-    println!("| engine | model | params | teacher generation (queries/s) | training (tokens/s) |");
-    println!("|---|---|---:|---:|---:|");
-    for size in ["student-s", "teacher-s"] {
-        let spec = ModelSpec::preset(size).expect("preset");
-        let mut eng = new_engine(engine, spec.clone(), 1)?;
-        // Generation: 512 benign prompts, greedy, up to 32 tokens, batches of 256.
-        let refs: Vec<_> = prompts.iter().collect();
-        let params = vec![
-            GenParams {
-                max_new: 32,
-                temperature: 0.0,
-                top_k: 5
-            };
-            refs.len()
-        ];
-        let _ = generate::generate(eng.as_ref(), &refs[..64], &params[..64], 64, &mut rng, None);
-        let t0 = Instant::now();
-        for _ in 0..reps {
-            let _ = generate::generate(eng.as_ref(), &refs, &params, 256, &mut rng, None);
+    let mut prompts: Vec<Prompt> = (0..GEN_PROMPTS).map(|_| mix.sample(&mut rng)).collect();
+    // The order generation batches in (by length), so that a dump reproduces its batches.
+    prompts.sort_by_key(|p| p.tokens.len());
+    let mut examples: Vec<Example> = prompts
+        .iter()
+        .map(|p| example(p, &ideal_response(p)))
+        .collect();
+    // Training batches of mixed lengths, as the training loop's buckets are.
+    examples.sort_by_key(|e| e.tokens.len() % 7);
+    (prompts, examples)
+}
+
+/// The workload as tensors: prompts right-padded with -1 (`gen.prompts [n, p]`),
+/// `gen.voice [n, VD]`, and per training batch `train.{i}.tokens [b, t]`,
+/// `train.{i}.probs [b, t, V]`, `train.{i}.weight [b, t]` (token ids as exact floats).
+fn dump_workload(
+    dir: &Path,
+    prompts: &[Prompt],
+    batches: &[(crate::model::Batch, crate::model::Targets)],
+    vocab: usize,
+) -> crate::Result<()> {
+    let mut w = Weights::default();
+    let inputs: Vec<Vec<u32>> = prompts.iter().map(model_input).collect();
+    let p = inputs.iter().map(|x| x.len()).max().unwrap_or(0);
+    let mut toks = vec![-1.0f32; inputs.len() * p];
+    for (r, x) in inputs.iter().enumerate() {
+        for (j, &t) in x.iter().enumerate() {
+            toks[r * p + j] = t as f32;
         }
-        let qps = (reps * refs.len()) as f64 / t0.elapsed().as_secs_f64();
-        // Training: batches of 64 ideal-policy sequences.
-        let examples: Vec<Example> = prompts
-            .iter()
-            .map(|p| example(p, &ideal_response(p)))
-            .collect();
-        let batches: Vec<_> = examples
-            .chunks(64)
-            .map(|c| make_batch(&c.iter().collect::<Vec<_>>(), spec.vocab, spec.context))
-            .collect();
-        let steps = if quick { 4 } else { 16 };
-        let mut tokens = 0usize;
-        let _ = eng.train_step(&batches[0].0, &batches[0].1, 1e-3);
-        let t0 = Instant::now();
-        for i in 0..steps {
-            let (b, t) = &batches[i % batches.len()];
-            tokens += b.b * b.t;
-            let _ = eng.train_step(b, t, 1e-3);
+    }
+    w.insert("gen.prompts".into(), vec![inputs.len(), p], toks);
+    let voice: Vec<f32> = prompts.iter().flat_map(|q| q.voice_input()).collect();
+    w.insert(
+        "gen.voice".into(),
+        vec![prompts.len(), crate::world::VOICE_DIM],
+        voice,
+    );
+    w.insert(
+        "gen.config".into(),
+        vec![3],
+        vec![GEN_MAX_NEW as f32, GEN_BATCH as f32, 5.0],
+    );
+    for (i, (b, t)) in batches.iter().enumerate() {
+        w.insert(
+            format!("train.{i}.tokens"),
+            vec![b.b, b.t],
+            b.tokens.iter().map(|&x| x as f32).collect(),
+        );
+        w.insert(
+            format!("train.{i}.voice"),
+            vec![b.b, crate::world::VOICE_DIM],
+            b.voice.clone(),
+        );
+        w.insert(
+            format!("train.{i}.probs"),
+            vec![b.b, b.t, vocab],
+            t.probs.clone(),
+        );
+        w.insert(
+            format!("train.{i}.weight"),
+            vec![b.b, b.t],
+            t.weight.clone(),
+        );
+    }
+    w.save(&dir.join("workload.safetensors"))
+}
+
+/// Generation queries/s and training tokens/s of one engine.
+fn throughput(
+    eng: &mut dyn Engine,
+    prompts: &[Prompt],
+    batches: &[(crate::model::Batch, crate::model::Targets)],
+    quick: bool,
+) -> (f64, f64, usize) {
+    let mut rng = derive_rng(0, "bench/gen");
+    let refs: Vec<&Prompt> = prompts.iter().collect();
+    let params = vec![
+        GenParams {
+            max_new: GEN_MAX_NEW,
+            temperature: 0.0,
+            top_k: 5
+        };
+        refs.len()
+    ];
+    let warm = generate::generate(eng, &refs[..64], &params[..64], 64, &mut rng, None);
+    drop(warm);
+    let reps = if quick { 1 } else { 3 };
+    let t0 = Instant::now();
+    let mut generated = 0;
+    for _ in 0..reps {
+        let g = generate::generate(eng, &refs, &params, GEN_BATCH, &mut rng, None);
+        generated = g.iter().map(|x| x.tokens.len()).sum::<usize>();
+    }
+    let qps = (reps * refs.len()) as f64 / t0.elapsed().as_secs_f64();
+    let steps = if quick { 4 } else { 16 };
+    let _ = eng.train_step(&batches[0].0, &batches[0].1, 1e-3);
+    let mut tokens = 0usize;
+    let t0 = Instant::now();
+    for i in 0..steps {
+        let (b, t) = &batches[i % batches.len()];
+        tokens += b.b * b.t;
+        let _ = eng.train_step(b, t, 1e-3);
+    }
+    let tps = tokens as f64 / t0.elapsed().as_secs_f64();
+    (qps, tps, generated)
+}
+
+pub fn run(opts: &BenchOptions) -> crate::Result<()> {
+    let (prompts, examples) = workload();
+    let vocab = crate::world::vocab::VOCAB_SIZE;
+    let context = ModelSpec::preset("tiny").map_or(64, |s| s.context);
+    let batches: Vec<_> = examples
+        .chunks(TRAIN_BATCH)
+        .map(|c| make_batch(&c.iter().collect::<Vec<_>>(), vocab, context))
+        .collect();
+    if let Some(dir) = &opts.dump {
+        std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+        dump_workload(dir, &prompts, &batches, vocab)?;
+    }
+    let scratch = std::env::temp_dir().join(format!("distill-sim-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| crate::Error::io(&scratch, e))?;
+    println!(
+        "Generation: {GEN_PROMPTS} benign prompts, greedy, up to {GEN_MAX_NEW} tokens, top-5 \
+         logprobs, batches of {GEN_BATCH}. Training: AdamW steps on batches of {TRAIN_BATCH} \
+         ideal-policy sequences. Weights: the seeded initialisation (identical on every engine)."
+    );
+    println!();
+    println!("| engine | model | params | generation (queries/s) | tokens generated | training (tokens/s) |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for size in &opts.sizes {
+        let spec = ModelSpec::preset(size).ok_or_else(|| {
+            crate::Error::Invalid(format!(
+                "--sizes: unknown size `{size}` (allowed: {})",
+                crate::model::spec::PRESETS.join(", ")
+            ))
+        })?;
+        let w = weights::init(&spec, 1);
+        let path = match &opts.dump {
+            Some(dir) => dir.join(format!("{size}.safetensors")),
+            None => scratch.join(format!("{size}.safetensors")),
+        };
+        w.save(&path)?;
+        if let Some(dir) = &opts.dump {
+            let json = serde_json::to_vec_pretty(&spec).unwrap_or_default();
+            crate::fsutil::write_atomic(&dir.join(format!("{size}.json")), &json)?;
         }
-        let tps = tokens as f64 / t0.elapsed().as_secs_f64();
+        for &backend in &opts.backends {
+            let mut eng = load_engine(backend, spec.clone(), &path)?;
+            let (qps, tps, generated) = throughput(eng.as_mut(), &prompts, &batches, opts.quick);
+            println!(
+                "| {} | {size} | {} | {qps:.0} | {generated} | {tps:.0} |",
+                backend.tag(),
+                spec.param_count()
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    if opts.harvest > 0 {
+        println!();
+        end_to_end(opts)?;
+    }
+    Ok(())
+}
+
+/// A harvest of `opts.harvest` queries from the default teacher through the API (top-20
+/// logprobs, 1,000 accounts so that rate limits do not bind), then the default student's
+/// distillation on it.
+fn end_to_end(opts: &BenchOptions) -> crate::Result<()> {
+    use crate::teacher::{Teacher, TeacherConfig};
+    let tcfg = TeacherConfig::default();
+    // The default teacher, trained once by any engine: weights load into every engine.
+    let mut source = None;
+    for b in std::iter::once(Backend::BURN).chain(opts.backends.iter().copied()) {
+        let p = Teacher::cache_path(&tcfg, b, &opts.cache);
+        if p.exists() {
+            source = Some(p);
+            break;
+        }
+    }
+    let source = match source {
+        Some(p) => p,
+        None => {
+            let b = opts.backends[0];
+            eprintln!(
+                "[bench] training the default teacher with {} (cached for next time)",
+                b.tag()
+            );
+            let t0 = Instant::now();
+            let _ = Teacher::load_or_train(&tcfg, b, &opts.cache, |_, _| {})?;
+            eprintln!(
+                "[bench] teacher trained in {:.1} s",
+                t0.elapsed().as_secs_f64()
+            );
+            Teacher::cache_path(&tcfg, b, &opts.cache)
+        }
+    };
+    println!(
+        "End to end: {} queries harvested from the default teacher ({}) through the API, then \
+         the default student ({}) distilled on them.",
+        opts.harvest,
+        tcfg.size,
+        crate::student::StudentConfig::default().size
+    );
+    println!();
+    println!("| engine | queries | harvest (s) | queries/s | distillation (s) | total (s) |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for &backend in &opts.backends {
+        let teacher = Teacher::Neural(load_engine(backend, tcfg.spec()?, &source)?);
+        let mut api = crate::api::Api::new(crate::api::ApiConfig::default())?;
+        let cfg = crate::attacker::AttackerConfig {
+            accounts: 1000,
+            budget: opts.harvest,
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let h = crate::attacker::harvest(&cfg, &mut api, &teacher, 1, None)?;
+        let th = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let student = crate::student::StudentConfig::default();
+        let _ = crate::student::distill(&student, backend, &h.items, 1)?;
+        let td = t1.elapsed().as_secs_f64();
         println!(
-            "| {engine:?} | {size} | {} | {qps:.0} | {tps:.0} |",
-            spec.param_count()
+            "| {} | {} | {th:.1} | {:.0} | {td:.1} | {:.1} |",
+            backend.tag(),
+            h.items.len(),
+            h.items.len() as f64 / th,
+            th + td
         );
     }
     Ok(())

@@ -6,13 +6,13 @@ use clap::{Parser, Subcommand};
 use distill_sim::experiment::config;
 use distill_sim::experiment::run::Runner;
 use distill_sim::report;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
     name = "distill-sim",
-    version,
+    version = env!("DISTILL_SIM_VERSION"),
     about = "Simulate distillation attacks on model APIs and the defenses against them"
 )]
 struct Cli {
@@ -37,6 +37,14 @@ struct Common {
     /// Run only the i-th of n deterministic slices of the runs, e.g. `--shard 0/2`.
     #[arg(long, value_name = "I/N")]
     shard: Option<String>,
+    /// Neural engine: burn (default; pure-Rust flex CPU backend) or tch (LibTorch; a build with
+    /// `--features tch`). The same as `--set engine=...`.
+    #[arg(long, value_parser = ["burn", "tch"])]
+    engine: Option<String>,
+    /// Device: cpu (default) or cuda (LibTorch on a CUDA GPU; implies `--engine tch`). The
+    /// same as `--set device=...`.
+    #[arg(long, value_parser = ["cpu", "cuda"])]
+    device: Option<String>,
     /// Internal: a worker process's slice (set by the parent process).
     #[arg(long, hide = true)]
     worker: Option<String>,
@@ -94,6 +102,28 @@ enum Cmd {
         /// Benchmark the traffic layer (clock, limits, ledgers, detectors) instead of the models.
         #[arg(long)]
         traffic: bool,
+        /// Engines side by side: burn, tch-cpu, tch-cuda (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "burn")]
+        engines: Vec<String>,
+        /// Model sizes (comma-separated presets).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "student-s,teacher-s,teacher-m"
+        )]
+        sizes: Vec<String>,
+        /// Queries of the end-to-end harvest + distillation (0 = skip).
+        #[arg(long, default_value_t = 0)]
+        harvest: usize,
+        /// Cache of trained teachers (the end-to-end run uses the default teacher).
+        #[arg(long, default_value = "results/.cache")]
+        cache: PathBuf,
+        /// Write the weights and workload as safetensors here, for scripts/torch_reference.py.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+        /// Compute threads for LibTorch on the CPU (default: LibTorch's own choice).
+        #[arg(long)]
+        threads: Option<usize>,
     },
 }
 
@@ -125,8 +155,46 @@ fn parse_slice(s: &str) -> Result<(usize, usize)> {
     Ok((i, n))
 }
 
+impl Common {
+    /// `--engine` and `--device` as `--set` overrides (so that worker processes get them too).
+    fn fold_backend(mut self) -> Common {
+        let engine = match (&self.engine, self.device.as_deref()) {
+            (None, Some("cuda")) => Some("tch".to_string()),
+            (e, _) => e.clone(),
+        };
+        if let Some(e) = engine {
+            self.set.push(format!("engine={e}"));
+        }
+        if let Some(d) = self.device.take() {
+            self.set.push(format!("device={d}"));
+        }
+        self.engine = None;
+        self
+    }
+}
+
+/// Load an experiment and check, before any work, that this build and machine can run its
+/// engine and device.
+fn load_checked(config_path: &Path, common: &Common) -> Result<config::Experiment> {
+    let exp = config::load(config_path, &overrides(&common.set)?)?;
+    let mut checked = Vec::new();
+    for r in &exp.runs {
+        let b = r.config.backend();
+        if !checked.contains(&b) {
+            b.check()?;
+            checked.push(b);
+        }
+    }
+    Ok(exp)
+}
+
 fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
-    let exp = config::load(&config_path, &overrides(&common.set)?)?;
+    let common = common.fold_backend();
+    let exp = load_checked(&config_path, &common)?;
+    if common.worker.is_some() {
+        // Worker processes share the cores: one compute thread each.
+        distill_sim::model::set_threads(1);
+    }
     let mut runs: Vec<(usize, &config::RunSpec)> = exp.runs.iter().enumerate().collect();
     for slice in [&common.shard, &common.worker].into_iter().flatten() {
         let (i, n) = parse_slice(slice)?;
@@ -320,11 +388,12 @@ fn parent_id() -> u32 {
 }
 
 fn teacher_train(config_path: PathBuf, common: Common) -> Result<ExitCode> {
-    let exp = config::load(&config_path, &overrides(&common.set)?)?;
+    let common = common.fold_backend();
+    let exp = load_checked(&config_path, &common)?;
     let spec = exp.runs.first().context("the experiment has no runs")?;
     let path = distill_sim::teacher::Teacher::cache_path(
         &spec.config.teacher,
-        spec.config.engine,
+        spec.config.backend(),
         &common.cache,
     );
     let mut runner = Runner::new(common.results, common.cache);
@@ -376,13 +445,41 @@ fn main() -> ExitCode {
         Cmd::Teacher {
             cmd: TeacherCmd::Train { config, common },
         } => teacher_train(config, common),
-        Cmd::Bench { quick, traffic } => {
-            let r = if traffic {
+        Cmd::Bench {
+            quick,
+            traffic,
+            engines,
+            sizes,
+            harvest,
+            cache,
+            dump,
+            threads,
+        } => {
+            if let Some(n) = threads {
+                distill_sim::model::set_threads(n);
+            }
+            if traffic {
                 distill_sim::bench::traffic(quick)
+                    .map(|_| ExitCode::SUCCESS)
+                    .map_err(Into::into)
             } else {
-                distill_sim::bench::run(quick)
-            };
-            r.map(|_| ExitCode::SUCCESS).map_err(Into::into)
+                engines
+                    .iter()
+                    .map(|e| distill_sim::model::Backend::parse(e))
+                    .collect::<distill_sim::Result<Vec<_>>>()
+                    .and_then(|backends| {
+                        distill_sim::bench::run(&distill_sim::bench::BenchOptions {
+                            quick,
+                            backends,
+                            sizes,
+                            harvest,
+                            cache,
+                            dump,
+                        })
+                    })
+                    .map(|_| ExitCode::SUCCESS)
+                    .map_err(Into::into)
+            }
         }
     };
     match result {

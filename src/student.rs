@@ -3,7 +3,7 @@
 use crate::attacker::Item;
 use crate::error::{Error, Result};
 use crate::model::train::{self, Example, TrainConfig};
-use crate::model::{Engine, EngineKind, ModelSpec};
+use crate::model::{Backend, Engine, ModelSpec};
 use crate::teacher::example;
 use serde::{Deserialize, Serialize};
 
@@ -106,7 +106,7 @@ pub fn train_more(eng: &mut dyn Engine, cfg: &StudentConfig, items: &[Item], see
 /// Distil a fresh student from `items`.
 pub fn distill(
     cfg: &StudentConfig,
-    engine: EngineKind,
+    engine: Backend,
     items: &[Item],
     seed: u64,
 ) -> Result<(Box<dyn Engine>, f32)> {
@@ -141,7 +141,7 @@ pub struct OnPolicy {
 #[allow(clippy::too_many_arguments)]
 pub fn on_policy(
     cfg: &StudentConfig,
-    engine: EngineKind,
+    engine: Backend,
     attacker: &crate::attacker::AttackerConfig,
     api: &mut crate::api::Api,
     teacher: &crate::teacher::Teacher,

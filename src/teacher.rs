@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::model::engine::Decoder;
 use crate::model::generate::{self, model_input, LogitsProcessor, SamplingDecoder};
 use crate::model::train::{self, Example, TrainConfig};
-use crate::model::{Engine, EngineKind, GenParams, Generation, ModelSpec};
+use crate::model::{Backend, Engine, GenParams, Generation, ModelSpec};
 use crate::rng::{derive_rng, SimRng};
 use crate::world::vocab::{Tok, VOCAB_SIZE};
 use crate::world::{ideal_response, Kind, Mix, Prompt, Tier};
@@ -73,14 +73,14 @@ impl TeacherConfig {
     }
 
     /// Cache key: everything that can change the trained weights.
-    pub fn hash(&self, engine: EngineKind) -> String {
+    pub fn hash(&self, engine: Backend) -> String {
         let mut h = Sha256::new();
         let key = serde_json::json!({
             "version": TEACHER_VERSION,
             "size": self.size,
             "seed": self.seed,
             "train": self.train,
-            "engine": engine,
+            "engine": engine.tag(),
         });
         h.update(key.to_string().as_bytes());
         let out = h.finalize();
@@ -111,7 +111,7 @@ impl Teacher {
     /// Train a teacher from scratch on the ideal policy.
     pub fn train(
         cfg: &TeacherConfig,
-        engine: EngineKind,
+        engine: Backend,
         mut progress: impl FnMut(usize, f32),
     ) -> Result<Teacher> {
         let spec = cfg.spec()?;
@@ -133,7 +133,7 @@ impl Teacher {
     /// whether it came from the cache.
     pub fn load_or_train(
         cfg: &TeacherConfig,
-        engine: EngineKind,
+        engine: Backend,
         cache_dir: &Path,
         progress: impl FnMut(usize, f32),
     ) -> Result<(Teacher, bool)> {
@@ -160,7 +160,7 @@ impl Teacher {
         Ok((t, false))
     }
 
-    pub fn cache_path(cfg: &TeacherConfig, engine: EngineKind, cache_dir: &Path) -> PathBuf {
+    pub fn cache_path(cfg: &TeacherConfig, engine: Backend, cache_dir: &Path) -> PathBuf {
         cache_dir
             .join("teachers")
             .join(cfg.hash(engine))

@@ -4,7 +4,7 @@
 use crate::api::ApiConfig;
 use crate::attacker::AttackerConfig;
 use crate::error::{Error, Result};
-use crate::model::EngineKind;
+use crate::model::{Backend, DeviceKind, EngineKind};
 use crate::student::StudentConfig;
 use crate::teacher::TeacherConfig;
 use crate::world::WorldConfig;
@@ -25,8 +25,11 @@ pub struct ExperimentConfig {
     pub base: Option<String>,
     /// Run seeds: every grid point runs once per seed.
     pub seeds: Vec<u64>,
-    /// Neural engine for teacher and students.
+    /// Neural engine for teacher and students: `burn` (default, pure-Rust flex CPU backend)
+    /// or `tch` (LibTorch; needs a build with `--features tch`).
     pub engine: EngineKind,
+    /// Where the engine runs: `cpu` (default) or `cuda` (engine `tch` only).
+    pub device: DeviceKind,
     pub world: WorldConfig,
     pub teacher: TeacherConfig,
     pub api: ApiConfig,
@@ -52,6 +55,7 @@ impl Default for ExperimentConfig {
             base: None,
             seeds: vec![1],
             engine: EngineKind::default(),
+            device: DeviceKind::default(),
             world: WorldConfig::default(),
             teacher: TeacherConfig::default(),
             api: ApiConfig::default(),
@@ -83,7 +87,21 @@ impl ExperimentConfig {
     }
 
     /// Semantic checks that the schema cannot express.
+    /// The engine and device every model of the run uses.
+    pub fn backend(&self) -> Backend {
+        Backend {
+            engine: self.engine,
+            device: self.device,
+        }
+    }
+
     pub fn validate(&self) -> std::result::Result<(), String> {
+        // Build and device combinations; whether a CUDA device is visible is checked when the
+        // first model is built.
+        let cuda_probe = cfg!(feature = "tch") && self.device == DeviceKind::Cuda;
+        if !cuda_probe {
+            self.backend().check().map_err(|e| e.to_string())?;
+        }
         self.teacher
             .spec()
             .map_err(|e| format!("teacher.size: {e}"))?;
@@ -209,10 +227,24 @@ fn key_path_at(text: &str, line: usize) -> Option<String> {
 fn yaml_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> Error {
     let msg = e.to_string();
     let line = e.location().map(|l| l.line() as usize).or_else(|| {
-        // serde reports unknown fields without a position: find the offending key.
-        let field = msg.split("unknown field `").nth(1)?.split('`').next()?;
+        // serde reports unknown fields and unknown enum values without a position: find the
+        // offending key, or the key whose value it is.
+        if let Some(field) = msg
+            .split("unknown field `")
+            .nth(1)
+            .and_then(|r| r.split('`').next())
+        {
+            return text
+                .lines()
+                .position(|l| l.trim_start().starts_with(&format!("{field}:")))
+                .map(|i| i + 1);
+        }
+        let value = msg.split("unknown variant `").nth(1)?.split('`').next()?;
         text.lines()
-            .position(|l| l.trim_start().starts_with(&format!("{field}:")))
+            .position(|l| {
+                l.split_once(':')
+                    .is_some_and(|(_, v)| v.trim().trim_matches(['"', '\'']) == value)
+            })
             .map(|i| i + 1)
     });
     match line {
@@ -574,6 +606,27 @@ mod tests {
             let p = write("bad.yaml", text);
             let e = load(&p, &[]).unwrap_err().to_string();
             assert!(e.contains(needle), "{e} lacks {needle}");
+        }
+    }
+
+    #[test]
+    fn engine_and_device_combinations_this_build_cannot_run_are_errors() {
+        let p = write("cuda-burn.yaml", "engine: burn\ndevice: cuda\n");
+        let e = load(&p, &[]).unwrap_err().to_string();
+        assert!(e.contains("device: cuda needs engine: tch"), "{e}");
+        let p = write("gpu.yaml", "device: gpu\n");
+        let e = load(&p, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("line 1: key `device`") && e.contains("cuda"),
+            "{e}"
+        );
+        let p = write("tch.yaml", "engine: tch\n");
+        let r = load(&p, &[]);
+        if cfg!(feature = "tch") {
+            assert_eq!(r.unwrap().runs[0].config.backend().tag(), "tch-cpu");
+        } else {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("--features tch"), "{e}");
         }
     }
 }

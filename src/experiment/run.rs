@@ -78,7 +78,7 @@ impl Runner {
         let cfg = &spec.config;
         format!(
             "{}/{:?}/{:?}",
-            cfg.teacher.hash(cfg.engine),
+            cfg.teacher.hash(cfg.backend()),
             cfg.teacher.kind,
             cfg.world
         )
@@ -99,7 +99,7 @@ impl Runner {
             let t0 = Instant::now();
             let steps = cfg.teacher.train.steps;
             let (teacher, from_cache) =
-                Teacher::load_or_train(&cfg.teacher, cfg.engine, &self.cache_dir, |s, loss| {
+                Teacher::load_or_train(&cfg.teacher, cfg.backend(), &self.cache_dir, |s, loss| {
                     if s % 100 == 0 || s + 1 == steps {
                         eprintln!(
                             "[teacher] step {:>5}/{steps} loss {loss:.4} ({:.0}s)",
@@ -200,7 +200,7 @@ impl Runner {
         let mut api = Api::new(cfg.api.clone())?;
         let t_h = Instant::now();
         let learner = |items: &[attacker::Item], seed: u64| {
-            student::distill(&cfg.student, cfg.engine, items, seed).map(|(e, _)| e)
+            student::distill(&cfg.student, cfg.backend(), items, seed).map(|(e, _)| e)
         };
         let harvest: Harvest = attacker::harvest(
             &cfg.attacker,
@@ -350,7 +350,7 @@ impl Runner {
                 let end = harvest.times.last().copied().unwrap_or(0.0);
                 let (s, l, o) = student::on_policy(
                     &cfg.student,
-                    cfg.engine,
+                    cfg.backend(),
                     &cfg.attacker,
                     &mut api,
                     &t.teacher,
@@ -360,7 +360,7 @@ impl Runner {
                 )?;
                 (s, l, Some(o))
             } else {
-                let (s, l) = student::distill(&cfg.student, cfg.engine, &kept, seed)?;
+                let (s, l) = student::distill(&cfg.student, cfg.backend(), &kept, seed)?;
                 (s, l, None)
             };
             let train_secs = t_s.elapsed().as_secs_f64();

@@ -3,7 +3,7 @@
 //! Parameters are plain `Param` tensors with the canonical safetensors names listed in
 //! [`super::weights`], so any engine can load what this one saves.
 
-use super::engine::{Batch, Decoder, Engine, OptimSettings, Targets};
+use super::engine::{Batch, Decoder, Engine, OptimSettings, Prefill, Targets};
 use super::spec::ModelSpec;
 use super::weights::{self, Weights};
 use crate::error::{Error, Result};
@@ -356,25 +356,13 @@ impl Engine for BurnEngine {
         }
         let model = self.model.valid();
         let device = self.device.clone().inner();
-        let p = prompts.iter().map(|x| x.len()).max().unwrap_or(0);
-        let pads: Vec<usize> = prompts.iter().map(|x| p - x.len()).collect();
-        // Left-pad so every prompt ends at column p-1; positions count from each prompt's BOS.
-        let mut toks = vec![0i64; b * p];
-        let mut pos = vec![0i64; b * p];
-        let mut mask = vec![0.0f32; b * p * p];
-        for r in 0..b {
-            for (j, &tok) in prompts[r].iter().enumerate() {
-                toks[r * p + pads[r] + j] = tok as i64;
-                pos[r * p + pads[r] + j] = j as i64;
-            }
-            for i in 0..p {
-                for j in 0..p {
-                    if j > i || j < pads[r] {
-                        mask[(r * p + i) * p + j] = MASKED;
-                    }
-                }
-            }
-        }
+        let Prefill {
+            p,
+            pads,
+            tokens: toks,
+            pos,
+            mask,
+        } = Prefill::new(prompts, MASKED);
         let voice_t = Tensor::<2>::from_data(
             TensorData::new(voice.to_vec(), [b, self.spec.voice_dim]),
             &device,

@@ -36,7 +36,7 @@ pub struct OptimSettings {
     pub weight_decay: f32,
     pub beta1: f32,
     pub beta2: f32,
-    /// Global gradient-norm clip (0 = off).
+    /// Gradient-norm clip, per parameter tensor as burn applies it (0 = off).
     pub grad_clip: f32,
 }
 
@@ -56,6 +56,53 @@ impl Default for OptimSettings {
 pub trait Decoder {
     /// `logits`: row-major `[b, vocab]`.
     fn step(&mut self, logits: &[f32]) -> Option<Vec<u32>>;
+}
+
+/// The prefill of a batched generation: prompts left-padded so that every prompt ends at
+/// column `p - 1`, positions counting from each prompt's BOS, and the additive attention mask
+/// (causal, pads never attended to). Shared by the engines.
+pub(crate) struct Prefill {
+    /// Columns (the longest prompt).
+    pub p: usize,
+    /// Left padding per row.
+    pub pads: Vec<usize>,
+    /// Row-major `[b, p]`.
+    pub tokens: Vec<i64>,
+    /// Row-major `[b, p]`.
+    pub pos: Vec<i64>,
+    /// Row-major `[b, p, p]`: 0 or `masked`.
+    pub mask: Vec<f32>,
+}
+
+impl Prefill {
+    pub(crate) fn new(prompts: &[&[u32]], masked: f32) -> Prefill {
+        let b = prompts.len();
+        let p = prompts.iter().map(|x| x.len()).max().unwrap_or(0);
+        let pads: Vec<usize> = prompts.iter().map(|x| p - x.len()).collect();
+        let mut tokens = vec![0i64; b * p];
+        let mut pos = vec![0i64; b * p];
+        let mut mask = vec![0.0f32; b * p * p];
+        for r in 0..b {
+            for (j, &tok) in prompts[r].iter().enumerate() {
+                tokens[r * p + pads[r] + j] = tok as i64;
+                pos[r * p + pads[r] + j] = j as i64;
+            }
+            for i in 0..p {
+                for j in 0..p {
+                    if j > i || j < pads[r] {
+                        mask[(r * p + i) * p + j] = masked;
+                    }
+                }
+            }
+        }
+        Prefill {
+            p,
+            pads,
+            tokens,
+            pos,
+            mask,
+        }
+    }
 }
 
 /// A model plus the machinery to run and train it.

@@ -4,6 +4,8 @@ pub mod burn_engine;
 pub mod engine;
 pub mod generate;
 pub mod spec;
+#[cfg(feature = "tch")]
+pub mod tch_engine;
 pub mod train;
 pub mod weights;
 
@@ -11,34 +13,161 @@ pub use engine::{Batch, Engine, OptimSettings, Targets};
 pub use generate::{GenParams, Generation};
 pub use spec::ModelSpec;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-/// Which engine runs the model.
+/// Which engine runs the model (config key `engine`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EngineKind {
     /// burn 0.22 on the pure-Rust `flex` CPU backend.
     #[default]
     Burn,
+    /// LibTorch through tch (cargo feature `tch`), on the CPU or a CUDA GPU.
+    Tch,
+}
+
+/// Where the engine runs (config key `device`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    #[default]
+    Cpu,
+    /// A CUDA GPU (engine `tch` only).
+    Cuda,
+}
+
+/// An engine on a device: what every model of a run is built with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub engine: EngineKind,
+    pub device: DeviceKind,
+}
+
+impl Backend {
+    pub const BURN: Backend = Backend {
+        engine: EngineKind::Burn,
+        device: DeviceKind::Cpu,
+    };
+
+    /// A short name: `burn` (the flex CPU default), `tch-cpu` or `tch-cuda`. Part of the
+    /// teacher cache key, since engines differ in the last float bits.
+    pub fn tag(&self) -> &'static str {
+        match (self.engine, self.device) {
+            (EngineKind::Burn, DeviceKind::Cpu) => "burn",
+            (EngineKind::Burn, DeviceKind::Cuda) => "burn-cuda",
+            (EngineKind::Tch, DeviceKind::Cpu) => "tch-cpu",
+            (EngineKind::Tch, DeviceKind::Cuda) => "tch-cuda",
+        }
+    }
+
+    /// Whether this build can run the backend and, for CUDA, whether a device is visible.
+    /// The error says what to change.
+    pub fn check(&self) -> Result<()> {
+        match (self.engine, self.device) {
+            (EngineKind::Burn, DeviceKind::Cpu) => Ok(()),
+            (EngineKind::Burn, DeviceKind::Cuda) => Err(Error::Invalid(
+                "device: cuda needs engine: tch (burn runs on its pure-Rust flex CPU backend \
+                 here; allowed: engine burn with device cpu, engine tch with device cpu or cuda)"
+                    .into(),
+            )),
+            #[cfg(feature = "tch")]
+            (EngineKind::Tch, DeviceKind::Cpu) => Ok(()),
+            #[cfg(feature = "tch")]
+            (EngineKind::Tch, DeviceKind::Cuda) => tch_engine::cuda_device().map(|_| ()),
+            #[cfg(not(feature = "tch"))]
+            (EngineKind::Tch, _) => Err(Error::Invalid(format!(
+                "engine: tch (device {}) needs a build with the LibTorch engine: \
+                 `cargo build --release --features tch` with LIBTORCH set \
+                 (scripts/setup-libtorch.sh; README, section GPU). This build has only \
+                 engine burn",
+                self.device_name()
+            ))),
+        }
+    }
+
+    /// The inverse of [`Backend::tag`], checked for this build and machine.
+    pub fn parse(tag: &str) -> Result<Backend> {
+        let b = match tag.trim() {
+            "burn" => Backend::BURN,
+            "tch-cpu" => Backend {
+                engine: EngineKind::Tch,
+                device: DeviceKind::Cpu,
+            },
+            "tch-cuda" => Backend {
+                engine: EngineKind::Tch,
+                device: DeviceKind::Cuda,
+            },
+            other => {
+                return Err(Error::Invalid(format!(
+                    "unknown engine `{other}` (allowed: burn, tch-cpu, tch-cuda)"
+                )))
+            }
+        };
+        b.check()?;
+        Ok(b)
+    }
+
+    #[cfg(not(feature = "tch"))]
+    fn device_name(&self) -> &'static str {
+        match self.device {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+        }
+    }
+
+    #[cfg(feature = "tch")]
+    fn tch_device(&self) -> tch_engine::TchDevice {
+        match self.device {
+            DeviceKind::Cpu => tch_engine::TchDevice::Cpu,
+            DeviceKind::Cuda => tch_engine::TchDevice::Cuda,
+        }
+    }
+}
+
+/// Compute threads for engines that use several (LibTorch on the CPU); burn/flex trains on
+/// one. Worker processes of a sweep set 1 so that they do not oversubscribe the cores.
+pub fn set_threads(n: usize) {
+    #[cfg(feature = "tch")]
+    tch::set_num_threads(n.max(1) as i32);
+    #[cfg(not(feature = "tch"))]
+    let _ = n;
 }
 
 /// A freshly initialised engine for `spec`.
-pub fn new_engine(kind: EngineKind, spec: ModelSpec, seed: u64) -> Result<Box<dyn Engine>> {
-    match kind {
+pub fn new_engine(backend: Backend, spec: ModelSpec, seed: u64) -> Result<Box<dyn Engine>> {
+    backend.check()?;
+    match backend.engine {
         EngineKind::Burn => Ok(Box::new(burn_engine::BurnEngine::new(spec, seed)?)),
+        #[cfg(feature = "tch")]
+        EngineKind::Tch => Ok(Box::new(tch_engine::TchEngine::new(
+            spec,
+            seed,
+            backend.tch_device(),
+        )?)),
+        #[cfg(not(feature = "tch"))]
+        EngineKind::Tch => Err(Error::Invalid("engine tch: not in this build".into())),
     }
 }
 
 /// An engine holding weights loaded from a safetensors file.
 pub fn load_engine(
-    kind: EngineKind,
+    backend: Backend,
     spec: ModelSpec,
     path: &std::path::Path,
 ) -> Result<Box<dyn Engine>> {
+    backend.check()?;
     let w = weights::Weights::load(path)?;
     w.check_spec(&spec)?;
-    match kind {
+    match backend.engine {
         EngineKind::Burn => Ok(Box::new(burn_engine::BurnEngine::from_weights(spec, &w)?)),
+        #[cfg(feature = "tch")]
+        EngineKind::Tch => Ok(Box::new(tch_engine::TchEngine::from_weights(
+            spec,
+            &w,
+            backend.tch_device(),
+        )?)),
+        #[cfg(not(feature = "tch"))]
+        EngineKind::Tch => Err(Error::Invalid("engine tch: not in this build".into())),
     }
 }
 

@@ -2,7 +2,7 @@
 //! and a train step that lowers the loss.
 
 use super::generate::{self, model_input, pack, GenParams};
-use super::{load_engine, new_engine, EngineKind, ModelSpec};
+use super::{load_engine, new_engine, Backend, ModelSpec};
 use crate::rng::derive_rng;
 use crate::teacher::example;
 use crate::world::{ideal_response, Mix};
@@ -13,7 +13,7 @@ fn tiny() -> ModelSpec {
 
 #[test]
 fn save_load_round_trip_gives_identical_logits() {
-    let eng = new_engine(EngineKind::Burn, tiny(), 3).unwrap();
+    let eng = new_engine(Backend::BURN, tiny(), 3).unwrap();
     let mut rng = derive_rng(1, "t");
     let p = Mix::benign().sample(&mut rng);
     let input = model_input(&p);
@@ -23,15 +23,15 @@ fn save_load_round_trip_gives_identical_logits() {
     let dir = std::env::temp_dir().join(format!("distill-sim-test-{}", std::process::id()));
     let path = dir.join("m.safetensors");
     eng.save(&path).unwrap();
-    let loaded = load_engine(EngineKind::Burn, tiny(), &path).unwrap();
+    let loaded = load_engine(Backend::BURN, tiny(), &path).unwrap();
     assert_eq!(before, loaded.logits(&batch));
     // A different seed gives different weights.
-    let other = new_engine(EngineKind::Burn, tiny(), 4).unwrap();
+    let other = new_engine(Backend::BURN, tiny(), 4).unwrap();
     assert_ne!(before, other.logits(&batch));
     // Loading into a wrong spec is an error, not a panic.
     let mut wrong = tiny();
     wrong.d_model = 32;
-    assert!(load_engine(EngineKind::Burn, wrong, &path).is_err());
+    assert!(load_engine(Backend::BURN, wrong, &path).is_err());
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -42,7 +42,7 @@ fn cached_batched_generation_matches_full_recomputation() {
     let mut spec = tiny();
     spec.d_model = 32;
     spec.layers = 2;
-    let eng = new_engine(EngineKind::Burn, spec.clone(), 9).unwrap();
+    let eng = new_engine(Backend::BURN, spec.clone(), 9).unwrap();
     let mut rng = derive_rng(2, "t");
     let prompts: Vec<_> = (0..6).map(|_| Mix::benign().sample(&mut rng)).collect();
     let refs: Vec<_> = prompts.iter().collect();
@@ -78,7 +78,7 @@ fn cached_batched_generation_matches_full_recomputation() {
 
 #[test]
 fn training_lowers_the_loss() {
-    let mut eng = new_engine(EngineKind::Burn, tiny(), 5).unwrap();
+    let mut eng = new_engine(Backend::BURN, tiny(), 5).unwrap();
     let mut rng = derive_rng(3, "t");
     let examples: Vec<_> = (0..32)
         .map(|_| {
