@@ -114,14 +114,6 @@ impl Backend {
             DeviceKind::Cuda => "cuda",
         }
     }
-
-    #[cfg(feature = "tch")]
-    fn tch_device(&self) -> tch_engine::TchDevice {
-        match self.device {
-            DeviceKind::Cpu => tch_engine::TchDevice::Cpu,
-            DeviceKind::Cuda => tch_engine::TchDevice::Cuda,
-        }
-    }
 }
 
 /// Compute threads for engines that use several (LibTorch on the CPU); burn/flex trains on
@@ -142,7 +134,7 @@ pub fn new_engine(backend: Backend, spec: ModelSpec, seed: u64) -> Result<Box<dy
         EngineKind::Tch => Ok(Box::new(tch_engine::TchEngine::new(
             spec,
             seed,
-            backend.tch_device(),
+            backend.device,
         )?)),
         #[cfg(not(feature = "tch"))]
         EngineKind::Tch => Err(Error::Invalid("engine tch: not in this build".into())),
@@ -164,7 +156,7 @@ pub fn load_engine(
         EngineKind::Tch => Ok(Box::new(tch_engine::TchEngine::from_weights(
             spec,
             &w,
-            backend.tch_device(),
+            backend.device,
         )?)),
         #[cfg(not(feature = "tch"))]
         EngineKind::Tch => Err(Error::Invalid("engine tch: not in this build".into())),

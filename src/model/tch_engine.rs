@@ -12,6 +12,7 @@
 use super::engine::{Batch, Decoder, Engine, OptimSettings, Prefill, Targets};
 use super::spec::ModelSpec;
 use super::weights::{self, Weights};
+use super::DeviceKind;
 use crate::error::{Error, Result};
 use std::path::Path;
 use std::sync::Mutex;
@@ -21,13 +22,6 @@ const LN_EPS: f64 = 1e-5;
 const MASKED: f64 = -1e9;
 /// burn's AdamW epsilon (added to the square root of the corrected second moment).
 const ADAM_EPS: f64 = 1e-5;
-
-/// Where the LibTorch engine runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TchDevice {
-    Cpu,
-    Cuda,
-}
 
 /// Make LibTorch's CUDA backend available and check that a device is visible.
 ///
@@ -81,12 +75,10 @@ pub fn cuda_device() -> Result<Device> {
     Ok(Device::Cuda(0))
 }
 
-impl TchDevice {
-    fn device(self) -> Result<Device> {
-        match self {
-            TchDevice::Cpu => Ok(Device::Cpu),
-            TchDevice::Cuda => cuda_device(),
-        }
+fn device(kind: DeviceKind) -> Result<Device> {
+    match kind {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda => cuda_device(),
     }
 }
 
@@ -119,35 +111,23 @@ fn tch_err(e: tch::TchError) -> Error {
     Error::Model(format!("LibTorch: {e}"))
 }
 
-/// Names of a block's parameters, in the order of [`weights::shapes`].
-const BLOCK: [&str; 12] = [
-    "ln1.weight",
-    "ln1.bias",
-    "attn.qkv.weight",
-    "attn.qkv.bias",
-    "attn.proj.weight",
-    "attn.proj.bias",
-    "ln2.weight",
-    "ln2.bias",
-    "mlp.fc.weight",
-    "mlp.fc.bias",
-    "mlp.out.weight",
-    "mlp.out.bias",
-];
+/// Parameters per block (ln1 w/b, qkv w/b, proj w/b, ln2 w/b, fc w/b, out w/b), in the order
+/// of [`weights::shapes`]: three embeddings first, then the blocks, then ln_f w/b, head w/b.
+const BLOCK: usize = 12;
 
 impl TchEngine {
-    pub fn new(spec: ModelSpec, seed: u64, device: TchDevice) -> Result<TchEngine> {
+    pub fn new(spec: ModelSpec, seed: u64, device: DeviceKind) -> Result<TchEngine> {
         spec.validate().map_err(Error::Model)?;
         let w = weights::init(&spec, seed);
         Self::from_weights(spec, &w, device)
     }
 
-    pub fn from_weights(spec: ModelSpec, w: &Weights, device: TchDevice) -> Result<TchEngine> {
+    pub fn from_weights(spec: ModelSpec, w: &Weights, device: DeviceKind) -> Result<TchEngine> {
         spec.validate().map_err(Error::Model)?;
         w.check_spec(&spec)?;
-        let device = device.device()?;
+        let device = self::device(device)?;
         let names = weights::shapes(&spec);
-        debug_assert_eq!(names.len(), 3 + BLOCK.len() * spec.layers + 4);
+        debug_assert_eq!(names.len(), 3 + BLOCK * spec.layers + 4);
         let inner = Self::inner_from(&names, w, device)?;
         Ok(TchEngine {
             spec,
@@ -224,8 +204,8 @@ impl TchEngine {
             x.layer_norm([d], Some(w), Some(bias), LN_EPS, true)
         };
         for l in 0..self.spec.layers {
-            let q0 = 3 + l * BLOCK.len();
-            let bp = &p[q0..q0 + BLOCK.len()];
+            let q0 = 3 + l * BLOCK;
+            let bp = &p[q0..q0 + BLOCK];
             let a = ln(&x, &bp[0], &bp[1]);
             let qkv = a.matmul(&bp[2]) + &bp[3]; // [b, t, 3d]
             let parts = qkv.view([b, t, 3 * h, hs]).transpose(1, 2).chunk(3, 1);
@@ -259,7 +239,7 @@ impl TchEngine {
             let m = (m.matmul(&bp[8]) + &bp[9]).gelu("none");
             x = x + m.matmul(&bp[10]) + &bp[11];
         }
-        let f = 3 + BLOCK.len() * self.spec.layers;
+        let f = 3 + BLOCK * self.spec.layers;
         let x = ln(&x, &p[f], &p[f + 1]);
         x.matmul(&p[f + 2]) + &p[f + 3]
     }
