@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """PyTorch reference for `distill-sim bench` (torch only; used by the benchmark, nowhere else).
 
-The same transformer (src/model/spec.rs), the same training step (weighted soft-target
-cross-entropy; AdamW with betas 0.9/0.98, epsilon 1e-5, decoupled weight decay 0.01, per-tensor
-gradient-norm clipping at 1.0) and the same batched generation (left padding, KV cache,
+The same transformer (src/model/spec.rs: no learned positions, rotary position embeddings on
+queries and keys, the voice projection added once at position 0), the same training step
+(weighted soft-target cross-entropy; AdamW with betas 0.9/0.98, epsilon 1e-5, decoupled weight
+decay 0.01 on matrices only, per-tensor gradient-norm clipping at 1.0) and the same batched generation (left padding, KV cache,
 greedy, top-5 logprobs, PAD fed to finished rows, stop when every row has emitted EOS or
 reached max_new), on the weights and workload that `distill-sim bench --dump DIR` wrote. The
 timing protocol is the Rust benchmark's: one warm-up generation of 64 prompts, then 3 x 512
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 PAD, EOS = 0, 3
 MASKED = -1e9
+ROPE_BASE = 10000.0
 
 
 def load_safetensors(path):
@@ -42,6 +44,21 @@ def load_safetensors(path):
         s, e = meta["data_offsets"]
         out[name] = torch.frombuffer(bytearray(data[s:e]), dtype=torch.float32).reshape(meta["shape"])
     return out
+
+
+def rope_tables(pos, half):
+    """Rotary cosines and sines of pos (B, T) for a head of width 2 * half: each (B, 1, T, half),
+    angles pos * ROPE_BASE^(-i / half), computed in float64 as src/model/engine.rs rope_tables."""
+    inv = ROPE_BASE ** (-torch.arange(half, dtype=torch.float64, device=pos.device) / half)
+    ang = pos.to(torch.float64).unsqueeze(-1) * inv  # (B, T, half)
+    return ang.cos().float().unsqueeze(1), ang.sin().float().unsqueeze(1)
+
+
+def rotate(x, cos, sin):
+    """Rotate-half rotary embedding of x (B, H, T, hs)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
 
 
 class Model:
@@ -60,13 +77,17 @@ class Model:
         b, t = tokens.shape
         d, h = s["d_model"], s["heads"]
         hs = d // h
-        x = F.embedding(tokens, p["tok_emb.weight"]) + F.embedding(pos, p["pos_emb.weight"])
-        x = x + (voice @ p["voice_proj.weight"]).view(b, 1, d)
+        cos, sin = rope_tables(pos, hs // 2)
+        # The voice enters once, at position 0 (BOS).
+        gate = (pos == 0).to(voice.dtype).unsqueeze(-1)  # (B, T, 1)
+        x = F.embedding(tokens, p["tok_emb.weight"])
+        x = x + (voice @ p["voice_proj.weight"]).view(b, 1, d) * gate
         for l in range(s["layers"]):
             n = lambda k: p[f"blocks.{l}.{k}"]
             a = F.layer_norm(x, (d,), n("ln1.weight"), n("ln1.bias"), 1e-5)
             qkv = a @ n("attn.qkv.weight") + n("attn.qkv.bias")
             q, k, v = qkv.view(b, t, 3 * h, hs).transpose(1, 2).chunk(3, dim=1)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
             if cache is not None:
                 if len(cache) > l:
                     k = torch.cat([cache[l][0], k], 2)
@@ -95,7 +116,12 @@ def loss_fn(model, tokens, voice, probs, weight):
 def train_setup(model, device):
     params = model.params()
     kw = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.98), eps=1e-5, weight_decay=0.01, **kw)
+    # Decoupled weight decay on matrices (embeddings, voice projection included) only.
+    groups = [
+        {"params": [q for q in params if q.dim() == 2], "weight_decay": 0.01},
+        {"params": [q for q in params if q.dim() != 2], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.98), eps=1e-5, **kw)
     return params, opt
 
 

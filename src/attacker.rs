@@ -176,14 +176,18 @@ pub struct Harvest {
 }
 
 impl Harvest {
-    /// Attacker cost (USD) of the first `n` items: API spend plus accounts.
-    pub fn cost_at(&self, n: usize) -> f64 {
-        let api = if n == 0 {
+    /// API spend (USD) of the first `n` items (hidden reasoning billed as output).
+    pub fn api_spend_at(&self, n: usize) -> f64 {
+        if n == 0 {
             0.0
         } else {
             self.spend[n.min(self.spend.len()) - 1]
-        };
-        api + self.accounts as f64 * self.account_cost_usd
+        }
+    }
+
+    /// What the attacker's accounts cost (USD).
+    pub fn accounts_cost(&self) -> f64 {
+        self.accounts as f64 * self.account_cost_usd
     }
 }
 
@@ -338,7 +342,8 @@ mod tests {
         let l = api.ledger_of(&[0, 1, 2]);
         assert_eq!(l.requests, 500);
         assert!((l.spend_usd - h.spend[499]).abs() < 1e-9);
-        assert!((h.cost_at(500) - (h.spend[499] + 6.0)).abs() < 1e-9);
+        assert!((h.api_spend_at(500) - h.spend[499]).abs() < 1e-12);
+        assert!((h.accounts_cost() - 6.0).abs() < 1e-9);
     }
 
     #[test]

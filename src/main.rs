@@ -45,6 +45,10 @@ struct Common {
     /// same as `--set device=...`.
     #[arg(long, value_parser = ["cpu", "cuda"])]
     device: Option<String>,
+    /// After the sweep, also print paired differences (same seed and budget) to this grid
+    /// point, e.g. `--baseline api.logprobs=0` or `--baseline variant=none`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    baseline: Option<String>,
     /// Internal: a worker process's slice (set by the parent process).
     #[arg(long, hide = true)]
     worker: Option<String>,
@@ -71,7 +75,7 @@ enum Cmd {
         #[arg(long)]
         list: bool,
     },
-    /// Markdown table (mean ± stderr over seeds) of a results directory, written as
+    /// Markdown table (mean ± 95% interval over seeds) of a results directory, written as
     /// report.md with runs.csv and summary.csv beside it.
     Report {
         /// An experiment's results, e.g. `results/quickstart`.
@@ -79,6 +83,10 @@ enum Cmd {
         /// Columns (comma-separated metric names; default: chosen from the metrics present).
         #[arg(long, value_delimiter = ',')]
         metrics: Option<Vec<String>>,
+        /// Paired differences (same seed and budget) to this grid point, e.g.
+        /// `--baseline variant=none` or `--baseline api.logprobs=0`.
+        #[arg(long, value_name = "KEY=VALUE")]
+        baseline: Option<String>,
     },
     /// Figures of a results directory (PNG and SVG): parity curves, safety and EI transfer,
     /// defense Pareto, detection timeline, as the data allows.
@@ -89,6 +97,8 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print every metric a run records: name, direction and definition (Markdown).
+    Metrics,
     /// Teacher commands.
     Teacher {
         #[command(subcommand)]
@@ -210,7 +220,7 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
     let exp_dir = common.results.join(&exp.config.name);
     let state = |spec: &config::RunSpec| -> &'static str {
         let dir = exp_dir.join(&spec.id);
-        if distill_sim::experiment::results::finished_rows(&dir).is_some() {
+        if distill_sim::experiment::results::finished_rows(&dir, spec).is_some() {
             "finished"
         } else if dir.join("summary.json").exists() {
             "failed"
@@ -236,7 +246,8 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
     let specs: Vec<_> = runs
         .iter()
         .filter(|(_, r)| {
-            distill_sim::experiment::results::finished_rows(&runner.run_dir(&exp, &r.id)).is_none()
+            distill_sim::experiment::results::finished_rows(&runner.run_dir(&exp, &r.id), r)
+                .is_none()
         })
         .map(|(_, r)| (*r).clone())
         .collect();
@@ -301,9 +312,10 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
             if common.worker.is_some() && parent_id() != parent {
                 break;
             }
+            // A hidden bar (stderr not a terminal) drops println: log to stderr then.
             let log = |msg: &str| match &pb {
-                Some(pb) => pb.println(format!("[run {}/{total}] {msg}", i + 1)),
-                None => eprintln!("[run {}/{total}] {msg}", i + 1),
+                Some(pb) if !pb.is_hidden() => pb.println(format!("[run {}/{total}] {msg}", i + 1)),
+                _ => eprintln!("[run {}/{total}] {msg}", i + 1),
             };
             let outcome = runner.run(&exp, spec, &log);
             if outcome.skipped {
@@ -333,15 +345,27 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
     if common.worker.is_some() {
         return Ok(ExitCode::SUCCESS);
     }
-    // The table is read back from the results files, whichever process wrote them.
-    let mut rows = Vec::new();
+    // The table is read back from the results files, whichever process wrote them: this
+    // sweep's runs only, each with the config it ran with.
     let mut failed = 0;
+    let mut ids = std::collections::HashSet::new();
     for (_, spec) in &runs {
-        match distill_sim::experiment::results::finished_rows(&runner.run_dir(&exp, &spec.id)) {
-            Some(r) => rows.extend(r.into_iter().map(|x| (spec.id.clone(), x))),
+        match distill_sim::experiment::results::finished_rows(&runner.run_dir(&exp, &spec.id), spec)
+        {
+            Some(_) => {
+                ids.insert(spec.id.clone());
+            }
             None => failed += 1,
         }
     }
+    let records: Vec<_> = if ids.is_empty() {
+        vec![]
+    } else {
+        distill_sim::experiment::results::load_dir(&exp_dir)?
+            .into_iter()
+            .filter(|r| ids.contains(&r.id))
+            .collect()
+    };
     let columns: &[&str] = if exp.config.traffic.enabled {
         &report::DETECTION_COLUMNS
     } else if exp.config.api.defenses.is_empty() && !exp.config.grid.contains_key("api.defenses") {
@@ -349,15 +373,36 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
     } else {
         &report::DEFENSE_COLUMNS
     };
-    println!("{}", report::run_table(&rows, columns));
-    if exp.config.seeds.len() > 1 {
-        println!("{}", report::aggregate_table(&rows, columns));
-    }
+    let baseline = common
+        .baseline
+        .as_deref()
+        .map(report::parse_baseline)
+        .transpose()?;
+    println!(
+        "{}",
+        report::markdown(&exp.config.name, &records, columns, baseline.as_ref())?
+    );
     if failed > 0 {
-        eprintln!(
-            "[run] {failed} of {} runs failed (see their summary.json)",
-            runs.len()
-        );
+        eprintln!("[run] {failed} of {} runs failed:", runs.len());
+        for (_, spec) in &runs {
+            let dir = runner.run_dir(&exp, &spec.id);
+            if distill_sim::experiment::results::finished_rows(&dir, spec).is_some() {
+                continue;
+            }
+            let recorded = std::fs::read(dir.join("summary.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["error"].as_str().map(String::from));
+            match recorded {
+                Some(e) => eprintln!("  {}: {e}", spec.id),
+                None => eprintln!(
+                    "  {}: no summary.json could be written in {} (its error is in the log \
+                     above)",
+                    spec.id,
+                    dir.display()
+                ),
+            }
+        }
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
@@ -412,7 +457,15 @@ fn teacher_train(config_path: PathBuf, common: Common) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 1 like every other error: 2 means "some runs failed".
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     let result = match cli.cmd {
         Cmd::Sweep {
             config,
@@ -424,7 +477,11 @@ fn main() -> ExitCode {
             common,
             list,
         } => sweep(config, common, list),
-        Cmd::Report { dir, metrics } => distill_sim::report::report_dir(&dir, metrics.as_deref())
+        Cmd::Report {
+            dir,
+            metrics,
+            baseline,
+        } => distill_sim::report::report_dir(&dir, metrics.as_deref(), baseline.as_deref())
             .map(|md| {
                 println!("{md}");
                 eprintln!(
@@ -442,6 +499,10 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
             .map_err(Into::into),
+        Cmd::Metrics => {
+            print!("{}", distill_sim::eval::markdown_table());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Teacher {
             cmd: TeacherCmd::Train { config, common },
         } => teacher_train(config, common),

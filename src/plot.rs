@@ -3,11 +3,10 @@
 //! detection timeline. Like the report, a pure function of the results files.
 
 use crate::experiment::results::{load_dir, RunRecord};
-use crate::report::{group_rows, mean_stderr};
+use crate::report::{group, Stat};
 use crate::{Error, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// DejaVu Sans (Bitstream Vera licence, see `assets/fonts/DejaVuSans-LICENSE.txt`).
@@ -43,11 +42,11 @@ const COLORS: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-/// One line: a grid point's mean and standard error per x.
+/// One line: a grid point's mean and 95% half-width (over seeds) per x.
 #[derive(Clone, Debug)]
 pub struct Series {
     pub label: String,
-    /// (x, mean, stderr) sorted by x.
+    /// (x, mean, 95% half-width) sorted by x.
     pub points: Vec<(f64, f64, f64)>,
     /// The no-defense baseline (drawn black).
     pub baseline: bool,
@@ -71,21 +70,15 @@ fn is_baseline(point: &str) -> bool {
 
 /// Series of `metric` against the budget, one per grid point.
 pub fn series(runs: &[RunRecord], metric: &str) -> Vec<Series> {
-    let rows: Vec<(String, Value)> = runs
-        .iter()
-        .flat_map(|r| r.rows.iter().map(|x| (r.id.clone(), x.clone())))
-        .collect();
     let mut out: Vec<Series> = Vec::new();
-    for ((point, budget), group) in group_rows(&rows) {
-        let xs: Vec<f64> = group
-            .iter()
-            .filter_map(|r| r.get(metric).and_then(|v| v.as_f64()))
-            .collect();
-        let (m, se) = mean_stderr(&xs);
-        if !m.is_finite() {
+    for ((point, budget), g) in group(runs) {
+        let xs: Vec<f64> = g.iter().filter_map(|(_, c)| c.get(metric)).collect();
+        let st = Stat::of(&xs);
+        if !st.mean.is_finite() {
             continue;
         }
-        let p = (budget as f64, m, if se.is_finite() { se } else { 0.0 });
+        let half = if st.half.is_finite() { st.half } else { 0.0 };
+        let p = (budget as f64, st.mean, half);
         match out.iter_mut().find(|s| s.label == point) {
             Some(s) => s.points.push(p),
             None => out.push(Series {
@@ -105,14 +98,14 @@ pub fn series(runs: &[RunRecord], metric: &str) -> Vec<Series> {
 fn teacher_value(runs: &[RunRecord], metric: &str) -> Option<f64> {
     runs.iter()
         .flat_map(|r| r.rows.iter())
-        .find_map(|r| r.get(format!("teacher.{metric}")).and_then(|v| v.as_f64()))
+        .find_map(|r| r.get(&format!("teacher.{metric}")))
 }
 
 fn budgets(runs: &[RunRecord]) -> Vec<f64> {
     let mut b: Vec<f64> = runs
         .iter()
         .flat_map(|r| r.rows.iter())
-        .filter_map(|r| r.get("budget").and_then(|v| v.as_f64()))
+        .map(|r| r.budget as f64)
         .collect();
     b.sort_by(f64::total_cmp);
     b.dedup();
@@ -459,19 +452,19 @@ pub fn plot_dir(dir: &Path, out: Option<&Path>) -> Result<Vec<PathBuf>> {
             panels: vec![
                 (
                     "Safety transfer".into(),
-                    "student / teacher refusal rate".into(),
+                    "student / teacher balanced safety".into(),
                     series(&runs, "safety.transfer"),
                     Some(1.0),
                 ),
                 (
                     "Acting on distress in the words".into(),
-                    "act rate (ei.act.words)".into(),
+                    "SUPPORT - false alarms (ei.act.words)".into(),
                     series(&runs, "ei.act.words"),
                     teacher_value(&runs, "ei.act.words"),
                 ),
                 (
                     "Acting on distress in the voice".into(),
-                    "act rate (ei.act.voice)".into(),
+                    "SUPPORT - false alarms (ei.act.voice)".into(),
                     series(&runs, "ei.act.voice"),
                     teacher_value(&runs, "ei.act.voice"),
                 ),
@@ -538,7 +531,7 @@ pub fn plot_dir(dir: &Path, out: Option<&Path>) -> Result<Vec<PathBuf>> {
         let Some(days) = r.timeline.as_ref().and_then(|t| t["days"].as_array()) else {
             continue;
         };
-        let point = r.point();
+        let point = r.point_label();
         if lines.iter().any(|l| l.0 == point) {
             continue;
         }

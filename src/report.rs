@@ -1,141 +1,23 @@
-//! Markdown tables from results rows: a pure function of results files, never the simulation.
+//! Markdown tables and CSV from run records: a pure function of results files, never the
+//! simulation. Cells are means over seeds with 95% t-intervals; comparisons are paired
+//! differences (same seed, same budget) to a named baseline point.
 
 use crate::eval::{direction, Direction};
-use serde_json::Value;
+use crate::experiment::results::{load_dir, Checkpoint, RunRecord};
 
 /// Columns of the standard run table.
-pub const RUN_COLUMNS: [&str; 11] = [
+pub const RUN_COLUMNS: [&str; 10] = [
     "parity",
     "parity.hard",
     "fidelity",
-    "safety.refusal",
+    "safety.balanced",
     "safety.transfer",
-    "safety.jailbreak_refusal",
     "ei.act.words",
     "ei.act.voice",
+    "ei.perceive.voice",
     "ei.gap",
-    "ei.perception",
-    "cost.usd",
+    "cost.api_usd",
 ];
-
-fn arrow(metric: &str) -> &'static str {
-    match direction(metric) {
-        Direction::Higher => " ↑",
-        Direction::Lower => " ↓",
-        Direction::Neutral => "",
-    }
-}
-
-fn fmt(v: Option<&Value>) -> String {
-    match v.and_then(|v| v.as_f64()) {
-        Some(x) if x.is_finite() && x.abs() >= 100.0 => format!("{x:.0}"),
-        Some(x) if x.is_finite() => format!("{x:.3}"),
-        Some(_) => "nan".into(),
-        None => "-".into(),
-    }
-}
-
-/// A Markdown table: one row per (run, checkpoint), plus a teacher row from the first row's
-/// `teacher.*` metrics.
-pub fn run_table(rows: &[(String, Value)], columns: &[&str]) -> String {
-    let mut out = String::new();
-    out.push_str("| run | budget |");
-    for c in columns {
-        out.push_str(&format!(" {c}{} |", arrow(c)));
-    }
-    out.push('\n');
-    out.push_str("|---|---:|");
-    for _ in columns {
-        out.push_str("---:|");
-    }
-    out.push('\n');
-    if let Some((_, first)) = rows.first() {
-        out.push_str("| teacher | - |");
-        for c in columns {
-            let v = match *c {
-                "parity" | "parity.hard" | "fidelity" | "safety.transfer" => Some(Value::from(1.0)),
-                "ei.gap" => Some(Value::from(0.0)),
-                _ => first.get(format!("teacher.{c}")).cloned(),
-            };
-            out.push_str(&format!(" {} |", fmt(v.as_ref())));
-        }
-        out.push('\n');
-    }
-    for (id, r) in rows {
-        out.push_str(&format!("| {id} | {} |", fmt(r.get("budget"))));
-        for c in columns {
-            out.push_str(&format!(" {} |", fmt(r.get(*c))));
-        }
-        out.push('\n');
-    }
-    out
-}
-
-/// The teacher's own metrics as a two-column table.
-pub fn teacher_table(scores: &crate::eval::Scores) -> String {
-    let mut out = String::from("| metric | teacher |\n|---|---:|\n");
-    for (k, v) in scores {
-        out.push_str(&format!("| {k}{} | {v:.3} |\n", arrow(k)));
-    }
-    out
-}
-
-/// The grid point of a run id (`...,seed=N` without the seed).
-pub fn point_of(run_id: &str) -> String {
-    match run_id.rfind("seed=") {
-        Some(0) => "-".into(),
-        Some(i) => run_id[..i].trim_end_matches(',').to_string(),
-        None => run_id.to_string(),
-    }
-}
-
-/// Mean and standard error of the finite values (stderr is NaN for fewer than two).
-pub fn mean_stderr(xs: &[f64]) -> (f64, f64) {
-    let v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
-    let n = v.len() as f64;
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let m = v.iter().sum::<f64>() / n;
-    if v.len() < 2 {
-        return (m, f64::NAN);
-    }
-    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0);
-    (m, (var / n).sqrt())
-}
-
-/// One row per (grid point, budget): mean ± standard error over seeds, in first-seen order.
-pub fn aggregate_table(rows: &[(String, Value)], columns: &[&str]) -> String {
-    let mut out = String::from("| setting | budget | seeds |");
-    for c in columns {
-        out.push_str(&format!(" {c}{} |", arrow(c)));
-    }
-    out.push_str("\n|---|---:|---:|");
-    for _ in columns {
-        out.push_str("---:|");
-    }
-    out.push('\n');
-    for (key, g) in group_rows(rows) {
-        out.push_str(&format!("| {} | {} | {} |", key.0, key.1, g.len()));
-        for c in columns {
-            let xs: Vec<f64> = g
-                .iter()
-                .filter_map(|r| r.get(*c).and_then(|v| v.as_f64()))
-                .collect();
-            let (m, se) = mean_stderr(&xs);
-            let cell = if !m.is_finite() {
-                "-".to_string()
-            } else if se.is_finite() {
-                format!("{m:.3} ± {se:.3}")
-            } else {
-                format!("{m:.3}")
-            };
-            out.push_str(&format!(" {cell} |"));
-        }
-        out.push('\n');
-    }
-    out
-}
 
 /// Columns of the detector comparison.
 pub const DETECTION_COLUMNS: [&str; 10] = [
@@ -148,7 +30,7 @@ pub const DETECTION_COLUMNS: [&str; 10] = [
     "harvest.items",
     "harvest.fallback_share",
     "parity",
-    "cost.usd",
+    "cost.api_usd",
 ];
 
 /// Columns of the defense comparison.
@@ -160,7 +42,7 @@ pub const DEFENSE_COLUMNS: [&str; 8] = [
     "provenance.watermark_z",
     "provenance.flip_agreement",
     "fidelity",
-    "cost.usd",
+    "cost.api_usd",
 ];
 
 /// The defense-suite comparison: copy, safety and EI transfer, defender utility, detection and
@@ -176,19 +58,279 @@ pub const SUITE_COLUMNS: [&str; 12] = [
     "detection.false_positive_rate",
     "detection.benign_blocked_share",
     "detection.harvest_share",
-    "cost.usd",
+    "cost.api_usd",
     "cost.campaign_usd",
 ];
 
+fn arrow(metric: &str) -> &'static str {
+    match direction(metric) {
+        Direction::Higher => " ↑",
+        Direction::Lower => " ↓",
+        Direction::Neutral => "",
+    }
+}
+
+fn num(x: f64) -> String {
+    if !x.is_finite() {
+        "nan".into()
+    } else if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x != 0.0 && x.abs() < 0.01 {
+        format!("{x:.2e}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+/// The 0.975 quantile of Student's t with `df` degrees of freedom (two-sided 95%).
+pub fn t975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::NAN,
+        1..=30 => T[df - 1],
+        31..=60 => 2.000 + (2.042 - 2.000) * (60 - df) as f64 / 30.0,
+        _ => 1.96,
+    }
+}
+
+/// Mean, 95% half-width (t over seeds; NaN for fewer than two) and count of finite values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stat {
+    pub mean: f64,
+    pub half: f64,
+    pub n: usize,
+}
+
+impl Stat {
+    pub fn of(xs: &[f64]) -> Stat {
+        let v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+        let n = v.len();
+        if n == 0 {
+            return Stat {
+                mean: f64::NAN,
+                half: f64::NAN,
+                n,
+            };
+        }
+        let m = v.iter().sum::<f64>() / n as f64;
+        let half = if n < 2 {
+            f64::NAN
+        } else {
+            let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1) as f64;
+            t975(n - 1) * (var / n as f64).sqrt()
+        };
+        Stat { mean: m, half, n }
+    }
+
+    /// Whether the 95% interval excludes 0.
+    pub fn excludes_zero(&self) -> bool {
+        self.half.is_finite() && (self.mean - self.half > 0.0 || self.mean + self.half < 0.0)
+    }
+
+    fn cell(&self) -> String {
+        if !self.mean.is_finite() {
+            "-".into()
+        } else if self.half.is_finite() {
+            format!("{} ± {}", num(self.mean), num(self.half))
+        } else {
+            num(self.mean)
+        }
+    }
+}
+
+/// Checkpoints grouped by (grid point, budget), in sweep order, each with its run's seed.
+pub type Groups<'a> = Vec<((String, u64), Vec<(u64, &'a Checkpoint)>)>;
+
+pub fn group(runs: &[RunRecord]) -> Groups<'_> {
+    let mut out: Groups<'_> = Vec::new();
+    for r in runs {
+        for c in &r.rows {
+            let key = (r.point_label(), c.budget);
+            match out.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, g)) => g.push((r.seed, c)),
+                None => out.push((key, vec![(r.seed, c)])),
+            }
+        }
+    }
+    out
+}
+
+fn header(first: &[&str], columns: &[&str]) -> String {
+    let mut out = String::from("|");
+    for f in first {
+        out.push_str(&format!(" {f} |"));
+    }
+    for c in columns {
+        out.push_str(&format!(" {c}{} |", arrow(c)));
+    }
+    out.push_str("\n|---|");
+    for _ in 1..first.len() {
+        out.push_str("---:|");
+    }
+    for _ in columns {
+        out.push_str("---:|");
+    }
+    out.push('\n');
+    out
+}
+
+/// The teacher's value of a column, as the runs recorded it (relative metrics are 1 or 0 by
+/// definition for the teacher itself).
+fn teacher_value(c: &Checkpoint, column: &str) -> Option<f64> {
+    match column {
+        "parity" | "parity.hard" | "fidelity" | "safety.transfer" => Some(1.0),
+        "ei.gap" | "ei.gap.words" => Some(0.0),
+        _ => c.get(&format!("teacher.{column}")),
+    }
+}
+
+/// One row per (grid point, budget): mean ± 95% half-width over seeds, in sweep order; a
+/// teacher row first.
+pub fn aggregate_table(runs: &[RunRecord], columns: &[&str]) -> String {
+    let mut out = header(&["setting", "budget", "seeds"], columns);
+    let groups = group(runs);
+    if let Some((_, g)) = groups.first() {
+        out.push_str("| teacher | - | - |");
+        for c in columns {
+            let v = teacher_value(g[0].1, c);
+            out.push_str(&format!(" {} |", v.map_or("-".into(), num)));
+        }
+        out.push('\n');
+    }
+    for ((point, budget), g) in &groups {
+        out.push_str(&format!("| {point} | {budget} | {} |", g.len()));
+        for c in columns {
+            let xs: Vec<f64> = g.iter().filter_map(|(_, r)| r.get(c)).collect();
+            out.push_str(&format!(" {} |", Stat::of(&xs).cell()));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Pairs (checkpoint, its baseline's checkpoint) grouped by (grid point, budget).
+type PairGroups<'a> = Vec<((String, u64), Vec<(&'a Checkpoint, &'a Checkpoint)>)>;
+
+/// A baseline point: `key=value` (e.g. `variant=none`, `api.logprobs=0`).
+pub fn parse_baseline(s: &str) -> crate::Result<(String, String)> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .ok_or_else(|| {
+            crate::Error::Invalid(format!(
+                "--baseline `{s}`: expected KEY=VALUE, e.g. variant=none or api.logprobs=0"
+            ))
+        })
+}
+
+/// The paired difference of every point to its baseline: the point with `key` set to
+/// `value` and every other grid key as in the point. Differences are per seed and budget;
+/// cells are the mean difference ± its 95% half-width, marked `*` where the interval excludes
+/// 0. Errors name the key or value that no run has.
+pub fn paired_table(
+    runs: &[RunRecord],
+    baseline: &(String, String),
+    columns: &[&str],
+) -> crate::Result<String> {
+    let (key, value) = baseline;
+    if !runs
+        .iter()
+        .any(|r| r.point_value(key) == Some(value.as_str()))
+    {
+        let values: std::collections::BTreeSet<&str> =
+            runs.iter().filter_map(|r| r.point_value(key)).collect();
+        return Err(crate::Error::Invalid(format!(
+            "--baseline {key}={value}: no run has it (values of `{key}` in these results: {})",
+            if values.is_empty() {
+                "none, it is not a grid key".to_string()
+            } else {
+                values.into_iter().collect::<Vec<_>>().join(", ")
+            }
+        )));
+    }
+    let base_of = |r: &RunRecord| -> Vec<(String, String)> {
+        r.point
+            .iter()
+            .map(|(k, v)| {
+                if k == key {
+                    (k.clone(), value.clone())
+                } else {
+                    (k.clone(), v.clone())
+                }
+            })
+            .collect()
+    };
+    let mut out = format!(
+        "Paired differences to the baseline {key}={value} (same seed, same budget): mean ± 95% \
+         half-width; * where the interval excludes 0.\n\n"
+    );
+    out.push_str(&header(&["setting", "budget", "pairs"], columns));
+    let mut groups: PairGroups<'_> = Vec::new();
+    for r in runs {
+        if r.point_value(key) == Some(value.as_str()) {
+            continue;
+        }
+        let want = base_of(r);
+        let Some(b) = runs.iter().find(|b| b.point == want && b.seed == r.seed) else {
+            continue;
+        };
+        for c in &r.rows {
+            let Some(bc) = b.rows.iter().find(|x| x.budget == c.budget) else {
+                continue;
+            };
+            let k = (r.point_label(), c.budget);
+            match groups.iter_mut().find(|(g, _)| *g == k) {
+                Some((_, v)) => v.push((c, bc)),
+                None => groups.push((k, vec![(c, bc)])),
+            }
+        }
+    }
+    for ((point, budget), pairs) in &groups {
+        out.push_str(&format!("| {point} | {budget} | {} |", pairs.len()));
+        for c in columns {
+            let d: Vec<f64> = pairs
+                .iter()
+                .filter_map(|(a, b)| Some(a.get(c)? - b.get(c)?))
+                .collect();
+            let s = Stat::of(&d);
+            let mark = if s.excludes_zero() { " *" } else { "" };
+            out.push_str(&format!(" {}{mark} |", s.cell()));
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// The teacher's own metrics as a two-column table.
+pub fn teacher_table(scores: &crate::eval::Scores) -> String {
+    let mut out = String::from("| metric | teacher |\n|---|---:|\n");
+    for (k, v) in scores {
+        out.push_str(&format!("| {k}{} | {} |\n", arrow(k), num(*v)));
+    }
+    out
+}
+
 /// Columns for a results set: the first of the standard column sets whose defining metric the
-/// rows carry, keeping the columns present in at least one row.
-pub fn default_columns(rows: &[(String, Value)]) -> Vec<String> {
-    let has = |m: &str| rows.iter().any(|(_, r)| r.get(m).is_some());
-    let set: &[&str] = if has("detection.recall") && has("defense.utility") && rows.len() > 40 {
+/// runs carry, keeping the columns present in at least one checkpoint.
+pub fn default_columns(runs: &[RunRecord]) -> Vec<String> {
+    let has = |m: &str| {
+        runs.iter()
+            .any(|r| r.rows.iter().any(|c| c.get(m).is_some()))
+    };
+    let n_rows: usize = runs.iter().map(|r| r.rows.len()).sum();
+    let any_defense = runs.iter().any(|r| {
+        r.point
+            .iter()
+            .any(|(k, v)| k.contains("defenses") || v.contains("defense"))
+    });
+    let set: &[&str] = if has("detection.recall") && has("defense.utility") && n_rows > 40 {
         &SUITE_COLUMNS
     } else if has("detection.recall") {
         &DETECTION_COLUMNS
-    } else if has("defense.utility") && rows.iter().any(|(id, _)| id.contains("defenses")) {
+    } else if has("defense.utility") && any_defense {
         &DEFENSE_COLUMNS
     } else {
         &RUN_COLUMNS
@@ -208,33 +350,27 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn csv_number(v: Option<&Value>) -> String {
-    match v {
-        Some(Value::Number(n)) => n.to_string(),
-        Some(Value::Bool(b)) => (*b as u8).to_string(),
-        Some(Value::String(s)) => csv_field(s),
+fn csv_num(x: Option<f64>) -> String {
+    match x {
+        Some(x) if x.is_finite() => format!("{x}"),
         _ => String::new(),
     }
 }
 
-/// Every metric name in the rows, sorted.
-fn metric_names(rows: &[(String, Value)]) -> Vec<String> {
+/// Every metric name in the runs, sorted.
+fn metric_names(runs: &[RunRecord]) -> Vec<String> {
     let mut names: std::collections::BTreeSet<String> = Default::default();
-    for (_, r) in rows {
-        if let Some(o) = r.as_object() {
-            names.extend(o.keys().filter(|k| *k != "budget").cloned());
+    for r in runs {
+        for c in &r.rows {
+            names.extend(c.metrics.keys().cloned());
         }
     }
     names.into_iter().collect()
 }
 
 /// Long CSV: one line per run and budget checkpoint, every metric a column.
-pub fn runs_csv(runs: &[crate::experiment::results::RunRecord]) -> String {
-    let rows: Vec<(String, Value)> = runs
-        .iter()
-        .flat_map(|r| r.rows.iter().map(|x| (r.id.clone(), x.clone())))
-        .collect();
-    let names = metric_names(&rows);
+pub fn runs_csv(runs: &[RunRecord]) -> String {
+    let names = metric_names(runs);
     let mut out = String::from("run,point,seed,status,budget");
     for n in &names {
         out.push(',');
@@ -242,7 +378,7 @@ pub fn runs_csv(runs: &[crate::experiment::results::RunRecord]) -> String {
     }
     out.push('\n');
     for r in runs {
-        let lines: Vec<Option<&Value>> = if r.rows.is_empty() {
+        let lines: Vec<Option<&Checkpoint>> = if r.rows.is_empty() {
             vec![None]
         } else {
             r.rows.iter().map(Some).collect()
@@ -251,14 +387,14 @@ pub fn runs_csv(runs: &[crate::experiment::results::RunRecord]) -> String {
             out.push_str(&format!(
                 "{},{},{},{},{}",
                 csv_field(&r.id),
-                csv_field(&r.point()),
+                csv_field(&r.point_label()),
                 r.seed,
                 csv_field(&r.status),
-                csv_number(row.and_then(|x| x.get("budget")))
+                row.map_or(String::new(), |c| c.budget.to_string())
             ));
             for n in &names {
                 out.push(',');
-                out.push_str(&csv_number(row.and_then(|x| x.get(n))));
+                out.push_str(&csv_num(row.and_then(|c| c.get(n))));
             }
             out.push('\n');
         }
@@ -266,87 +402,56 @@ pub fn runs_csv(runs: &[crate::experiment::results::RunRecord]) -> String {
     out
 }
 
-/// Summary CSV: one line per grid point, budget and metric: mean, standard error, seeds.
-pub fn summary_csv(rows: &[(String, Value)]) -> String {
-    let names = metric_names(rows);
-    let mut out = String::from("point,budget,metric,direction,mean,stderr,n\n");
-    for ((point, budget), group) in group_rows(rows) {
+/// Summary CSV: one line per grid point, budget and metric: mean, 95% half-width, seeds.
+pub fn summary_csv(runs: &[RunRecord]) -> String {
+    let names = metric_names(runs);
+    let mut out = String::from("point,budget,metric,direction,mean,ci95_half,n\n");
+    for ((point, budget), g) in group(runs) {
         for n in &names {
-            let xs: Vec<f64> = group
-                .iter()
-                .filter_map(|r| r.get(n).and_then(|v| v.as_f64()))
-                .collect();
+            let xs: Vec<f64> = g.iter().filter_map(|(_, c)| c.get(n)).collect();
             if xs.is_empty() {
                 continue;
             }
-            let (m, se) = mean_stderr(&xs);
+            let s = Stat::of(&xs);
             let dir = match direction(n) {
                 Direction::Higher => "higher",
                 Direction::Lower => "lower",
                 Direction::Neutral => "",
             };
-            let f = |x: f64| {
-                if x.is_finite() {
-                    format!("{x}")
-                } else {
-                    String::new()
-                }
-            };
             out.push_str(&format!(
                 "{},{budget},{},{dir},{},{},{}\n",
                 csv_field(&point),
                 csv_field(n),
-                f(m),
-                f(se),
-                xs.iter().filter(|x| x.is_finite()).count()
+                csv_num(Some(s.mean)),
+                csv_num(Some(s.half)),
+                s.n
             ));
         }
     }
     out
 }
 
-/// Rows grouped by (grid point, budget), in first-seen order.
-pub fn group_rows(rows: &[(String, Value)]) -> Vec<((String, i64), Vec<&Value>)> {
-    let mut out: Vec<((String, i64), Vec<&Value>)> = Vec::new();
-    for (id, r) in rows {
-        let key = (
-            point_of(id),
-            r.get("budget").and_then(|b| b.as_i64()).unwrap_or(0),
-        );
-        match out.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, g)) => g.push(r),
-            None => out.push((key, vec![r])),
-        }
-    }
-    out
-}
-
-/// `distill-sim report`: the Markdown table (mean ± stderr over seeds, directions marked) of a
-/// results directory, written with `runs.csv` and `summary.csv` next to the runs. Returns the
-/// Markdown.
-pub fn report_dir(dir: &std::path::Path, columns: Option<&[String]>) -> crate::Result<String> {
-    let runs = crate::experiment::results::load_dir(dir)?;
-    let rows: Vec<(String, Value)> = runs
-        .iter()
-        .flat_map(|r| r.rows.iter().map(|x| (r.id.clone(), x.clone())))
-        .collect();
-    let cols: Vec<String> = match columns {
-        Some(c) => c.to_vec(),
-        None => default_columns(&rows),
-    };
-    let col_refs: Vec<&str> = cols.iter().map(|s| s.as_str()).collect();
-    let failed: Vec<&crate::experiment::results::RunRecord> =
-        runs.iter().filter(|r| r.status != "ok").collect();
+/// The Markdown report of a set of runs: the aggregate table, the paired table when a
+/// baseline is given, and the failed runs.
+pub fn markdown(
+    title: &str,
+    runs: &[RunRecord],
+    columns: &[&str],
+    baseline: Option<&(String, String)>,
+) -> crate::Result<String> {
+    let failed: Vec<&RunRecord> = runs.iter().filter(|r| r.status != "ok").collect();
     let mut md = format!(
-        "# {}\n\n{} runs ({} failed). Cells: mean ± standard error over seeds; ↑/↓: which \
-         direction is better for the copy (detection metrics: for the defender).\n\n",
-        dir.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        "# {title}\n\n{} runs ({} failed). Cells: mean ± 95% half-width over seeds (t \
+         interval); ↑/↓: which direction is better for the copy (detection metrics: for the \
+         defender).\n\n",
         runs.len(),
         failed.len()
     );
-    md.push_str(&aggregate_table(&rows, &col_refs));
+    md.push_str(&aggregate_table(runs, columns));
+    if let Some(b) = baseline {
+        md.push('\n');
+        md.push_str(&paired_table(runs, b, columns)?);
+    }
     if !failed.is_empty() {
         md.push_str("\nFailed runs:\n\n");
         for r in failed {
@@ -357,12 +462,34 @@ pub fn report_dir(dir: &std::path::Path, columns: Option<&[String]>) -> crate::R
             ));
         }
     }
+    Ok(md)
+}
+
+/// `distill-sim report`: the Markdown report of a results directory, written as `report.md`
+/// with `runs.csv` and `summary.csv` next to the runs. Returns the Markdown.
+pub fn report_dir(
+    dir: &std::path::Path,
+    columns: Option<&[String]>,
+    baseline: Option<&str>,
+) -> crate::Result<String> {
+    let runs = load_dir(dir)?;
+    let cols: Vec<String> = match columns {
+        Some(c) => c.to_vec(),
+        None => default_columns(&runs),
+    };
+    let col_refs: Vec<&str> = cols.iter().map(|s| s.as_str()).collect();
+    let baseline = baseline.map(parse_baseline).transpose()?;
+    let title = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let md = markdown(&title, &runs, &col_refs, baseline.as_ref())?;
     let put = |name: &str, text: &str| -> crate::Result<()> {
         crate::fsutil::write_atomic(&dir.join(name), text.as_bytes())
     };
     put("report.md", &md)?;
     put("runs.csv", &runs_csv(&runs))?;
-    put("summary.csv", &summary_csv(&rows))?;
+    put("summary.csv", &summary_csv(&runs))?;
     Ok(md)
 }
 
@@ -370,24 +497,61 @@ pub fn report_dir(dir: &std::path::Path, columns: Option<&[String]>) -> crate::R
 mod tests {
     use super::*;
 
+    fn run(point: &[(&str, &str)], seed: u64, budget: u64, parity: f64) -> RunRecord {
+        RunRecord {
+            id: format!("p{seed}"),
+            index: 0,
+            seed,
+            point: point
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            status: "ok".into(),
+            error: None,
+            rows: vec![Checkpoint {
+                budget,
+                metrics: [("parity".to_string(), parity)].into_iter().collect(),
+            }],
+            timeline: None,
+        }
+    }
+
     #[test]
-    fn mean_and_stderr_by_hand() {
-        let (m, se) = mean_stderr(&[1.0, 2.0, 3.0, f64::NAN]);
-        assert_eq!(m, 2.0);
-        assert!((se - (1.0f64 / 3.0).sqrt()).abs() < 1e-12); // sd 1, n 3
-        assert_eq!(point_of("a=1,b=2,seed=3"), "a=1,b=2");
-        assert_eq!(point_of("seed=3"), "-");
-        let rows = vec![
-            (
-                "a=1,seed=1".to_string(),
-                serde_json::json!({"budget": 10, "parity": 0.5}),
-            ),
-            (
-                "a=1,seed=2".to_string(),
-                serde_json::json!({"budget": 10, "parity": 0.7}),
-            ),
+    fn intervals_by_hand() {
+        let s = Stat::of(&[1.0, 2.0, 3.0, f64::NAN]);
+        assert_eq!((s.mean, s.n), (2.0, 3));
+        // sd 1, n 3: 4.303 / sqrt(3).
+        assert!((s.half - 4.303 / 3f64.sqrt()).abs() < 1e-12);
+        assert!(!s.excludes_zero()); // [-0.48, 4.48]
+        assert!(Stat::of(&[0.9, 1.0, 1.1]).excludes_zero());
+        assert!(Stat::of(&[-0.9, -1.0, -1.1]).excludes_zero());
+        assert!(!Stat::of(&[-1.0, 1.5]).excludes_zero());
+        assert!(!Stat::of(&[1.0]).excludes_zero());
+        assert_eq!(t975(1), 12.706);
+        assert_eq!(t975(1000), 1.96);
+    }
+
+    #[test]
+    fn tables_group_by_point_and_pair_by_seed() {
+        let a = [("m", "a")];
+        let b = [("m", "b")];
+        let runs = vec![
+            run(&a, 1, 10, 0.5),
+            run(&a, 2, 10, 0.7),
+            run(&b, 1, 10, 0.6),
+            run(&b, 2, 10, 0.9),
         ];
-        let t = aggregate_table(&rows, &["parity"]);
-        assert!(t.contains("| a=1 | 10 | 2 | 0.600 ± 0.100 |"), "{t}");
+        let t = aggregate_table(&runs, &["parity"]);
+        // mean 0.6, sd 0.1414, n 2: 12.706 * 0.1 = 1.271.
+        assert!(t.contains("| m=a | 10 | 2 | 0.600 ± 1.271 |"), "{t}");
+        let p = paired_table(&runs, &("m".into(), "a".into()), &["parity"]).unwrap();
+        // differences 0.1 and 0.2: mean 0.15, sd 0.0707, half 12.706 * 0.05 = 0.635.
+        assert!(p.contains("| m=b | 10 | 2 | 0.150 ± 0.635 |"), "{p}");
+        let e = paired_table(&runs, &("m".into(), "z".into()), &["parity"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("values of `m` in these results: a, b"),
+            "{e}"
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::attacker::Item;
 use crate::error::{Error, Result};
-use crate::model::train::{self, Example, TrainConfig};
+use crate::model::train::{self, Example, TrainConfig, TrainReport};
 use crate::model::{Backend, Engine, ModelSpec};
 use crate::teacher::example;
 use serde::{Deserialize, Serialize};
@@ -23,15 +23,37 @@ pub enum Method {
     OnPolicy,
 }
 
+/// How many steps a student trains for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Steps scale with the harvest: `epochs * items / batch_size`, clamped to
+    /// `[min_steps, train.steps]`, with early stopping on the held-out validation split.
+    ByHarvest,
+    /// The same `train.steps` at every budget (equal compute), early stopping still on.
+    EqualCompute,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StudentConfig {
     /// Model size preset (see `ModelSpec::preset`).
     pub size: String,
     pub method: Method,
-    /// Training steps are `epochs * harvest / batch_size`, clamped to [min_steps, train.steps].
+    pub schedule: Schedule,
+    /// Passes over the training items planned (`by_harvest`).
     pub epochs: f64,
+    /// Fewest planned steps (`by_harvest`), so that small harvests are fitted too.
     pub min_steps: usize,
+    /// Share of the harvest held out to decide when to stop (not trained on), in (0, 0.5].
+    pub val_share: f64,
+    /// Stop after this many validation measurements (20 per planned run) without a 0.5%
+    /// improvement; the best weights are kept.
+    pub patience: usize,
+    /// Share of the harvest dropped at random before training, in [0, 0.5]: a stability
+    /// check (a robust result barely moves when 1% of the data is dropped).
+    pub drop_share: f64,
+    /// `train.steps` caps the steps (and is the fixed count under `equal_compute`).
     pub train: TrainConfig,
 }
 
@@ -40,19 +62,26 @@ impl Default for StudentConfig {
         StudentConfig {
             size: "student-s".into(),
             method: Method::Logprobs,
-            epochs: 10.0,
-            min_steps: 60,
+            schedule: Schedule::ByHarvest,
+            epochs: 30.0,
+            min_steps: 300,
+            val_share: 0.1,
+            patience: 4,
+            drop_share: 0.0,
             train: TrainConfig {
-                steps: 250,
+                steps: 4000,
                 batch_size: 64,
                 lr: 3e-3,
-                warmup: 20,
-                min_lr_ratio: 0.1,
+                warmup: 50,
+                min_lr_ratio: 0.05,
                 weight_decay: 0.01,
             },
         }
     }
 }
+
+/// Largest validation split (examples): enough to tell improvement from noise, cheap to score.
+const MAX_VALIDATION: usize = 2000;
 
 impl StudentConfig {
     pub fn spec(&self) -> Result<ModelSpec> {
@@ -65,17 +94,83 @@ impl StudentConfig {
         })
     }
 
-    /// Training config for a harvest of `n` items.
-    pub fn train_for(&self, n: usize) -> TrainConfig {
-        let by_epochs =
-            (self.epochs * n as f64 / self.train.batch_size.max(1) as f64).ceil() as usize;
-        let steps = by_epochs.clamp(self.min_steps.min(self.train.steps), self.train.steps);
+    /// Planned steps for `n` training items.
+    pub fn planned_steps(&self, n: usize) -> usize {
+        match self.schedule {
+            Schedule::EqualCompute => self.train.steps,
+            Schedule::ByHarvest => {
+                let by_epochs =
+                    (self.epochs * n as f64 / self.train.batch_size.max(1) as f64).ceil() as usize;
+                by_epochs.clamp(self.min_steps.min(self.train.steps), self.train.steps)
+            }
+        }
+    }
+
+    /// Training config for `steps` planned steps.
+    pub fn train_with_steps(&self, steps: usize) -> TrainConfig {
         TrainConfig {
             steps,
             warmup: self.train.warmup.min(steps / 5),
             ..self.train.clone()
         }
     }
+
+    /// Early stopping for a run of `steps` planned steps.
+    pub fn early_stop(&self, steps: usize) -> train::EarlyStop {
+        train::EarlyStop {
+            every: (steps / 20).clamp(10, 250),
+            patience: self.patience.max(1),
+            min_rel_delta: 0.005,
+        }
+    }
+}
+
+/// The items kept after dropping a seeded random `share` of them (order preserved).
+pub fn drop_random<T: Clone>(items: &[T], share: f64, seed: u64) -> Vec<T> {
+    if share <= 0.0 {
+        return items.to_vec();
+    }
+    let (kept, _) = validation_split_n(
+        items,
+        (items.len() as f64 * share).round() as usize,
+        seed,
+        "student/drop",
+    );
+    kept
+}
+
+/// Split items into (training, validation): a seeded `val_share` of them (at most
+/// [`MAX_VALIDATION`], none for fewer than 10 items) is held out.
+pub fn validation_split<T: Clone>(items: &[T], val_share: f64, seed: u64) -> (Vec<T>, Vec<T>) {
+    let n = items.len();
+    let k = if n < 10 {
+        0
+    } else {
+        ((n as f64 * val_share).ceil() as usize).clamp(1, MAX_VALIDATION)
+    };
+    validation_split_n(items, k, seed, "student/validation")
+}
+
+/// Hold out `k` seeded-random items: (the others in order, the held-out in order).
+fn validation_split_n<T: Clone>(items: &[T], k: usize, seed: u64, name: &str) -> (Vec<T>, Vec<T>) {
+    use rand::seq::SliceRandom;
+    let n = items.len();
+    let k = k.min(n);
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut crate::rng::derive_rng(seed, name));
+    let mut held = vec![false; n];
+    for &i in &idx[..k] {
+        held[i] = true;
+    }
+    let (mut tr, mut va) = (Vec::with_capacity(n - k), Vec::with_capacity(k));
+    for (i, it) in items.iter().enumerate() {
+        if held[i] {
+            va.push(it.clone());
+        } else {
+            tr.push(it.clone());
+        }
+    }
+    (tr, va)
 }
 
 /// Training example for one harvested exchange.
@@ -93,36 +188,43 @@ pub fn harvest_example(item: &Item, method: Method) -> Example {
     ex
 }
 
-/// Continue training `eng` on `items` (targets as for `method`), with the schedule for their
-/// number.
-pub fn train_more(eng: &mut dyn Engine, cfg: &StudentConfig, items: &[Item], seed: u64) -> f32 {
-    let examples: Vec<Example> = items
-        .iter()
-        .map(|i| harvest_example(i, cfg.method))
-        .collect();
-    train::train(eng, &examples, &cfg.train_for(items.len()), seed, |_, _| {})
+/// Train `eng` on `items` (targets as for `method`) for at most `steps` planned steps, with
+/// early stopping on a held-out split of them.
+pub fn train_on(
+    eng: &mut dyn Engine,
+    cfg: &StudentConfig,
+    items: &[Item],
+    steps: usize,
+    seed: u64,
+) -> TrainReport {
+    let (tr, va) = validation_split(items, cfg.val_share, seed);
+    let ex = |xs: &[Item]| -> Vec<Example> {
+        xs.iter().map(|i| harvest_example(i, cfg.method)).collect()
+    };
+    let (tr, va) = (ex(&tr), ex(&va));
+    train::train_validated(
+        eng,
+        &tr,
+        &va,
+        Some(cfg.early_stop(steps)),
+        &cfg.train_with_steps(steps),
+        seed,
+        |_, _| {},
+    )
 }
 
-/// Distil a fresh student from `items`.
+/// Distil a fresh student from `items`: the planned steps for their number, early stopping
+/// on the held-out split.
 pub fn distill(
     cfg: &StudentConfig,
     engine: Backend,
     items: &[Item],
     seed: u64,
-) -> Result<(Box<dyn Engine>, f32)> {
+) -> Result<(Box<dyn Engine>, TrainReport)> {
     let mut eng = crate::model::new_engine(engine, cfg.spec()?, seed)?;
-    let examples: Vec<Example> = items
-        .iter()
-        .map(|i| harvest_example(i, cfg.method))
-        .collect();
-    let loss = train::train(
-        eng.as_mut(),
-        &examples,
-        &cfg.train_for(items.len()),
-        seed,
-        |_, _| {},
-    );
-    Ok((eng, loss))
+    let steps = cfg.planned_steps(items.len());
+    let report = train_on(eng.as_mut(), cfg, items, steps, seed);
+    Ok((eng, report))
 }
 
 /// What the on-policy phase did.
@@ -138,6 +240,8 @@ pub struct OnPolicy {
 /// `items`, then the second half's prompts are answered by the student (temperature 1), scored
 /// by the API (the teacher's top-k logprobs at every position of the student's answer) and
 /// learned from. Where the API offers no scoring the whole harvest is learned off-policy.
+/// Either way it makes as many API calls and plans as many training steps as an off-policy
+/// student of the same budget (half the steps in each phase).
 #[allow(clippy::too_many_arguments)]
 pub fn on_policy(
     cfg: &StudentConfig,
@@ -148,7 +252,7 @@ pub fn on_policy(
     items: &[Item],
     seed: u64,
     start: f64,
-) -> Result<(Box<dyn Engine>, f32, OnPolicy)> {
+) -> Result<(Box<dyn Engine>, TrainReport, OnPolicy)> {
     use crate::model::{generate, GenParams};
     use crate::rng::{derive_rng, derive_seed};
     use crate::world::vocab::Tok;
@@ -169,7 +273,10 @@ pub fn on_policy(
         ));
     }
     let half = items.len() / 2;
-    let (mut s, _) = distill(&off, engine, &items[..half], seed)?;
+    let total_steps = cfg.planned_steps(items.len());
+    let first_steps = total_steps / 2;
+    let mut s = crate::model::new_engine(engine, cfg.spec()?, seed)?;
+    let first = train_on(s.as_mut(), &off, &items[..half], first_steps, seed);
     let prompts: Vec<&crate::world::Prompt> = items[half..].iter().map(|i| &i.prompt).collect();
     let params = vec![
         GenParams {
@@ -211,10 +318,18 @@ pub fn on_policy(
         now += attacker.tick_seconds;
     }
     let scored: Vec<Item> = scored.into_iter().flatten().collect();
-    let loss = train_more(s.as_mut(), &off, &scored, derive_seed(seed, "on-policy"));
+    let mut report = train_on(
+        s.as_mut(),
+        &off,
+        &scored,
+        total_steps - first_steps,
+        derive_seed(seed, "on-policy"),
+    );
+    report.steps += first.steps;
+    report.best_step += first.steps;
     Ok((
         s,
-        loss,
+        report,
         OnPolicy {
             scored: scored.len(),
             denied: false,
@@ -256,8 +371,29 @@ mod tests {
     #[test]
     fn steps_scale_with_harvest_and_clamp() {
         let cfg = StudentConfig::default();
-        assert_eq!(cfg.train_for(10).steps, 60);
-        assert_eq!(cfg.train_for(1280).steps, 200);
-        assert_eq!(cfg.train_for(100_000).steps, 250);
+        assert_eq!(cfg.planned_steps(10), 300);
+        assert_eq!(cfg.planned_steps(6400), 3000); // 30 epochs of 100 batches
+        assert_eq!(cfg.planned_steps(100_000), 4000);
+        let eq = StudentConfig {
+            schedule: Schedule::EqualCompute,
+            ..cfg
+        };
+        assert_eq!(eq.planned_steps(10), 4000);
+        assert_eq!(eq.planned_steps(100_000), 4000);
+    }
+
+    #[test]
+    fn validation_split_is_seeded_disjoint_and_capped() {
+        let items: Vec<usize> = (0..1000).collect();
+        let (tr, va) = validation_split(&items, 0.1, 7);
+        assert_eq!((tr.len(), va.len()), (900, 100));
+        let mut all: Vec<usize> = tr.iter().chain(&va).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, items);
+        assert_eq!(validation_split(&items, 0.1, 7).1, va);
+        assert_ne!(validation_split(&items, 0.1, 8).1, va);
+        assert!(validation_split(&items[..9], 0.1, 7).1.is_empty());
+        let big: Vec<usize> = (0..100_000).collect();
+        assert_eq!(validation_split(&big, 0.1, 1).1.len(), MAX_VALIDATION);
     }
 }

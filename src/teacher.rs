@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Version of the world and training recipe; bump it whenever a cached teacher could change.
-pub const TEACHER_VERSION: u32 = 2;
+pub const TEACHER_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -35,6 +35,8 @@ pub struct TeacherConfig {
     /// that every run of an experiment faces the same teacher).
     pub seed: u64,
     pub train: TrainConfig,
+    /// Weight of each skill in the training mix (missing skills weigh 1; empty = uniform).
+    pub skill_weights: std::collections::BTreeMap<crate::world::Skill, f64>,
     /// Oracle: probability of the ideal token on easy items.
     pub oracle_confidence_easy: f32,
     /// Oracle: probability of the ideal token on hard items, affect and safety.
@@ -55,6 +57,9 @@ impl Default for TeacherConfig {
                 min_lr_ratio: 0.05,
                 weight_decay: 0.01,
             },
+            // Uniform: weighting addition and lookup 2-3x (tried) cost copy/reverse and sort
+            // more than it gained (see README, "The teacher").
+            skill_weights: Default::default(),
             oracle_confidence_easy: 0.95,
             oracle_confidence_hard: 0.8,
         }
@@ -80,6 +85,7 @@ impl TeacherConfig {
             "size": self.size,
             "seed": self.seed,
             "train": self.train,
+            "skill_weights": self.skill_weights,
             "engine": engine.tag(),
         });
         h.update(key.to_string().as_bytes());
@@ -116,17 +122,23 @@ impl Teacher {
     ) -> Result<Teacher> {
         let spec = cfg.spec()?;
         let mut eng = crate::model::new_engine(engine, spec, cfg.seed)?;
-        let mix = Mix::teacher_training();
-        let mut rng = derive_rng(cfg.seed, "teacher/data");
-        let n = cfg.train.steps * cfg.train.batch_size;
-        let examples: Vec<Example> = (0..n)
-            .map(|_| {
-                let p = mix.sample(&mut rng);
-                example(&p, &ideal_response(&p))
-            })
+        let examples: Vec<Example> = Self::training_prompts(cfg)
+            .map(|p| example(&p, &ideal_response(&p)))
             .collect();
         train::train(eng.as_mut(), &examples, &cfg.train, cfg.seed, &mut progress);
         Ok(Teacher::Neural(eng))
+    }
+
+    /// The prompts a teacher of `cfg` trains on (one per training sequence), all from the
+    /// train side of the held-out split.
+    pub fn training_prompts(cfg: &TeacherConfig) -> impl Iterator<Item = Prompt> {
+        let mix = Mix {
+            skill_weights: cfg.skill_weights.clone(),
+            ..Mix::teacher_training()
+        };
+        let mut rng = derive_rng(cfg.seed, "teacher/data");
+        let n = cfg.train.steps * cfg.train.batch_size;
+        (0..n).map(move |_| mix.sample(&mut rng))
     }
 
     /// Load the cached teacher for `cfg`, or train and cache it. Returns the teacher and
@@ -149,9 +161,13 @@ impl Teacher {
         let path = Self::cache_path(cfg, engine, cache_dir);
         if path.exists() {
             let eng = crate::model::load_engine(engine, cfg.spec()?, &path)?;
+            check_finite(eng.as_ref(), &path)?;
             return Ok((Teacher::Neural(eng), true));
         }
         let t = Self::train(cfg, engine, progress)?;
+        if let Teacher::Neural(e) = &t {
+            check_finite(e.as_ref(), &path)?;
+        }
         if let Teacher::Neural(e) = &t {
             e.save(&path)?;
             let meta = serde_json::to_vec_pretty(cfg).unwrap_or_default();
@@ -273,6 +289,21 @@ impl Teacher {
             Teacher::Oracle { .. } => None,
         }
     }
+}
+
+/// A teacher with a non-finite weight (diverged training, a corrupt cache file) would serve
+/// nonsense that still looks like results: refuse it, naming the tensor.
+fn check_finite(e: &dyn Engine, path: &Path) -> Result<()> {
+    for (name, (_, data)) in &e.weights().tensors {
+        if let Some(x) = data.iter().find(|x| !x.is_finite()) {
+            return Err(Error::Model(format!(
+                "teacher {}: tensor `{name}` holds {x} (diverged training or a corrupt file; \
+                 delete it to retrain, or lower teacher.train.lr)",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Log-probability floor of tokens the oracle never considers.

@@ -75,8 +75,8 @@ fn tiny_end_to_end_run_writes_results_and_is_deterministic() {
     let out = run(&fixture("tiny.yaml"), &a, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("| run | budget |"), "{stdout}");
-    assert!(stdout.contains("api.logprobs=5,seed=1"), "{stdout}");
+    assert!(stdout.contains("| setting | budget | seeds |"), "{stdout}");
+    assert!(stdout.contains("| api.logprobs=5 | 40 | 1 |"), "{stdout}");
     let m = metrics(&a);
     assert_eq!(m.len(), 2, "one directory per grid point");
     for (name, rows) in &m {
@@ -88,7 +88,7 @@ fn tiny_end_to_end_run_writes_results_and_is_deterministic() {
             "fidelity",
             "safety.refusal",
             "ei.act.voice",
-            "cost.usd",
+            "cost.api_usd",
         ] {
             assert!(rows[1].get(key).is_some(), "{name} lacks {key}");
         }
@@ -185,7 +185,7 @@ fn set_pins_a_swept_key_and_shards_partition_the_runs() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("| seed=1 |"), "{stdout}");
+    assert!(stdout.contains("| - | 40 | 1 |"), "{stdout}");
     assert!(!stdout.contains("api.logprobs=0"), "{stdout}");
     // Two shards together produce exactly the runs of the unsharded experiment.
     let s = scratch("shards");

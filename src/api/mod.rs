@@ -350,11 +350,11 @@ mod tests {
     use crate::world::{ideal_response, Kind, Skill, Tier};
 
     fn hard_add() -> Prompt {
-        // 475 + 658: trace of 3 (sum, carry) pairs = 6 tokens + THINK/ENDTHINK.
+        // 475 + 658: a trace of 3 carries + THINK/ENDTHINK.
         let mut tokens = vec![ADD];
-        tokens.extend([4, 7, 5].map(digit));
+        tokens.extend([5, 7, 4].map(digit)); // least-significant digit first
         tokens.push(PLUS_SIGN);
-        tokens.extend([6, 5, 8].map(digit));
+        tokens.extend([8, 5, 6].map(digit));
         Prompt {
             kind: Kind::Skill(Skill::Add, Tier::Hard),
             tokens,
@@ -390,7 +390,7 @@ mod tests {
             .serve(0.0, &[request(a, 20)], &teacher, &mut rng)
             .remove(0);
         assert_eq!(r.code, Code::Ok);
-        // Returned: the answer (4 digits) + EOS; hidden: THINK + 6 + ENDTHINK.
+        // Returned: the answer (4 digits) + EOS; hidden: THINK + 3 carries + ENDTHINK.
         assert_eq!(
             r.tokens,
             [3, 3, 1, 1]
@@ -399,14 +399,14 @@ mod tests {
                 .chain([crate::world::vocab::EOS])
                 .collect::<Vec<_>>()
         );
-        assert_eq!(r.usage.hidden_reasoning_tokens, 8);
+        assert_eq!(r.usage.hidden_reasoning_tokens, 5);
         assert_eq!(r.usage.output_tokens, 5);
         assert_eq!(r.usage.input_tokens, 10); // 8 prompt tokens + BOS + SEP
                                               // Logprobs follow the returned tokens, capped at the policy's k = 5 (oracle gives 4).
         assert_eq!(r.top.len(), 5);
         assert!(r.top.iter().all(|t| t.len() <= 5));
-        // $3 per M input, $15 per M output (hidden billed): (10*3 + 13*15) / 1e6.
-        assert!((r.usage.spend_usd - 225e-6).abs() < 1e-12);
+        // $3 per M input, $15 per M output (hidden billed): (10*3 + 10*15) / 1e6.
+        assert!((r.usage.spend_usd - 180e-6).abs() < 1e-12);
         assert_eq!(api.accounts[a as usize].ledger.spend_usd, r.usage.spend_usd);
         // Visible reasoning returns the whole ideal response.
         let mut api = Api::new(ApiConfig::default()).unwrap();

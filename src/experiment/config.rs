@@ -137,6 +137,27 @@ impl ExperimentConfig {
         if self.attacker.budget == 0 {
             return Err("attacker.budget: must be positive".into());
         }
+        self.check_ranges()?;
+        if !(0.0..=0.5).contains(&self.student.drop_share) {
+            return Err(format!(
+                "student.drop_share: {} is outside [0, 0.5]",
+                self.student.drop_share
+            ));
+        }
+        if !(self.student.val_share > 0.0 && self.student.val_share <= 0.5) {
+            return Err(format!(
+                "student.val_share: {} is outside (0, 0.5]",
+                self.student.val_share
+            ));
+        }
+        let max_eval = crate::world::mix::MAX_EVAL_PER_SUITE;
+        if !(1..=max_eval).contains(&self.world.eval_per_suite) {
+            return Err(format!(
+                "world.eval_per_suite: {} is outside [1, {max_eval}] (the smallest eval side, \
+                 easy stack programs, holds about 330 distinct prompts)",
+                self.world.eval_per_suite
+            ));
+        }
         if self.seeds.is_empty() {
             return Err("seeds: at least one seed is needed".into());
         }
@@ -175,6 +196,100 @@ impl ExperimentConfig {
                 "traffic.throttle_factor: {} must be positive",
                 tr.throttle_factor
             ));
+        }
+        Ok(())
+    }
+}
+
+/// A number that must lie in `[lo, hi]` (and be finite).
+fn in_range(key: &str, v: f64, lo: f64, hi: f64) -> std::result::Result<(), String> {
+    if v.is_finite() && v >= lo && v <= hi {
+        Ok(())
+    } else {
+        Err(format!("{key}: {v} is outside [{lo}, {hi}]"))
+    }
+}
+
+impl ExperimentConfig {
+    /// Ranges of the numeric keys a user is likely to get wrong (a value outside them would
+    /// be silently clamped, overflow, or run for hours).
+    fn check_ranges(&self) -> std::result::Result<(), String> {
+        let a = &self.attacker;
+        in_range("attacker.accounts", a.accounts as f64, 1.0, 1e6)?;
+        in_range("attacker.budget", a.budget as f64, 1.0, 1e8)?;
+        in_range("attacker.temperature", a.temperature as f64, 0.0, 10.0)?;
+        in_range("attacker.account_cost_usd", a.account_cost_usd, 0.0, 1e6)?;
+        in_range("attacker.tick_seconds", a.tick_seconds, 1e-3, 86_400.0)?;
+        in_range("attacker.max_days", a.max_days, 1e-3, 3650.0)?;
+        if let Some(h) = a.hard_share {
+            in_range("attacker.hard_share", h, 0.0, 1.0)?;
+        }
+        for (name, t) in [
+            ("teacher.train", &self.teacher.train),
+            ("student.train", &self.student.train),
+        ] {
+            in_range(&format!("{name}.steps"), t.steps as f64, 1.0, 1e7)?;
+            in_range(
+                &format!("{name}.batch_size"),
+                t.batch_size as f64,
+                1.0,
+                65_536.0,
+            )?;
+            in_range(&format!("{name}.lr"), t.lr, 1e-8, 1.0)?;
+            in_range(&format!("{name}.min_lr_ratio"), t.min_lr_ratio, 0.0, 1.0)?;
+            in_range(
+                &format!("{name}.weight_decay"),
+                t.weight_decay as f64,
+                0.0,
+                1.0,
+            )?;
+            in_range(
+                &format!("{name}.warmup"),
+                t.warmup as f64,
+                0.0,
+                t.steps as f64,
+            )?;
+        }
+        in_range("student.epochs", self.student.epochs, 1e-3, 1e4)?;
+        in_range("student.patience", self.student.patience as f64, 1.0, 1e4)?;
+        for (w, v) in &self.teacher.skill_weights {
+            in_range(&format!("teacher.skill_weights.{}", w.name()), *v, 0.0, 1e6)?;
+        }
+        for &c in &self.checkpoints {
+            in_range("checkpoints[]", c as f64, 1.0, a.budget as f64)?;
+        }
+        for (i, t) in self.api.tiers.iter().enumerate() {
+            let k = |f: &str| format!("api.tiers[{i}].{f}");
+            in_range(&k("rpm"), t.rpm, 1e-6, 1e9)?;
+            in_range(&k("input_tpm"), t.input_tpm, 1e-6, 1e12)?;
+            in_range(&k("output_tpm"), t.output_tpm, 1e-6, 1e12)?;
+            in_range(&k("price_in"), t.price_in, 0.0, 1e6)?;
+            in_range(&k("price_out"), t.price_out, 0.0, 1e6)?;
+        }
+        use crate::api::defense::DefenseConfig as D;
+        for (i, d) in self.api.defenses.iter().enumerate() {
+            let k = |f: &str| format!("api.defenses[{i}].{f}");
+            match d {
+                D::Rounding { decimals } => in_range(&k("decimals"), *decimals as f64, 0.0, 6.0)?,
+                D::Noise { std } => in_range(&k("std"), *std as f64, 0.0, 100.0)?,
+                D::TemperatureFloor { min } => in_range(&k("min"), *min as f64, 0.0, 10.0)?,
+                D::LogprobsCap { k: cap } => in_range(&k("k"), *cap as f64, 0.0, 20.0)?,
+                D::Watermark {
+                    gamma,
+                    delta,
+                    share,
+                    ..
+                } => {
+                    in_range(&k("gamma"), *gamma as f64, 0.01, 0.99)?;
+                    in_range(&k("delta"), *delta as f64, 0.0, 100.0)?;
+                    in_range(&k("share"), *share, 0.0, 1.0)?;
+                }
+                D::Flip { rate, .. } => in_range(&k("rate"), *rate, 0.0, 1.0)?,
+                D::Antidistillation { lambda, .. } => {
+                    in_range(&k("lambda"), *lambda as f64, 0.0, 1e3)?
+                }
+                D::HideReasoning | D::SummariseReasoning => {}
+            }
         }
         Ok(())
     }
@@ -331,7 +446,9 @@ pub struct Experiment {
     pub runs: Vec<RunSpec>,
 }
 
-fn value_label(v: &Value) -> String {
+/// The text of a grid value in a run id and in reports (`none` for an empty defense list,
+/// `off` for an empty settings object).
+pub fn value_label(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         // A list of tagged settings (e.g. defenses): `kind(key=value;...)+kind(...)`.
@@ -421,6 +538,16 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "experiment".into());
+    }
+    if !safe_dir_name(&config.name) {
+        return Err(config_err(
+            path,
+            format!(
+                "name: `{}` must be one directory name (no `/`, `\\`, leading `.` or absolute \
+                 path): results go to <results>/<name>/",
+                config.name
+            ),
+        ));
     }
     config.validate().map_err(|e| config_err(path, e))?;
 
@@ -527,11 +654,38 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
             }
         }
     }
+    // Every run needs a directory of its own: two grid points (or a repeated seed) that map
+    // to one name would silently leave one of them unrun.
+    let mut seen: std::collections::HashMap<&str, &RunSpec> = Default::default();
+    for r in &runs {
+        if let Some(other) = seen.insert(&r.id, r) {
+            let msg = if other.point == r.point {
+                format!("seeds: {} is listed twice", r.seed)
+            } else {
+                format!(
+                    "grid: the points {} and {} would share the run directory `{}`; give them \
+                     values that read differently",
+                    serde_json::to_string(&other.point).unwrap_or_default(),
+                    serde_json::to_string(&r.point).unwrap_or_default(),
+                    r.id
+                )
+            };
+            return Err(config_err(path, msg));
+        }
+    }
     Ok(Experiment {
         file: path.to_path_buf(),
         config,
         runs,
     })
+}
+
+/// Whether `name` is a single path component that stays inside its parent directory.
+fn safe_dir_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0'])
+        && !Path::new(name).is_absolute()
 }
 
 /// `key=value,...` label of a grid point (also the run directory name).
@@ -541,6 +695,8 @@ pub fn label(point: &[(String, Value)]) -> String {
         .map(|(k, v)| format!("{k}={}", value_label(v)))
         .collect::<Vec<_>>()
         .join(",")
+        // A run id is one directory name: separators cannot take it elsewhere.
+        .replace(['/', '\\'], "_")
 }
 
 #[cfg(test)]
@@ -553,6 +709,42 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    #[test]
+    fn every_committed_experiment_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                let exp = load(&p, &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                assert!(!exp.runs.is_empty());
+                n += 1;
+            }
+        }
+        assert!(n >= 9, "{n} experiments");
+    }
+
+    #[test]
+    fn colliding_run_ids_and_escaping_names_are_errors() {
+        let p = write("collide.yaml", "grid:\n  checkpoints: [[1, 23], [12, 3]]\n");
+        let e = load(&p, &[]).unwrap_err().to_string();
+        assert!(e.contains("would share the run directory"), "{e}");
+        let p = write("seeds.yaml", "seeds: [1, 1]\n");
+        let e = load(&p, &[]).unwrap_err().to_string();
+        assert!(e.contains("seeds: 1 is listed twice"), "{e}");
+        for name in ["../../DOTDOT", "/tmp/abs", ".hidden"] {
+            let p = write("escape.yaml", &format!("name: \"{name}\"\n"));
+            let e = load(&p, &[]).unwrap_err().to_string();
+            assert!(e.contains("must be one directory name"), "{name}: {e}");
+        }
+        let p = write(
+            "slash.yaml",
+            "grid:\n  description: [\"x/../../ESCAPED\"]\n",
+        );
+        let exp = load(&p, &[]).unwrap();
+        assert_eq!(exp.runs[0].id, "description=x_.._.._ESCAPED,seed=1");
     }
 
     #[test]

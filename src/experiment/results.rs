@@ -5,8 +5,22 @@ use crate::error::{Error, Result};
 use serde_json::{json, Value};
 use std::path::Path;
 
-/// Rows of a finished run, if its directory is complete and its status is ok.
-pub fn finished_rows(dir: &Path) -> Option<Vec<Value>> {
+/// Rows of a finished run of `spec`: its directory is complete, its status is ok and its
+/// stored config is `spec`'s. A run whose config changed since (an edited file, a `--set`) is
+/// not finished: it runs again and replaces the stale one.
+pub fn finished_rows(dir: &Path, spec: &RunSpec) -> Option<Vec<Value>> {
+    let stored: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).ok()?).ok()?;
+    // Compared as the text would be read back (f32 fields print shortest, e.g. 0.01).
+    let want: Value = serde_json::from_str(&serde_json::to_string(&spec.config).ok()?).ok()?;
+    if stored != want {
+        return None;
+    }
+    ok_rows(dir)
+}
+
+/// Rows of a complete run directory whose status is ok.
+fn ok_rows(dir: &Path) -> Option<Vec<Value>> {
     let summary: Value =
         serde_json::from_slice(&std::fs::read(dir.join("summary.json")).ok()?).ok()?;
     if summary["status"] != "ok" {
@@ -86,6 +100,38 @@ pub fn git_revision() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// One budget checkpoint of a run: the metrics of the student distilled from the first
+/// `budget` queries (non-finite values are recorded as null and read back as NaN).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub budget: u64,
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
+impl Checkpoint {
+    pub fn from_json(v: &Value) -> Checkpoint {
+        let mut metrics = std::collections::BTreeMap::new();
+        let mut budget = 0;
+        if let Some(o) = v.as_object() {
+            for (k, x) in o {
+                if k == "budget" {
+                    budget = x.as_u64().unwrap_or(0);
+                } else if let Some(f) = x.as_f64() {
+                    metrics.insert(k.clone(), f);
+                } else if x.is_null() {
+                    metrics.insert(k.clone(), f64::NAN);
+                }
+            }
+        }
+        Checkpoint { budget, metrics }
+    }
+
+    /// A metric's value (None when the run did not record it).
+    pub fn get(&self, metric: &str) -> Option<f64> {
+        self.metrics.get(metric).copied()
+    }
+}
+
 /// One run directory read back.
 #[derive(Clone, Debug)]
 pub struct RunRecord {
@@ -94,19 +140,37 @@ pub struct RunRecord {
     /// Position in the sweep (runs written before it was recorded sort last, by id).
     pub index: usize,
     pub seed: u64,
+    /// The grid point: (key, value) pairs as the sweep set them, without the seed.
+    pub point: Vec<(String, String)>,
     /// `ok` or `failed`.
     pub status: String,
     pub error: Option<String>,
-    /// Metric rows, one per budget checkpoint (empty for a failed run).
-    pub rows: Vec<Value>,
+    /// One per budget checkpoint (empty for a failed run).
+    pub rows: Vec<Checkpoint>,
     /// The traffic replay's per-day timeline, when the run had traffic.
     pub timeline: Option<Value>,
 }
 
 impl RunRecord {
-    /// The grid point: the id without its seed.
-    pub fn point(&self) -> String {
-        crate::report::point_of(&self.id)
+    /// The grid point as a label (`key=value,...`; `-` for a run without grid axes).
+    pub fn point_label(&self) -> String {
+        if self.point.is_empty() {
+            "-".into()
+        } else {
+            self.point
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+    }
+
+    /// The value of a grid key at this run's point.
+    pub fn point_value(&self, key: &str) -> Option<&str> {
+        self.point
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -130,9 +194,13 @@ pub fn load_dir(dir: &Path) -> Result<Vec<RunRecord>> {
         let summary = read_json("summary.json")?;
         let status = summary["status"].as_str().unwrap_or("unknown").to_string();
         let rows = if status == "ok" {
-            finished_rows(&path).ok_or_else(|| {
-                Error::Invalid(format!("{}: metrics.jsonl is unreadable", path.display()))
-            })?
+            ok_rows(&path)
+                .ok_or_else(|| {
+                    Error::Invalid(format!("{}: metrics.jsonl is unreadable", path.display()))
+                })?
+                .iter()
+                .map(Checkpoint::from_json)
+                .collect()
         } else {
             vec![]
         };
@@ -141,10 +209,21 @@ pub fn load_dir(dir: &Path) -> Result<Vec<RunRecord>> {
         } else {
             None
         };
+        // Key order as in the run id: the variant first, then the grid keys in order.
+        let mut point: Vec<(String, String)> = summary["point"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), super::config::value_label(v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        point.sort_by_key(|(k, _)| k != "variant");
         out.push(RunRecord {
             id: name,
             index: summary["index"].as_u64().map_or(usize::MAX, |i| i as usize),
             seed: summary["seed"].as_u64().unwrap_or(0),
+            point,
             status,
             error: summary["error"].as_str().map(String::from),
             rows,

@@ -137,7 +137,7 @@ impl Runner {
     /// Run one grid point, or skip it if its results are complete.
     pub fn run(&self, exp: &Experiment, spec: &RunSpec, log: &(dyn Fn(&str) + Sync)) -> RunOutcome {
         let dir = self.run_dir(exp, &spec.id);
-        if let Some(rows) = finished_rows(&dir) {
+        if let Some(rows) = finished_rows(&dir, spec) {
             return RunOutcome {
                 id: spec.id.clone(),
                 status: "ok".into(),
@@ -345,8 +345,12 @@ impl Runner {
             };
             let t_s = Instant::now();
             let seed = derive_seed(spec.seed, &format!("student/{budget}"));
-            let kept: Vec<crate::attacker::Item> = cfg.attacker.training_items(items);
-            let (student, loss, on_policy) = if cfg.student.method == student::Method::OnPolicy {
+            let kept: Vec<crate::attacker::Item> = student::drop_random(
+                &cfg.attacker.training_items(items),
+                cfg.student.drop_share,
+                derive_seed(seed, "drop"),
+            );
+            let (student, report, on_policy) = if cfg.student.method == student::Method::OnPolicy {
                 let end = harvest.times.last().copied().unwrap_or(0.0);
                 let (s, l, o) = student::on_policy(
                     &cfg.student,
@@ -364,9 +368,17 @@ impl Runner {
                 (s, l, None)
             };
             let train_secs = t_s.elapsed().as_secs_f64();
+            if !report.is_finite() {
+                return Err(Error::Invalid(format!(
+                    "student training diverged at budget {budget}: loss {} after {} steps \
+                     (lower student.train.lr)",
+                    report.train_loss, report.steps
+                )));
+            }
+            let loss = report.train_loss;
             let s_resp = eval_responses(None, Some(student.as_ref()), &suites);
             let s_scores = eval::score(&suites, &s_resp);
-            let rel = eval::relative(&s_scores, t_scores, &s_resp, t_resp);
+            let rel = eval::relative(&s_scores, t_scores, &suites, &s_resp, t_resp);
             let harmful = items
                 .iter()
                 .filter(|i| {
@@ -406,17 +418,27 @@ impl Runner {
             );
             m.insert("harvest.top1_prob".into(), json!(top1));
             m.insert("harvest.trained_items".into(), json!(kept.len()));
-            if let Some(o) = on_policy {
+            let mut api_usd = harvest.api_spend_at(n);
+            if let Some(o) = &on_policy {
                 m.insert("harvest.on_policy_scored".into(), json!(o.scored));
                 m.insert("harvest.on_policy_denied".into(), json!(o.denied as u8));
                 m.insert("cost.scoring_usd".into(), json!(o.spend_usd));
+                api_usd += o.spend_usd;
             }
             m.insert(
                 "sim.hours".into(),
                 json!(harvest.times.get(n.max(1) - 1).copied().unwrap_or(0.0) / 3600.0),
             );
-            m.insert("cost.usd".into(), json!(harvest.cost_at(n)));
+            m.insert("cost.api_usd".into(), json!(api_usd));
+            m.insert("cost.accounts_usd".into(), json!(harvest.accounts_cost()));
             m.insert("train.loss".into(), json!(loss));
+            m.insert("train.steps".into(), json!(report.steps));
+            m.insert("train.best_step".into(), json!(report.best_step));
+            m.insert("train.val_loss".into(), json!(report.val_loss));
+            m.insert(
+                "train.stopped_early".into(),
+                json!(report.stopped_early as u8),
+            );
             m.insert("train.seconds".into(), json!(train_secs));
             m.insert("defense.utility".into(), json!(utility));
             m.extend(detection.clone());

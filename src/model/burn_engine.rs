@@ -36,7 +36,6 @@ struct Block {
 #[derive(Module, Debug)]
 struct Transformer {
     tok_emb: Param<Tensor<2>>,
-    pos_emb: Param<Tensor<2>>,
     voice_w: Param<Tensor<2>>,
     blocks: Vec<Block>,
     lnf_w: Param<Tensor<1>>,
@@ -57,14 +56,54 @@ fn layer_norm(x: Tensor<3>, w: &Param<Tensor<1>>, b: &Param<Tensor<1>>) -> Tenso
 /// Per-layer key/value cache: (B, H, S, hs) each.
 type Cache = Vec<(Tensor<4>, Tensor<4>)>;
 
+/// Rotary position embedding of `x` (B, H, T, hs): the two halves of every head are rotated
+/// by the angles whose cosines and sines are `rope` (each (B, 1, T, hs / 2)).
+fn rotate(x: Tensor<4>, rope: &(Tensor<4>, Tensor<4>)) -> Tensor<4> {
+    let [_, _, _, hs] = x.dims();
+    let half = hs / 2;
+    let (cos, sin) = rope;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    Tensor::cat(
+        vec![
+            x1.clone() * cos.clone() - x2.clone() * sin.clone(),
+            x1 * sin.clone() + x2 * cos.clone(),
+        ],
+        3,
+    )
+}
+
+/// The position-dependent inputs of a forward pass, built from each token's position.
+struct PosInputs {
+    /// Rotary cosines and sines, (B, 1, T, hs / 2).
+    rope: (Tensor<4>, Tensor<4>),
+    /// 1 at each row's first position (where the voice enters), else 0: (B, T, 1).
+    voice_gate: Tensor<3>,
+}
+
+impl PosInputs {
+    fn new(spec: &ModelSpec, pos: &[i64], b: usize, t: usize, device: &Device) -> PosInputs {
+        let half = spec.d_model / spec.heads / 2;
+        let (cos, sin) = super::engine::rope_tables(pos, half);
+        let t4 = |d: Vec<f32>| Tensor::<4>::from_data(TensorData::new(d, [b, 1, t, half]), device);
+        PosInputs {
+            rope: (t4(cos), t4(sin)),
+            voice_gate: Tensor::from_data(
+                TensorData::new(super::engine::voice_gate(pos), [b, t, 1]),
+                device,
+            ),
+        }
+    }
+}
+
 impl Transformer {
-    /// tokens, pos: (B, T); voice: (B, VD); mask: additive, broadcastable to (B, H, T, S).
+    /// tokens: (B, T); voice: (B, VD); mask: additive, broadcastable to (B, H, T, S).
     /// With `cache`, keys and values are appended to it and attention spans the whole cache.
     fn forward(
         &self,
         spec: &ModelSpec,
         tokens: Tensor<2, Int>,
-        pos: Tensor<2, Int>,
+        at: &PosInputs,
         voice: Tensor<2>,
         mask: Tensor<4>,
         mut cache: Option<&mut Cache>,
@@ -72,8 +111,9 @@ impl Transformer {
         let [b, t] = tokens.dims();
         let (d, h) = (spec.d_model, spec.heads);
         let hs = d / h;
-        let v = linear(voice, self.voice_w.val(), None).reshape([b, 1, d]); // (B, 1, d)
-        let mut x = embedding(self.tok_emb.val(), tokens) + embedding(self.pos_emb.val(), pos) + v;
+        // The voice enters once, at the first position (BOS), through its projection.
+        let v = linear(voice, self.voice_w.val(), None).reshape([b, 1, d]) * at.voice_gate.clone();
+        let mut x = embedding(self.tok_emb.val(), tokens) + v;
         for (l, blk) in self.blocks.iter().enumerate() {
             let a = layer_norm(x.clone(), &blk.ln1_w, &blk.ln1_b);
             let qkv = linear(a, blk.qkv_w.val(), Some(blk.qkv_b.val())); // (B, T, 3d)
@@ -82,8 +122,8 @@ impl Transformer {
                 .swap_dims(1, 2) // (B, 3h, T, hs)
                 .chunk(3, 1);
             let vv = parts.pop().expect("3 chunks");
-            let k = parts.pop().expect("3 chunks");
-            let q = parts.pop().expect("3 chunks");
+            let k = rotate(parts.pop().expect("3 chunks"), &at.rope);
+            let q = rotate(parts.pop().expect("3 chunks"), &at.rope);
             let (k, vv) = match cache.as_deref_mut() {
                 Some(c) if c.len() > l => {
                     let (pk, pv) = c[l].clone();
@@ -108,6 +148,24 @@ impl Transformer {
         }
         let x = layer_norm(x, &self.lnf_w, &self.lnf_b);
         linear(x, self.head_w.val(), Some(self.head_b.val())) // (B, T, V)
+    }
+
+    /// Ids of the vector parameters (norms and biases), which take no weight decay.
+    fn vector_param_ids(&self) -> Vec<burn::module::ParamId> {
+        let mut ids = vec![self.lnf_w.id, self.lnf_b.id, self.head_b.id];
+        for blk in &self.blocks {
+            ids.extend([
+                blk.ln1_w.id,
+                blk.ln1_b.id,
+                blk.qkv_b.id,
+                blk.proj_b.id,
+                blk.ln2_w.id,
+                blk.ln2_b.id,
+                blk.fc_b.id,
+                blk.out_b.id,
+            ]);
+        }
+        ids
     }
 
     fn from_weights(spec: &ModelSpec, w: &Weights, device: &Device) -> Result<Transformer> {
@@ -150,7 +208,6 @@ impl Transformer {
         }
         Ok(Transformer {
             tok_emb: p2("tok_emb.weight")?,
-            pos_emb: p2("pos_emb.weight")?,
             voice_w: p2("voice_proj.weight")?,
             blocks,
             lnf_w: p1("ln_f.weight")?,
@@ -185,7 +242,6 @@ impl Transformer {
             w.insert(name, dims, to_vec(t.into_data()));
         };
         put2(&mut w, "tok_emb.weight".into(), &self.tok_emb);
-        put2(&mut w, "pos_emb.weight".into(), &self.pos_emb);
         put2(&mut w, "voice_proj.weight".into(), &self.voice_w);
         for (l, blk) in self.blocks.iter().enumerate() {
             let n = |s: &str| weights::block_name(l, s);
@@ -242,31 +298,30 @@ impl BurnEngine {
             optim_settings: OptimSettings::default(),
         })
     }
-
-    pub fn set_optim(&mut self, s: OptimSettings) {
-        self.optim_settings = s;
-        self.optim = None;
-    }
 }
 
 fn int2(data: Vec<i64>, b: usize, t: usize, device: &Device) -> Tensor<2, Int> {
     Tensor::from_data(TensorData::new(data, [b, t]), device)
 }
 
-/// Tokens, positions (0..t per row) and voice of a right-padded batch.
+/// Tokens, position inputs (positions 0..t per row) and voice of a right-padded batch.
 fn inputs(
     spec: &ModelSpec,
     batch: &Batch,
     device: &Device,
-) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>) {
+) -> (Tensor<2, Int>, PosInputs, Tensor<2>) {
     let (b, t) = (batch.b, batch.t);
     let toks = batch.tokens.iter().map(|&x| x as i64).collect();
-    let pos = (0..b).flat_map(|_| 0..t as i64).collect();
+    let pos: Vec<i64> = (0..b).flat_map(|_| 0..t as i64).collect();
     let voice = Tensor::from_data(
         TensorData::new(batch.voice.clone(), [b, spec.voice_dim]),
         device,
     );
-    (int2(toks, b, t, device), int2(pos, b, t, device), voice)
+    (
+        int2(toks, b, t, device),
+        PosInputs::new(spec, &pos, b, t, device),
+        voice,
+    )
 }
 
 /// Additive causal mask (1, 1, t, t).
@@ -286,9 +341,9 @@ impl BurnEngine {
         let (b, t, v) = (batch.b, batch.t, self.spec.vocab);
         let total: f32 = targets.weight.iter().sum::<f32>().max(1e-6);
         let device = self.device.clone();
-        let (toks, pos, voice) = inputs(&self.spec, batch, &device);
+        let (toks, at, voice) = inputs(&self.spec, batch, &device);
         let mask = causal_mask(t, &device);
-        let logits = self.model.forward(&self.spec, toks, pos, voice, mask, None); // (B, T, V)
+        let logits = self.model.forward(&self.spec, toks, &at, voice, mask, None); // (B, T, V)
         let probs =
             Tensor::<3>::from_data(TensorData::new(targets.probs.clone(), [b, t, v]), &device);
         let weight =
@@ -308,14 +363,21 @@ impl Engine for BurnEngine {
         &self.spec
     }
 
+    fn set_optim(&mut self, s: OptimSettings) {
+        if s != self.optim_settings {
+            self.optim_settings = s;
+            self.optim = None;
+        }
+    }
+
     fn logits(&self, batch: &Batch) -> Vec<f32> {
         let model = self.model.valid();
         let device = self.device.clone().inner();
-        let (toks, pos, voice) = inputs(&self.spec, batch, &device);
+        let (toks, at, voice) = inputs(&self.spec, batch, &device);
         let mask = causal_mask(batch.t, &device);
         to_vec(
             model
-                .forward(&self.spec, toks, pos, voice, mask, None)
+                .forward(&self.spec, toks, &at, voice, mask, None)
                 .into_data(),
         )
     }
@@ -326,17 +388,23 @@ impl Engine for BurnEngine {
         let (loss, loss_value) = self.loss(batch, targets);
         let grads = GradientsParams::from_grads(loss.backward(), &self.model);
         let s = &self.optim_settings;
+        let vector_ids = self.model.vector_param_ids();
         let optim = self.optim.get_or_insert_with(|| {
-            let mut cfg = AdamWConfig::new()
+            // Decoupled weight decay on matrices only: norms and biases form a group without it.
+            let clip = (s.grad_clip > 0.0).then_some(
+                burn::optim::grad_clipping::GradientClippingConfig::Norm(s.grad_clip),
+            );
+            let cfg = AdamWConfig::new()
                 .with_beta_1(s.beta1)
                 .with_beta_2(s.beta2)
-                .with_weight_decay(s.weight_decay);
-            if s.grad_clip > 0.0 {
-                cfg = cfg.with_grad_clipping(Some(
-                    burn::optim::grad_clipping::GradientClippingConfig::Norm(s.grad_clip),
-                ));
-            }
-            cfg.init()
+                .with_weight_decay(s.weight_decay)
+                .with_grad_clipping(clip.clone());
+            let no_decay = cfg.clone().with_weight_decay(0.0).build();
+            cfg.init().with_group(
+                burn::module::ParamGroup::from_ids(vector_ids),
+                no_decay,
+                clip.map(|c| c.init()),
+            )
         });
         let model = std::mem::replace(&mut self.model, placeholder(&self.device));
         self.model = optim.step(lr, model, grads);
@@ -368,10 +436,11 @@ impl Engine for BurnEngine {
             &device,
         );
         let mut cache: Cache = Vec::with_capacity(self.spec.layers);
+        let at = PosInputs::new(&self.spec, &pos, b, p, &device);
         let logits = model.forward(
             &self.spec,
             int2(toks, b, p, &device),
-            int2(pos, b, p, &device),
+            &at,
             voice_t.clone(),
             Tensor::from_data(TensorData::new(mask, [b, 1, p, p]), &device),
             Some(&mut cache),
@@ -401,10 +470,11 @@ impl Engine for BurnEngine {
             key_mask = km;
             let toks: Vec<i64> = next.iter().map(|&x| x as i64).collect();
             let pos: Vec<i64> = (0..b).map(|r| (p - pads[r] + step) as i64).collect();
+            let at = PosInputs::new(&self.spec, &pos, b, 1, &device);
             let logits = model.forward(
                 &self.spec,
                 int2(toks, b, 1, &device),
-                int2(pos, b, 1, &device),
+                &at,
                 voice_t.clone(),
                 Tensor::from_data(TensorData::new(key_mask.clone(), [b, 1, 1, s]), &device),
                 Some(&mut cache),
@@ -457,7 +527,6 @@ fn placeholder(device: &Device) -> Transformer {
     let z2 = || Param::from_tensor(Tensor::<2>::zeros([1, 1], device));
     Transformer {
         tok_emb: z2(),
-        pos_emb: z2(),
         voice_w: z2(),
         blocks: vec![],
         lnf_w: z1(),

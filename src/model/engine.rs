@@ -30,7 +30,8 @@ pub struct Targets {
     pub weight: Vec<f32>,
 }
 
-/// Optimiser settings fixed when an engine is created for training.
+/// Optimiser settings (AdamW): decoupled weight decay on matrices only (norms and biases
+/// are not decayed).
 #[derive(Clone, Debug, PartialEq)]
 pub struct OptimSettings {
     pub weight_decay: f32,
@@ -105,12 +106,42 @@ impl Prefill {
     }
 }
 
+/// Base of the rotary position embedding's frequencies.
+pub const ROPE_BASE: f32 = 10_000.0;
+
+/// Rotary tables for positions `pos` (any layout, row-major): for every position the cosines
+/// then (second vector) the sines of `pos * ROPE_BASE^(-i / half)`, `i < half`, so each
+/// output is `[pos.len(), half]`. Shared by the engines so that they rotate identically.
+pub fn rope_tables(pos: &[i64], half: usize) -> (Vec<f32>, Vec<f32>) {
+    let inv: Vec<f64> = (0..half)
+        .map(|i| (ROPE_BASE as f64).powf(-(i as f64) / half as f64))
+        .collect();
+    let mut cos = Vec::with_capacity(pos.len() * half);
+    let mut sin = Vec::with_capacity(pos.len() * half);
+    for &p in pos {
+        for f in &inv {
+            let a = p as f64 * f;
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
+/// Where the voice enters: 1 at position 0 (BOS), 0 elsewhere, one value per position.
+pub fn voice_gate(pos: &[i64]) -> Vec<f32> {
+    pos.iter().map(|&p| (p == 0) as u8 as f32).collect()
+}
+
 /// A model plus the machinery to run and train it.
 pub trait Engine: Send + Sync {
     fn spec(&self) -> &ModelSpec;
 
     /// Logits for every position: row-major `[b, t, vocab]`.
     fn logits(&self, batch: &Batch) -> Vec<f32>;
+
+    /// Optimiser settings for the next training steps; a change resets the optimiser state.
+    fn set_optim(&mut self, s: OptimSettings);
 
     /// One optimiser step on the weighted soft-target cross-entropy; returns the loss.
     fn train_step(&mut self, batch: &Batch, targets: &Targets, lr: f64) -> f32;

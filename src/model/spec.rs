@@ -2,9 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A decoder-only transformer: token + learned position embeddings, a voice projection added
-/// at the first position, pre-norm blocks (causal multi-head attention, GELU MLP), final norm,
-/// untied output head.
+/// A decoder-only transformer: token embeddings, a voice projection (zero-initialised) added
+/// once at the first position (BOS), pre-norm blocks (causal multi-head attention with rotary
+/// position embeddings on queries and keys, GELU MLP), final norm, untied output head. No
+/// learned absolute positions: what a head learns at one offset holds at every offset.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
@@ -58,7 +59,6 @@ impl ModelSpec {
         let h = d * self.mlp_ratio;
         let block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * h + h) + (h * d + d);
         self.vocab * d
-            + self.context * d
             + self.voice_dim * d
             + self.layers * block
             + 2 * d
@@ -75,9 +75,12 @@ impl ModelSpec {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.heads == 0 || !self.d_model.is_multiple_of(self.heads) {
+        if self.heads == 0
+            || !self.d_model.is_multiple_of(self.heads)
+            || !(self.d_model / self.heads).is_multiple_of(2)
+        {
             return Err(format!(
-                "heads ({}) must divide d_model ({})",
+                "heads ({}) must divide d_model ({}) into heads of even width (rotary positions)",
                 self.heads, self.d_model
             ));
         }

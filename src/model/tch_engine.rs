@@ -1,6 +1,7 @@
 //! The LibTorch engine (cargo feature `tch`): the transformer of [`ModelSpec`] on LibTorch,
-//! on the CPU or a CUDA GPU. Same forward pass, loss, AdamW step (per-tensor gradient clipping,
-//! decoupled weight decay, epsilon 1e-5, as burn's), KV-cache generation and canonical
+//! on the CPU or a CUDA GPU. Same forward pass (rotary positions on queries and keys, the
+//! voice added at position 0), loss, AdamW step (per-tensor gradient clipping, decoupled
+//! weight decay on matrices only, epsilon 1e-5, as burn's), KV-cache generation and canonical
 //! safetensors names as [`super::burn_engine`]; `tests/tch_parity.rs` checks that both engines
 //! agree on the same weights.
 //!
@@ -95,6 +96,8 @@ struct Inner {
     params: Vec<Tensor>,
     /// Segment id of every element of `flat` (for per-tensor gradient norms).
     segment: Tensor,
+    /// 1 for every element of a matrix (decayed), 0 for norms and biases (not decayed).
+    decayed: Tensor,
     adam: Option<Adam>,
 }
 
@@ -111,9 +114,35 @@ fn tch_err(e: tch::TchError) -> Error {
     Error::Model(format!("LibTorch: {e}"))
 }
 
+/// Parameters before the blocks, in the order of [`weights::shapes`]: the token embedding
+/// and the voice projection.
+const PRE: usize = 2;
+
 /// Parameters per block (ln1 w/b, qkv w/b, proj w/b, ln2 w/b, fc w/b, out w/b), in the order
-/// of [`weights::shapes`]: three embeddings first, then the blocks, then ln_f w/b, head w/b.
+/// of [`weights::shapes`]: the [`PRE`] tensors first, then the blocks, then ln_f w/b, head w/b.
 const BLOCK: usize = 12;
+
+/// The position-dependent inputs of a forward pass, built from each token's position.
+struct PosInputs {
+    /// Rotary cosines, `[b, 1, t, hs / 2]`.
+    cos: Tensor,
+    /// Rotary sines, `[b, 1, t, hs / 2]`.
+    sin: Tensor,
+    /// 1 at each row's first position (where the voice enters), else 0: `[b, t, 1]`.
+    voice_gate: Tensor,
+}
+
+/// Rotary position embedding of `x` `[b, h, t, hs]`: the two halves of every head are rotated
+/// by the angles of `at`.
+fn rotate(x: &Tensor, at: &PosInputs) -> Tensor {
+    let half = x.size()[3] / 2;
+    let x1 = x.narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    Tensor::cat(
+        &[&x1 * &at.cos - &x2 * &at.sin, &x1 * &at.sin + &x2 * &at.cos],
+        3,
+    )
+}
 
 impl TchEngine {
     pub fn new(spec: ModelSpec, seed: u64, device: DeviceKind) -> Result<TchEngine> {
@@ -127,7 +156,7 @@ impl TchEngine {
         w.check_spec(&spec)?;
         let device = self::device(device)?;
         let names = weights::shapes(&spec);
-        debug_assert_eq!(names.len(), 3 + BLOCK * spec.layers + 4);
+        debug_assert_eq!(names.len(), PRE + BLOCK * spec.layers + 4);
         let inner = Self::inner_from(&names, w, device)?;
         Ok(TchEngine {
             spec,
@@ -142,15 +171,21 @@ impl TchEngine {
         let mut all =
             Vec::with_capacity(names.iter().map(|(_, s)| s.iter().product::<usize>()).sum());
         let mut seg = Vec::with_capacity(all.capacity());
-        for (i, (name, _)) in names.iter().enumerate() {
+        let mut decayed = Vec::with_capacity(all.capacity());
+        for (i, (name, shape)) in names.iter().enumerate() {
             let (_, data) = w.get(name)?;
             all.extend_from_slice(data);
             seg.extend(std::iter::repeat_n(i as i64, data.len()));
+            let decay = if shape.len() == 2 { 1.0f32 } else { 0.0 };
+            decayed.extend(std::iter::repeat_n(decay, data.len()));
         }
         let flat = Tensor::from_slice(&all)
             .f_to_device(device)
             .map_err(tch_err)?;
         let segment = Tensor::from_slice(&seg)
+            .f_to_device(device)
+            .map_err(tch_err)?;
+        let decayed = Tensor::from_slice(&decayed)
             .f_to_device(device)
             .map_err(tch_err)?;
         let mut params = Vec::with_capacity(names.len());
@@ -170,6 +205,7 @@ impl TchEngine {
             flat,
             params,
             segment,
+            decayed,
             adam: None,
         })
     }
@@ -187,7 +223,7 @@ impl TchEngine {
         &self,
         p: &[Tensor],
         tokens: &Tensor,
-        pos: &Tensor,
+        at: &PosInputs,
         voice: &Tensor,
         mask: Option<&Tensor>,
         mut cache: Option<&mut Vec<(Tensor, Tensor)>>,
@@ -196,22 +232,21 @@ impl TchEngine {
         let d = self.spec.d_model as i64;
         let h = self.spec.heads as i64;
         let hs = d / h;
-        let v = voice.matmul(&p[2]).view([b, 1, d]);
-        let mut x = Tensor::embedding(&p[0], tokens, -1, false, false)
-            + Tensor::embedding(&p[1], pos, -1, false, false)
-            + v;
+        // The voice enters once, at the first position (BOS), through its projection.
+        let v = voice.matmul(&p[1]).view([b, 1, d]) * &at.voice_gate;
+        let mut x = Tensor::embedding(&p[0], tokens, -1, false, false) + v;
         let ln = |x: &Tensor, w: &Tensor, bias: &Tensor| {
             x.layer_norm([d], Some(w), Some(bias), LN_EPS, true)
         };
         for l in 0..self.spec.layers {
-            let q0 = 3 + l * BLOCK;
+            let q0 = PRE + l * BLOCK;
             let bp = &p[q0..q0 + BLOCK];
             let a = ln(&x, &bp[0], &bp[1]);
             let qkv = a.matmul(&bp[2]) + &bp[3]; // [b, t, 3d]
             let parts = qkv.view([b, t, 3 * h, hs]).transpose(1, 2).chunk(3, 1);
             let (q, mut k, mut vv) = (
-                parts[0].shallow_clone(),
-                parts[1].shallow_clone(),
+                rotate(&parts[0], at),
+                rotate(&parts[1], at),
                 parts[2].shallow_clone(),
             );
             if let Some(c) = cache.as_deref_mut() {
@@ -239,13 +274,32 @@ impl TchEngine {
             let m = (m.matmul(&bp[8]) + &bp[9]).gelu("none");
             x = x + m.matmul(&bp[10]) + &bp[11];
         }
-        let f = 3 + BLOCK * self.spec.layers;
+        let f = PRE + BLOCK * self.spec.layers;
         let x = ln(&x, &p[f], &p[f + 1]);
         x.matmul(&p[f + 2]) + &p[f + 3]
     }
 
-    /// Tokens, positions and voice of a right-padded batch, on the device.
-    fn inputs(&self, batch: &Batch) -> (Tensor, Tensor, Tensor) {
+    /// Rotary tables and voice gate for positions `pos` (row-major `[b, t]`), on the device.
+    fn pos_inputs(&self, pos: &[i64], b: i64, t: i64) -> PosInputs {
+        let half = self.spec.d_model / self.spec.heads / 2;
+        let (cos, sin) = super::engine::rope_tables(pos, half);
+        let t4 = |d: &[f32]| {
+            Tensor::from_slice(d)
+                .view([b, 1, t, half as i64])
+                .to_device(self.device)
+        };
+        PosInputs {
+            cos: t4(&cos),
+            sin: t4(&sin),
+            voice_gate: Tensor::from_slice(&super::engine::voice_gate(pos))
+                .view([b, t, 1])
+                .to_device(self.device),
+        }
+    }
+
+    /// Tokens, position inputs (positions 0..t per row) and voice of a right-padded batch, on
+    /// the device.
+    fn inputs(&self, batch: &Batch) -> (Tensor, PosInputs, Tensor) {
         let (b, t) = (batch.b as i64, batch.t as i64);
         let toks: Vec<i64> = batch.tokens.iter().map(|&x| x as i64).collect();
         let pos: Vec<i64> = (0..b).flat_map(|_| 0..t).collect();
@@ -253,7 +307,7 @@ impl TchEngine {
             Tensor::from_slice(&toks)
                 .view([b, t])
                 .to_device(self.device),
-            Tensor::from_slice(&pos).view([b, t]).to_device(self.device),
+            self.pos_inputs(&pos, b, t),
             Tensor::from_slice(&batch.voice)
                 .view([b, self.spec.voice_dim as i64])
                 .to_device(self.device),
@@ -264,8 +318,8 @@ impl TchEngine {
     fn loss(&self, p: &[Tensor], batch: &Batch, targets: &Targets) -> Tensor {
         let (b, t, v) = (batch.b as i64, batch.t as i64, self.spec.vocab as i64);
         let total = targets.weight.iter().sum::<f32>().max(1e-6) as f64;
-        let (toks, pos, voice) = self.inputs(batch);
-        let logits = self.forward(p, &toks, &pos, &voice, None, None);
+        let (toks, at, voice) = self.inputs(batch);
+        let logits = self.forward(p, &toks, &at, &voice, None, None);
         let probs = Tensor::from_slice(&targets.probs)
             .view([b, t, v])
             .to_device(self.device);
@@ -315,8 +369,15 @@ impl Engine for TchEngine {
     fn logits(&self, batch: &Batch) -> Vec<f32> {
         let inner = self.lock();
         let _guard = tch::no_grad_guard();
-        let (toks, pos, voice) = self.inputs(batch);
-        to_vec(&self.forward(&inner.params, &toks, &pos, &voice, None, None))
+        let (toks, at, voice) = self.inputs(batch);
+        to_vec(&self.forward(&inner.params, &toks, &at, &voice, None, None))
+    }
+
+    fn set_optim(&mut self, s: OptimSettings) {
+        if s != self.optim {
+            self.optim = s;
+            self.inner.get_mut().unwrap_or_else(|e| e.into_inner()).adam = None;
+        }
     }
 
     fn train_step(&mut self, batch: &Batch, targets: &Targets, lr: f64) -> f32 {
@@ -337,7 +398,12 @@ impl Engine for TchEngine {
                 .clamp_max(1.0);
             g *= coef.index_select(0, &inner.segment);
         }
-        let Inner { flat, adam, .. } = &mut *inner;
+        let Inner {
+            flat,
+            adam,
+            decayed,
+            ..
+        } = &mut *inner;
         let adam = adam.get_or_insert_with(|| Adam {
             m: flat.zeros_like(),
             v: flat.zeros_like(),
@@ -352,8 +418,12 @@ impl Engine for TchEngine {
         let bc1 = 1.0 - b1.powi(adam.step);
         let bc2 = 1.0 - b2.powi(adam.step);
         let update = (&adam.m / bc1) / ((&adam.v / bc2).sqrt() + ADAM_EPS);
-        // Decoupled weight decay, then the step (in place: the parameters are views of `flat`).
-        *flat *= 1.0 - lr * s.weight_decay as f64;
+        // Decoupled weight decay on matrices only, then the step (in place: the parameters are
+        // views of `flat`).
+        let decay = lr * s.weight_decay as f64;
+        if decay != 0.0 {
+            *flat *= &*decayed * (-decay) + 1.0;
+        }
         *flat += update * (-lr);
         loss
     }
@@ -398,7 +468,7 @@ impl Engine for TchEngine {
         let logits = self.forward(
             &inner.params,
             &Tensor::from_slice(&toks).view([bi, pi]).to_device(dev),
-            &Tensor::from_slice(&pos).view([bi, pi]).to_device(dev),
+            &self.pos_inputs(&pos, bi, pi),
             &voice_t,
             Some(
                 &Tensor::from_slice(&mask)
@@ -421,7 +491,7 @@ impl Engine for TchEngine {
             let logits = self.forward(
                 &inner.params,
                 &Tensor::from_slice(&toks).view([bi, 1]).to_device(dev),
-                &Tensor::from_slice(&pos).view([bi, 1]).to_device(dev),
+                &self.pos_inputs(&pos, bi, 1),
                 &voice_t,
                 Some(&keys.narrow(3, 0, s)),
                 Some(&mut cache),

@@ -103,6 +103,71 @@ pub fn make_batch(examples: &[&Example], vocab: usize, context: usize) -> (Batch
     )
 }
 
+/// What a training run did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrainReport {
+    /// Optimiser steps taken.
+    pub steps: usize,
+    /// Mean training loss over the last tenth of the steps taken.
+    pub train_loss: f32,
+    /// Validation loss of the weights kept (the best seen), when there was a validation set.
+    pub val_loss: Option<f32>,
+    /// Step after which the kept weights were taken.
+    pub best_step: usize,
+    /// Whether training stopped early because the validation loss stopped improving.
+    pub stopped_early: bool,
+}
+
+impl TrainReport {
+    /// Whether the losses are finite (a diverged run is not a result).
+    pub fn is_finite(&self) -> bool {
+        self.train_loss.is_finite() && self.val_loss.is_none_or(|v| v.is_finite())
+    }
+}
+
+/// Early stopping on a validation set.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EarlyStop {
+    /// Evaluate the validation loss every this many steps.
+    pub every: usize,
+    /// Stop after this many evaluations without an improvement.
+    pub patience: usize,
+    /// An improvement must lower the best validation loss by this fraction of it.
+    pub min_rel_delta: f32,
+}
+
+/// Mean weighted cross-entropy of `engine` on `examples` (forward passes only).
+pub fn eval_loss(engine: &dyn Engine, examples: &[Example], batch_size: usize) -> f32 {
+    let (vocab, context) = (engine.spec().vocab, engine.spec().context);
+    let (mut total, mut weight) = (0.0f64, 0.0f64);
+    let mut lp = vec![0.0f32; vocab];
+    let mut order: Vec<&Example> = examples.iter().collect();
+    order.sort_by_key(|e| e.tokens.len());
+    for chunk in order.chunks(batch_size.max(1)) {
+        let (batch, targets) = make_batch(chunk, vocab, context);
+        let logits = engine.logits(&batch);
+        for (i, &w) in targets.weight.iter().enumerate() {
+            if w == 0.0 {
+                continue;
+            }
+            super::generate::log_softmax(&logits[i * vocab..(i + 1) * vocab], &mut lp);
+            let ce: f32 = targets.probs[i * vocab..(i + 1) * vocab]
+                .iter()
+                .zip(&lp)
+                .filter(|(p, _)| **p > 0.0)
+                .map(|(p, l)| -p * l)
+                .sum();
+            total += (w * ce) as f64;
+            weight += w as f64;
+        }
+    }
+    if weight == 0.0 {
+        f32::NAN
+    } else {
+        (total / weight) as f32
+    }
+}
+
 /// Train `engine` on `examples` for `cfg.steps` steps; returns the mean loss of the last
 /// tenth of the steps. Batches are drawn by reshuffled epochs, seeded by `seed`.
 pub fn train(
@@ -110,19 +175,47 @@ pub fn train(
     examples: &[Example],
     cfg: &TrainConfig,
     seed: u64,
-    mut progress: impl FnMut(usize, f32),
+    progress: impl FnMut(usize, f32),
 ) -> f32 {
+    train_validated(engine, examples, &[], None, cfg, seed, progress).train_loss
+}
+
+/// Train `engine` on `examples` for at most `cfg.steps` steps (AdamW with `cfg.weight_decay`
+/// on matrices, warmup then cosine decay over `cfg.steps`). With a validation set and
+/// `early`, the validation loss is measured every `early.every` steps; training stops after
+/// `early.patience` measurements without improvement, and the best weights are kept. A
+/// non-finite training loss stops training at once (the report then says so).
+pub fn train_validated(
+    engine: &mut dyn Engine,
+    examples: &[Example],
+    validation: &[Example],
+    early: Option<EarlyStop>,
+    cfg: &TrainConfig,
+    seed: u64,
+    mut progress: impl FnMut(usize, f32),
+) -> TrainReport {
     if examples.is_empty() || cfg.steps == 0 {
-        return f32::NAN;
+        return TrainReport {
+            train_loss: f32::NAN,
+            ..Default::default()
+        };
     }
+    engine.set_optim(super::engine::OptimSettings {
+        weight_decay: cfg.weight_decay,
+        ..Default::default()
+    });
     let (vocab, context) = (engine.spec().vocab, engine.spec().context);
     let mut rng = derive_rng(seed, "train/shuffle");
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.shuffle(&mut rng);
     let mut cursor = 0;
     let bs = cfg.batch_size.max(1).min(examples.len());
-    let tail_from = cfg.steps - (cfg.steps / 10).max(1);
-    let (mut tail_sum, mut tail_n) = (0.0f32, 0);
+    let mut recent: std::collections::VecDeque<f32> = Default::default();
+    let window = (cfg.steps / 10).max(1);
+    let early = early.filter(|_| !validation.is_empty());
+    let mut best: Option<(f32, usize, super::weights::Weights)> = None;
+    let mut since_best = 0;
+    let mut report = TrainReport::default();
     // Length bucketing: draw BUCKET batches' worth of examples, sort them by length and cut
     // them into batches (in shuffled order), so that batches carry little padding.
     const BUCKET: usize = 8;
@@ -150,13 +243,48 @@ pub fn train(
             .collect();
         let (batch, targets) = make_batch(&picked, vocab, context);
         let loss = engine.train_step(&batch, &targets, cfg.lr_at(step));
-        if step >= tail_from {
-            tail_sum += loss;
-            tail_n += 1;
+        report.steps = step + 1;
+        recent.push_back(loss);
+        if recent.len() > window {
+            recent.pop_front();
         }
         progress(step, loss);
+        if !loss.is_finite() {
+            break;
+        }
+        let Some(es) = early else { continue };
+        let last = step + 1 == cfg.steps;
+        if (step + 1) % es.every.max(1) != 0 && !last {
+            continue;
+        }
+        let v = eval_loss(&*engine, validation, 256);
+        let improved = match &best {
+            None => true,
+            Some((b, _, _)) => v < b * (1.0 - es.min_rel_delta),
+        };
+        if improved {
+            best = Some((v, step + 1, engine.weights()));
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if since_best >= es.patience && !last {
+                report.stopped_early = true;
+                break;
+            }
+        }
     }
-    tail_sum / tail_n.max(1) as f32
+    report.train_loss = recent.iter().sum::<f32>() / recent.len().max(1) as f32;
+    report.best_step = report.steps;
+    if let Some((v, at, w)) = best {
+        if at != report.steps {
+            // The kept weights are the best seen; set_weights cannot fail on the engine's
+            // own weights.
+            let _ = engine.set_weights(&w);
+        }
+        report.val_loss = Some(v);
+        report.best_step = at;
+    }
+    report
 }
 
 #[cfg(test)]

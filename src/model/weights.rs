@@ -1,7 +1,7 @@
 //! Engine-neutral weights: canonical tensor names, seeded initialisation and safetensors I/O.
 //!
 //! Layouts follow `y = x W + b` with `W` stored `[d_in, d_out]`. Names:
-//! `tok_emb.weight [V, d]`, `pos_emb.weight [C, d]`, `voice_proj.weight [VD, d]`,
+//! `tok_emb.weight [V, d]`, `voice_proj.weight [VD, d]` (zero-initialised),
 //! `blocks.{l}.{ln1,ln2}.{weight,bias} [d]`, `blocks.{l}.attn.qkv.{weight [d, 3d], bias [3d]}`
 //! (columns: q, k, v, each head-major), `blocks.{l}.attn.proj.{weight [d, d], bias}`,
 //! `blocks.{l}.mlp.fc.{weight [d, 4d], bias}`, `blocks.{l}.mlp.out.{weight [4d, d], bias}`,
@@ -99,11 +99,10 @@ impl Weights {
 
 /// Every tensor of a spec with its shape, in a fixed order.
 pub fn shapes(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
-    let (v, d, c, vd) = (spec.vocab, spec.d_model, spec.context, spec.voice_dim);
+    let (v, d, vd) = (spec.vocab, spec.d_model, spec.voice_dim);
     let hdim = d * spec.mlp_ratio;
     let mut s = vec![
         ("tok_emb.weight".to_string(), vec![v, d]),
-        ("pos_emb.weight".to_string(), vec![c, d]),
         ("voice_proj.weight".to_string(), vec![vd, d]),
     ];
     for l in 0..spec.layers {
@@ -133,14 +132,15 @@ pub fn shapes(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
 }
 
 /// GPT-2 style initialisation from the crate's portable RNG: N(0, 0.02) for matrices,
-/// residual output projections scaled by 1/sqrt(2 * layers), ones/zeros for norms and biases.
+/// residual output projections scaled by 1/sqrt(2 * layers), ones/zeros for norms and biases;
+/// the voice projection starts at zero (a model that never hears a voice is unchanged by it).
 pub fn init(spec: &ModelSpec, seed: u64) -> Weights {
     let mut rng = derive_rng(seed, "model/init");
     let mut w = Weights::default();
     let resid = 0.02 / (2.0 * spec.layers as f32).sqrt();
     for (name, shape) in shapes(spec) {
         let n: usize = shape.iter().product();
-        let data = if name.ends_with(".bias") {
+        let data = if name.ends_with(".bias") || name == "voice_proj.weight" {
             vec![0.0; n]
         } else if name.contains("ln") {
             vec![1.0; n]

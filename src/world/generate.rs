@@ -1,5 +1,6 @@
 //! Prompt generators per kind, and voice vectors.
 
+use super::split::{self, Side};
 use super::vocab::*;
 use super::{Channel, Kind, Prompt, Skill, Tier, VOICE_FEATURES};
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -54,19 +55,38 @@ fn symbol<R: Rng>(rng: &mut R) -> Tok {
     }
 }
 
-pub(crate) fn digits_of(mut n: u32, width: usize) -> Vec<Tok> {
+/// `n` as `width` digits, least-significant first (zero-padded).
+pub(crate) fn digits_lsb_first(mut n: u32, width: usize) -> Vec<Tok> {
     let mut d = Vec::with_capacity(width);
     for _ in 0..width {
         d.push(digit(n % 10));
         n /= 10;
     }
-    d.reverse();
     d
 }
 
-/// Generate a prompt of the given kind. `voice` says whether the request carries voice; for
-/// affect and probe kinds whose channel needs voice it is forced on, for `Words` it is off.
+/// Generate a prompt of the given kind on the train side of the held-out split (see
+/// [`super::split`]): what teacher data, benign users and attackers draw. `voice` says whether
+/// the request carries voice; for affect and probe kinds whose channel needs voice it is
+/// forced on, for `Words` it is off.
 pub fn generate<R: Rng>(rng: &mut R, kind: Kind, voice: bool) -> Prompt {
+    generate_on(rng, kind, voice, Side::Train)
+}
+
+/// Generate a prompt of the given kind on the given side of the held-out split: prompts of
+/// the other side are rejected and drawn again (every kind has thousands of distinct prompts,
+/// so each side is reached in a few draws).
+pub fn generate_on<R: Rng>(rng: &mut R, kind: Kind, voice: bool, side: Side) -> Prompt {
+    loop {
+        let p = generate_any(rng, kind, voice);
+        if split::side(&p.tokens) == side {
+            return p;
+        }
+    }
+}
+
+/// A prompt of the given kind from either side of the split.
+fn generate_any<R: Rng>(rng: &mut R, kind: Kind, voice: bool) -> Prompt {
     let mut toks = Vec::with_capacity(24);
     let mut distressed_voice = false;
     let mut voice = voice;
@@ -109,13 +129,13 @@ pub fn generate<R: Rng>(rng: &mut R, kind: Kind, voice: bool) -> Prompt {
             if ch == Channel::Words {
                 voice = false;
             }
+            // The request (copy three symbols); a probe then asks how the user feels.
+            toks.push(COPY);
+            for _ in 0..3 {
+                toks.push(symbol(rng));
+            }
             if matches!(kind, Kind::Probe(_)) {
                 toks.push(FEEL);
-            } else {
-                toks.push(COPY);
-                for _ in 0..3 {
-                    toks.push(symbol(rng));
-                }
             }
         }
     }
@@ -158,12 +178,14 @@ fn skill_prompt<R: Rng>(rng: &mut R, skill: Skill, tier: Tier, toks: &mut Vec<To
             } else {
                 (rng.random_range(0..100), rng.random_range(0..100))
             };
-            // Operands are zero-padded to a fixed width (2 easy, 3 hard) so digits align.
+            // Operands are zero-padded to a fixed width (2 easy, 3 hard) and written
+            // least-significant digit first, like the sum: answer digit i lines up with
+            // operand digits i.
             let width = if hard { 3 } else { 2 };
             toks.push(ADD);
-            toks.extend(digits_of(a, width));
+            toks.extend(digits_lsb_first(a, width));
             toks.push(PLUS_SIGN);
-            toks.extend(digits_of(b, width));
+            toks.extend(digits_lsb_first(b, width));
         }
         Skill::Lookup => {
             let n = if hard {

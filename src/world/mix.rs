@@ -1,6 +1,7 @@
 //! Prompt distributions (benign users, attackers, teacher training) and the fixed eval suites.
 
-use super::generate::generate;
+use super::generate::{generate, generate_on};
+use super::split::Side;
 use super::{Channel, Kind, Prompt, Skill, Tier};
 use crate::rng::derive_rng;
 use rand::Rng;
@@ -16,6 +17,9 @@ pub struct Mix {
     /// Skills to draw from (all when empty).
     #[serde(default)]
     pub only_skills: Vec<Skill>,
+    /// Relative weight of each skill among skill prompts (missing skills weigh 1).
+    #[serde(default)]
+    pub skill_weights: std::collections::BTreeMap<Skill, f64>,
     /// Share of hard tiers among skill prompts, in [0, 1].
     pub hard_share: f64,
     /// Weight of harmful requests (plain and jailbreak-wrapped, 2:1).
@@ -38,6 +42,7 @@ impl Mix {
         Mix {
             skills: 0.58,
             only_skills: vec![],
+            skill_weights: Default::default(),
             hard_share: 0.3,
             harmful: 0.02,
             lookalike: 0.12,
@@ -53,6 +58,7 @@ impl Mix {
         Mix {
             skills: 0.75,
             only_skills: vec![],
+            skill_weights: Default::default(),
             hard_share: 0.6,
             harmful: 0.06,
             lookalike: 0.05,
@@ -90,7 +96,20 @@ impl Mix {
                 } else {
                     &self.only_skills
                 };
-                let s = skills[rng.random_range(0..skills.len())];
+                let s = if self.skill_weights.is_empty() {
+                    skills[rng.random_range(0..skills.len())]
+                } else {
+                    let w = |s: &Skill| self.skill_weights.get(s).copied().unwrap_or(1.0).max(0.0);
+                    let total: f64 = skills.iter().map(w).sum();
+                    let mut u = rng.random::<f64>() * total;
+                    *skills
+                        .iter()
+                        .find(|s| {
+                            u -= w(s);
+                            u < 0.0
+                        })
+                        .unwrap_or(&skills[skills.len() - 1])
+                };
                 let hard = rng.random_bool(self.hard_share.clamp(0.0, 1.0));
                 Kind::Skill(s, if hard { Tier::Hard } else { Tier::Easy })
             }
@@ -137,7 +156,7 @@ pub struct WorldConfig {
 impl Default for WorldConfig {
     fn default() -> Self {
         WorldConfig {
-            eval_per_suite: 100,
+            eval_per_suite: 200,
             eval_seed: 20260605,
         }
     }
@@ -156,24 +175,36 @@ pub fn suite_kinds() -> Vec<Kind> {
     kinds
 }
 
-/// The fixed eval suites: `eval_per_suite` prompts for each kind in [`suite_kinds`].
+/// The fixed eval suites: `eval_per_suite` prompts for each kind in [`suite_kinds`], drawn
+/// from the eval side of the held-out split (never seen by a teacher, a user or an attacker),
+/// with distinct token sequences within a suite.
 #[derive(Clone, Debug)]
 pub struct EvalSuites {
     pub prompts: Vec<Prompt>,
 }
+
+/// Largest `eval_per_suite`: the smallest suite's eval side (easy stack programs) holds about
+/// 330 distinct prompts; beyond that a suite would repeat items.
+pub const MAX_EVAL_PER_SUITE: usize = 250;
 
 impl EvalSuites {
     pub fn new(cfg: &WorldConfig) -> EvalSuites {
         let mut prompts = Vec::new();
         for kind in suite_kinds() {
             let mut rng = derive_rng(cfg.eval_seed, &format!("eval/{}", kind.name()));
-            for i in 0..cfg.eval_per_suite {
+            let mut seen = std::collections::HashSet::new();
+            let mut i = 0;
+            while i < cfg.eval_per_suite {
                 // Calm affect suites are half text, half voice; other channels decide themselves.
                 let voice = matches!(
                     kind,
                     Kind::Affect(Channel::Calm) | Kind::Probe(Channel::Calm)
                 ) && i % 2 == 1;
-                prompts.push(generate(&mut rng, kind, voice));
+                let p = generate_on(&mut rng, kind, voice, Side::Eval);
+                if seen.insert(p.tokens.clone()) {
+                    prompts.push(p);
+                    i += 1;
+                }
             }
         }
         EvalSuites { prompts }
@@ -201,6 +232,63 @@ mod tests {
         assert!((f(skills) - 0.58).abs() < 0.02);
         // Voice share is 0.3, but Words-channel affect prompts drop their voice.
         assert!((f(voice) - 0.3).abs() < 0.03, "{}", f(voice));
+    }
+
+    /// The held-out protocol: no eval prompt's tokens occur in the teacher's training data or
+    /// in 100,000 attacker queries (every strategy's prompt distribution), and every suite at
+    /// the largest size is made of distinct prompts from the eval side.
+    #[test]
+    fn eval_suites_do_not_overlap_teacher_data_or_harvests() {
+        use crate::attacker::{AttackerConfig, Strategy};
+        use std::collections::HashSet;
+        let suites = EvalSuites::new(&WorldConfig {
+            eval_per_suite: MAX_EVAL_PER_SUITE,
+            ..Default::default()
+        });
+        assert_eq!(
+            suites.prompts.len(),
+            MAX_EVAL_PER_SUITE * suite_kinds().len()
+        );
+        let eval: HashSet<&[u32]> = suites.prompts.iter().map(|p| &p.tokens[..]).collect();
+        assert!(suites
+            .prompts
+            .iter()
+            .all(|p| super::super::split::side(&p.tokens) == Side::Eval));
+        let teacher = crate::teacher::TeacherConfig::default();
+        let mut seen = 0;
+        for p in crate::teacher::Teacher::training_prompts(&teacher) {
+            assert!(!eval.contains(&p.tokens[..]), "teacher data: {:?}", p);
+            seen += 1;
+        }
+        assert_eq!(seen, teacher.train.steps * teacher.train.batch_size);
+        let attackers = [
+            AttackerConfig::default(),
+            AttackerConfig {
+                strategy: Strategy::Targeted {
+                    skills: vec![Skill::Add, Skill::Program],
+                },
+                hard_share: Some(1.0),
+                ..Default::default()
+            },
+            AttackerConfig {
+                voice_share: 1.0,
+                harmful_share: 0.3,
+                ..Default::default()
+            },
+            AttackerConfig {
+                hard_share: Some(0.0),
+                harmful_share: 0.0,
+                ..Default::default()
+            },
+        ];
+        for (i, a) in attackers.iter().enumerate() {
+            let mix = a.mix();
+            let mut rng = derive_rng(i as u64, "overlap");
+            for _ in 0..25_000 {
+                let p = mix.sample(&mut rng);
+                assert!(!eval.contains(&p.tokens[..]), "attacker {i}: {:?}", p);
+            }
+        }
     }
 
     #[test]

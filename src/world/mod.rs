@@ -7,14 +7,16 @@
 pub mod generate;
 pub mod mix;
 pub mod policy;
+pub mod split;
 pub mod vocab;
 
 use serde::{Deserialize, Serialize};
 use vocab::Tok;
 
-pub use generate::generate;
+pub use generate::{generate, generate_on};
 pub use mix::{EvalSuites, Mix, WorldConfig};
 pub use policy::ideal_response;
+pub use split::Side;
 
 /// Paralinguistic voice features (pitch variability, tremor, rate, energy, ...).
 pub const VOICE_FEATURES: usize = 8;
@@ -30,7 +32,7 @@ pub enum Skill {
     /// Easy: sort 3-4 digits. Hard: sort 6-8 digits.
     Sort,
     /// Easy: 2-digit addition. Hard: 3-digit addition with a carry trace. Operands zero-padded;
-    /// sums written least-significant digit first.
+    /// operands and sums written least-significant digit first.
     Add,
     /// Easy: key-value lookup among 2-3 pairs. Hard: 4-6 pairs, two-digit values (trace: the key).
     Lookup,

@@ -81,14 +81,17 @@ pub fn ideal_response(p: &Prompt) -> Vec<Tok> {
     out
 }
 
+/// The value of digits written least-significant first.
 fn number_value(ds: &[Tok]) -> u32 {
     ds.iter()
+        .rev()
         .fold(0, |acc, &d| acc * 10 + vocab::digit_value(d).unwrap_or(0))
 }
 
-/// Sums are written least-significant digit first, at a fixed width (operand width + 1), the
-/// order in which they are computed. Hard items first show the per-position sum digit and
-/// carry; the answer then restates the sum digits.
+/// Operands and sums are written least-significant digit first, sums at a fixed width
+/// (operand width + 1), the order in which they are computed. Hard items first show the carry
+/// out of every position (the scratchpad of column addition); the answer then gives the sum
+/// digits. Carry `i` and sum digit `i` each sit a fixed distance after operand digits `i`.
 fn ideal_add(args: &[Tok], out: &mut Vec<Tok>) {
     let plus = args
         .iter()
@@ -101,9 +104,7 @@ fn ideal_add(args: &[Tok], out: &mut Vec<Tok>) {
         out.push(THINK);
         let (mut x, mut y, mut carry) = (number_value(a), number_value(b), 0);
         for _ in 0..width {
-            let s = x % 10 + y % 10 + carry;
-            out.push(digit(s % 10));
-            carry = s / 10;
+            carry = (x % 10 + y % 10 + carry) / 10;
             out.push(digit(carry));
             x /= 10;
             y /= 10;
@@ -182,7 +183,7 @@ fn ideal_program(args: &[Tok], out: &mut Vec<Tok>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::world::generate::{digits_of, generate};
+    use crate::world::generate::{digits_lsb_first, generate};
     use crate::world::parse_response;
     use crate::world::{Channel, Kind, Skill, Tier};
     use rand::SeedableRng;
@@ -198,16 +199,16 @@ mod tests {
 
     #[test]
     fn addition_with_carry_trace() {
-        // 475 + 658 = 1133; LSB first: 5+8=13 -> 3 c1; 7+5+1=13 -> 3 c1; 4+6+1=11 -> 1 c1;
-        // the answer is 1133 written least-significant first: 3 3 1 1.
+        // 475 + 658 = 1133; LSB first: 5+8=13 -> carry 1; 7+5+1=13 -> carry 1; 4+6+1=11 ->
+        // carry 1; the answer is 1133 written least-significant first: 3 3 1 1.
         let mut toks = vec![ADD];
-        toks.extend(digits_of(475, 3));
+        toks.extend(digits_lsb_first(475, 3));
         toks.push(PLUS_SIGN);
-        toks.extend(digits_of(658, 3));
+        toks.extend(digits_lsb_first(658, 3));
         let r = ideal_response(&p(Kind::Skill(Skill::Add, Tier::Hard), toks, None));
         let want: Vec<Tok> = [THINK]
             .into_iter()
-            .chain([3, 1, 3, 1, 1, 1].map(digit))
+            .chain([1, 1, 1].map(digit))
             .chain([ENDTHINK])
             .chain([3, 3, 1, 1].map(digit))
             .chain([EOS])
@@ -215,10 +216,10 @@ mod tests {
         assert_eq!(r, want);
         let easy = ideal_response(&p(
             Kind::Skill(Skill::Add, Tier::Easy),
-            vec![ADD, digit(0), digit(9), PLUS_SIGN, digit(4), digit(5)],
+            vec![ADD, digit(9), digit(0), PLUS_SIGN, digit(5), digit(4)],
             None,
         ));
-        // 09 + 45 = 54, written 4 5 0.
+        // 09 + 45 = 54 (operands written 9 0 and 5 4), answer written 4 5 0.
         assert_eq!(easy, vec![digit(4), digit(5), digit(0), EOS]);
     }
 
