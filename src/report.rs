@@ -76,7 +76,7 @@ fn num(x: f64) -> String {
     } else if x.abs() >= 100.0 {
         format!("{x:.0}")
     } else if x != 0.0 && x.abs() < 0.01 {
-        format!("{x:.2e}")
+        format!("{x:.4}")
     } else {
         format!("{x:.3}")
     }
@@ -474,7 +474,16 @@ pub fn report_dir(
 ) -> crate::Result<String> {
     let runs = load_dir(dir)?;
     let cols: Vec<String> = match columns {
-        Some(c) => c.to_vec(),
+        Some(c) => {
+            let known = metric_names(&runs);
+            if let Some(bad) = c.iter().find(|m| !known.contains(m)) {
+                return Err(crate::Error::Invalid(format!(
+                    "--metrics: no run records `{bad}` (recorded: {})",
+                    known.join(", ")
+                )));
+            }
+            c.to_vec()
+        }
         None => default_columns(&runs),
     };
     let col_refs: Vec<&str> = cols.iter().map(|s| s.as_str()).collect();

@@ -109,21 +109,36 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    pub fn from_json(v: &Value) -> Checkpoint {
+    /// A checkpoint from one line of `metrics.jsonl`: an object with a positive integer
+    /// `budget` and numeric (or null) metrics; anything else is an error saying what.
+    pub fn from_json(v: &Value) -> std::result::Result<Checkpoint, String> {
+        let o = v.as_object().ok_or("not a JSON object")?;
+        let budget = o
+            .get("budget")
+            .and_then(|b| b.as_u64())
+            .filter(|&b| b > 0)
+            .ok_or_else(|| {
+                format!(
+                    "`budget` must be a positive integer, got {:?}",
+                    o.get("budget")
+                )
+            })?;
         let mut metrics = std::collections::BTreeMap::new();
-        let mut budget = 0;
-        if let Some(o) = v.as_object() {
-            for (k, x) in o {
-                if k == "budget" {
-                    budget = x.as_u64().unwrap_or(0);
-                } else if let Some(f) = x.as_f64() {
-                    metrics.insert(k.clone(), f);
-                } else if x.is_null() {
+        for (k, x) in o {
+            if k == "budget" {
+                continue;
+            }
+            match x {
+                Value::Number(n) => {
+                    metrics.insert(k.clone(), n.as_f64().unwrap_or(f64::NAN));
+                }
+                Value::Null => {
                     metrics.insert(k.clone(), f64::NAN);
                 }
+                other => return Err(format!("`{k}` must be a number or null, got {other}")),
             }
         }
-        Checkpoint { budget, metrics }
+        Ok(Checkpoint { budget, metrics })
     }
 
     /// A metric's value (None when the run did not record it).
@@ -174,6 +189,33 @@ impl RunRecord {
     }
 }
 
+/// The checkpoints of an ok run: every line must parse, budgets must increase, and there must
+/// be at least one (a truncated or hand-edited file is an error naming file and line, never a
+/// silently smaller sample).
+fn read_checkpoints(file: &Path) -> Result<Vec<Checkpoint>> {
+    let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+    let mut out: Vec<Checkpoint> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let at = |msg: String| Error::Invalid(format!("{}:{}: {msg}", file.display(), i + 1));
+        let v: Value = serde_json::from_str(line).map_err(|e| at(e.to_string()))?;
+        let c = Checkpoint::from_json(&v).map_err(at)?;
+        if out.last().is_some_and(|p| p.budget >= c.budget) {
+            return Err(at(format!(
+                "budget {} does not follow the previous checkpoint's",
+                c.budget
+            )));
+        }
+        out.push(c);
+    }
+    if out.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: no checkpoints in a run whose status is ok (truncated?)",
+            file.display()
+        )));
+    }
+    Ok(out)
+}
+
 /// Every run directory under `dir` (an experiment's results), in sweep order; hidden and
 /// temporary directories are ignored. Errors name the directory or file that is unreadable.
 pub fn load_dir(dir: &Path) -> Result<Vec<RunRecord>> {
@@ -194,13 +236,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<RunRecord>> {
         let summary = read_json("summary.json")?;
         let status = summary["status"].as_str().unwrap_or("unknown").to_string();
         let rows = if status == "ok" {
-            ok_rows(&path)
-                .ok_or_else(|| {
-                    Error::Invalid(format!("{}: metrics.jsonl is unreadable", path.display()))
-                })?
-                .iter()
-                .map(Checkpoint::from_json)
-                .collect()
+            read_checkpoints(&path.join("metrics.jsonl"))?
         } else {
             vec![]
         };
@@ -238,4 +274,57 @@ pub fn load_dir(dir: &Path) -> Result<Vec<RunRecord>> {
     }
     out.sort_by(|a, b| (a.index, &a.id).cmp(&(b.index, &b.id)));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_dir(root: &Path, metrics: &str) -> std::path::PathBuf {
+        let d = root.join("seed=1");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("summary.json"),
+            r#"{"status": "ok", "seed": 1, "index": 0, "point": {}}"#,
+        )
+        .unwrap();
+        std::fs::write(d.join("metrics.jsonl"), metrics).unwrap();
+        d
+    }
+
+    #[test]
+    fn malformed_metrics_are_errors_with_file_and_line() {
+        let root = std::env::temp_dir().join(format!("distill-sim-results-{}", std::process::id()));
+        let cases = [
+            (
+                "{\"budget\": 10, \"parity\": 0.5}\n{\"budget\": \"lots\"}\n",
+                ":2: `budget`",
+            ),
+            (
+                "{\"budget\": 10, \"parity\": \"high\"}\n",
+                ":1: `parity` must be a number",
+            ),
+            (
+                "{\"budget\": 10}\n{\"budget\": 10}\n",
+                ":2: budget 10 does not follow",
+            ),
+            ("{\"budget\": 10", ":1: "),
+            ("", "no checkpoints"),
+        ];
+        for (text, want) in cases {
+            let _ = std::fs::remove_dir_all(&root);
+            run_dir(&root, text);
+            let e = load_dir(&root).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&root);
+        run_dir(
+            &root,
+            "{\"budget\": 10, \"parity\": null}\n{\"budget\": 20, \"parity\": 0.5}\n",
+        );
+        let runs = load_dir(&root).unwrap();
+        assert_eq!(runs[0].rows.len(), 2);
+        assert!(runs[0].rows[0].get("parity").unwrap().is_nan());
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
