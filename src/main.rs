@@ -220,7 +220,7 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
     let exp_dir = common.results.join(&exp.config.name);
     let state = |spec: &config::RunSpec| -> &'static str {
         let dir = exp_dir.join(&spec.id);
-        if distill_sim::experiment::results::finished_rows(&dir, spec).is_some() {
+        if distill_sim::experiment::results::is_finished(&dir, spec) {
             "finished"
         } else if dir.join("summary.json").exists() {
             "failed"
@@ -246,8 +246,7 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
     let specs: Vec<_> = runs
         .iter()
         .filter(|(_, r)| {
-            distill_sim::experiment::results::finished_rows(&runner.run_dir(&exp, &r.id), r)
-                .is_none()
+            !distill_sim::experiment::results::is_finished(&runner.run_dir(&exp, &r.id), r)
         })
         .map(|(_, r)| (*r).clone())
         .collect();
@@ -347,23 +346,17 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
     }
     // The table is read back from the results files, whichever process wrote them: this
     // sweep's runs only, each with the config it ran with.
-    let mut failed = 0;
-    let mut ids = std::collections::HashSet::new();
-    for (_, spec) in &runs {
-        match distill_sim::experiment::results::finished_rows(&runner.run_dir(&exp, &spec.id), spec)
-        {
-            Some(_) => {
-                ids.insert(spec.id.clone());
-            }
-            None => failed += 1,
-        }
-    }
+    let (done, failed): (Vec<&config::RunSpec>, Vec<&config::RunSpec>) =
+        runs.iter().map(|(_, spec)| *spec).partition(|spec| {
+            distill_sim::experiment::results::is_finished(&runner.run_dir(&exp, &spec.id), spec)
+        });
+    let ids: std::collections::HashSet<&str> = done.iter().map(|s| s.id.as_str()).collect();
     let records: Vec<_> = if ids.is_empty() {
         vec![]
     } else {
         distill_sim::experiment::results::load_dir(&exp_dir)?
             .into_iter()
-            .filter(|r| ids.contains(&r.id))
+            .filter(|r| ids.contains(r.id.as_str()))
             .collect()
     };
     let columns: &[&str] = if exp.config.traffic.enabled {
@@ -382,13 +375,10 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
         "{}",
         report::markdown(&exp.config.name, &records, columns, baseline.as_ref())?
     );
-    if failed > 0 {
-        eprintln!("[run] {failed} of {} runs failed:", runs.len());
-        for (_, spec) in &runs {
+    if !failed.is_empty() {
+        eprintln!("[run] {} of {} runs failed:", failed.len(), runs.len());
+        for spec in &failed {
             let dir = runner.run_dir(&exp, &spec.id);
-            if distill_sim::experiment::results::finished_rows(&dir, spec).is_some() {
-                continue;
-            }
             let recorded = std::fs::read(dir.join("summary.json"))
                 .ok()
                 .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())

@@ -138,23 +138,12 @@ impl ExperimentConfig {
             return Err("attacker.budget: must be positive".into());
         }
         self.check_ranges()?;
-        if !(0.0..=0.5).contains(&self.student.drop_share) {
-            return Err(format!(
-                "student.drop_share: {} is outside [0, 0.5]",
-                self.student.drop_share
-            ));
-        }
-        if !(self.student.val_share > 0.0 && self.student.val_share <= 0.5) {
-            return Err(format!(
-                "student.val_share: {} is outside (0, 0.5]",
-                self.student.val_share
-            ));
-        }
         let max_eval = crate::world::mix::MAX_EVAL_PER_SUITE;
-        if !(1..=max_eval).contains(&self.world.eval_per_suite) {
+        if !(2..=max_eval).contains(&self.world.eval_per_suite) {
             return Err(format!(
-                "world.eval_per_suite: {} is outside [1, {max_eval}] (the smallest eval side, \
-                 easy stack programs, holds about 330 distinct prompts)",
+                "world.eval_per_suite: {} is outside [2, {max_eval}] (calm suites alternate \
+                 text and voice; the smallest eval side, easy stack programs, holds about 330 \
+                 distinct prompts)",
                 self.world.eval_per_suite
             ));
         }
@@ -251,6 +240,8 @@ impl ExperimentConfig {
             )?;
         }
         in_range("student.epochs", self.student.epochs, 1e-3, 1e4)?;
+        in_range("student.drop_share", self.student.drop_share, 0.0, 0.5)?;
+        in_range("student.val_share", self.student.val_share, 1e-3, 0.5)?;
         in_range("student.patience", self.student.patience as f64, 1.0, 1e4)?;
         for (w, v) in &self.teacher.skill_weights {
             in_range(&format!("teacher.skill_weights.{}", w.name()), *v, 0.0, 1e6)?;

@@ -5,29 +5,29 @@ use crate::error::{Error, Result};
 use serde_json::{json, Value};
 use std::path::Path;
 
-/// Rows of a finished run of `spec`: its directory is complete, its status is ok and its
-/// stored config is `spec`'s. A run whose config changed since (an edited file, a `--set`) is
-/// not finished: it runs again and replaces the stale one.
-pub fn finished_rows(dir: &Path, spec: &RunSpec) -> Option<Vec<Value>> {
-    let stored: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("config.json")).ok()?).ok()?;
+/// Whether the run of `spec` in `dir` is finished: its status is ok, its stored config is
+/// `spec`'s, and its metrics file holds one well-formed checkpoint per budget of that config.
+/// A run whose config changed since (an edited file, a `--set`) or whose metrics are
+/// truncated is not finished: it runs again and replaces the old directory.
+pub fn is_finished(dir: &Path, spec: &RunSpec) -> bool {
+    let read = |file: &str| -> Option<Value> {
+        serde_json::from_slice(&std::fs::read(dir.join(file)).ok()?).ok()
+    };
+    let (Some(stored), Some(summary)) = (read("config.json"), read("summary.json")) else {
+        return false;
+    };
     // Compared as the text would be read back (f32 fields print shortest, e.g. 0.01).
-    let want: Value = serde_json::from_str(&serde_json::to_string(&spec.config).ok()?).ok()?;
-    if stored != want {
-        return None;
+    let want: Option<Value> = serde_json::to_string(&spec.config)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    if summary["status"] != "ok" || want.as_ref() != Some(&stored) {
+        return false;
     }
-    ok_rows(dir)
-}
-
-/// Rows of a complete run directory whose status is ok.
-fn ok_rows(dir: &Path) -> Option<Vec<Value>> {
-    let summary: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).ok()?).ok()?;
-    if summary["status"] != "ok" {
-        return None;
-    }
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).ok()?;
-    text.lines().map(|l| serde_json::from_str(l).ok()).collect()
+    read_checkpoints(&dir.join("metrics.jsonl")).is_ok_and(|rows| {
+        rows.iter()
+            .map(|c| c.budget as usize)
+            .eq(spec.config.budgets())
+    })
 }
 
 /// Write a run directory atomically: build it under a hidden temporary name, then rename.
@@ -290,6 +290,39 @@ mod tests {
         .unwrap();
         std::fs::write(d.join("metrics.jsonl"), metrics).unwrap();
         d
+    }
+
+    #[test]
+    fn a_run_is_finished_only_with_its_config_and_every_checkpoint() {
+        let root =
+            std::env::temp_dir().join(format!("distill-sim-finished-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let yaml = root.join("e.yaml");
+        std::fs::write(&yaml, "attacker: {budget: 40}\ncheckpoints: [10, 40]\n").unwrap();
+        let spec = super::super::config::load(&yaml, &[])
+            .unwrap()
+            .runs
+            .remove(0);
+        let dir = run_dir(&root, "{\"budget\": 10, \"parity\": 0.1}\n");
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_vec_pretty(&spec.config).unwrap(),
+        )
+        .unwrap();
+        assert!(!is_finished(&dir, &spec), "a checkpoint is missing");
+        std::fs::write(
+            dir.join("metrics.jsonl"),
+            "{\"budget\": 10, \"parity\": 0.1}\n{\"budget\": 40, \"parity\": 0.2}\n",
+        )
+        .unwrap();
+        assert!(is_finished(&dir, &spec));
+        let changed = super::super::config::load(&yaml, &[("seeds".into(), "[2]".into())])
+            .unwrap()
+            .runs
+            .remove(0);
+        assert!(!is_finished(&dir, &changed), "the stored config differs");
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! finished run is skipped when the experiment is run again.
 
 use super::config::{Experiment, RunSpec};
-use super::results::{finished_rows, git_revision, versions, write_run_dir};
+use super::results::{git_revision, is_finished, versions, write_run_dir};
 use crate::api::Api;
 use crate::attacker::{self, Harvest};
 use crate::error::{Error, Result};
@@ -55,7 +55,6 @@ pub struct Runner {
 pub struct RunOutcome {
     pub id: String,
     pub status: String,
-    pub rows: Vec<Value>,
     pub skipped: bool,
 }
 
@@ -137,11 +136,10 @@ impl Runner {
     /// Run one grid point, or skip it if its results are complete.
     pub fn run(&self, exp: &Experiment, spec: &RunSpec, log: &(dyn Fn(&str) + Sync)) -> RunOutcome {
         let dir = self.run_dir(exp, &spec.id);
-        if let Some(rows) = finished_rows(&dir, spec) {
+        if is_finished(&dir, spec) {
             return RunOutcome {
                 id: spec.id.clone(),
                 status: "ok".into(),
-                rows,
                 skipped: true,
             };
         }
@@ -169,7 +167,6 @@ impl Runner {
             return RunOutcome {
                 id: spec.id.clone(),
                 status: format!("failed: {e}"),
-                rows: vec![],
                 skipped: false,
             };
         }
@@ -179,7 +176,6 @@ impl Runner {
                 Some(e) => format!("failed: {e}"),
                 None => status,
             },
-            rows,
             skipped: false,
         }
     }

@@ -388,7 +388,7 @@ impl Engine for BurnEngine {
         let (loss, loss_value) = self.loss(batch, targets);
         let grads = GradientsParams::from_grads(loss.backward(), &self.model);
         let s = &self.optim_settings;
-        let vector_ids = self.model.vector_param_ids();
+        let model = &self.model;
         let optim = self.optim.get_or_insert_with(|| {
             // Decoupled weight decay on matrices only: norms and biases form a group without it.
             let clip = (s.grad_clip > 0.0).then_some(
@@ -401,7 +401,7 @@ impl Engine for BurnEngine {
                 .with_grad_clipping(clip.clone());
             let no_decay = cfg.clone().with_weight_decay(0.0).build();
             cfg.init().with_group(
-                burn::module::ParamGroup::from_ids(vector_ids),
+                burn::module::ParamGroup::from_ids(model.vector_param_ids()),
                 no_decay,
                 clip.map(|c| c.init()),
             )
