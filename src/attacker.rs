@@ -9,7 +9,7 @@ use crate::world::{Mix, Prompt, Skill};
 use serde::{Deserialize, Serialize};
 
 /// How the attacker picks prompts.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum Strategy {
     /// Sample like benign users.
@@ -54,7 +54,7 @@ pub fn uncertainty(student: &dyn crate::model::Engine, prompts: &[Prompt]) -> Ve
     out
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AttackerConfig {
     /// Accounts opened at the start of the campaign.

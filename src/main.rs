@@ -49,6 +49,10 @@ struct Common {
     /// point, e.g. `--baseline api.logprobs=0` or `--baseline variant=none`.
     #[arg(long, value_name = "KEY=VALUE")]
     baseline: Option<String>,
+    /// Re-run finished runs whose stored config differs from the requested one, replacing
+    /// their results (without it such a sweep stops and lists the keys that differ).
+    #[arg(long)]
+    replace_changed: bool,
     /// Internal: a worker process's slice (set by the parent process).
     #[arg(long, hide = true)]
     worker: Option<String>,
@@ -99,6 +103,26 @@ enum Cmd {
     },
     /// Print every metric a run records: name, direction and definition (Markdown).
     Metrics,
+    /// Print the fully resolved config of each run of an experiment (after its base, variants,
+    /// grid and `--set`), every key with its meaning, unit and allowed range; or, with
+    /// `--schema`, the JSON Schema of experiment files (for editors).
+    Config {
+        /// An experiment file (not needed with `--schema`).
+        #[arg(required_unless_present = "schema")]
+        config: Option<PathBuf>,
+        /// Override a config key, e.g. `--set attacker.budget=2000` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Only the run with this id (as `sweep --list` prints it).
+        #[arg(long)]
+        run: Option<String>,
+        /// Write the JSON Schema of experiment files instead.
+        #[arg(long, conflicts_with_all = ["config", "run", "set"])]
+        schema: bool,
+        /// Write to this file (atomically) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Teacher commands.
     Teacher {
         #[command(subcommand)]
@@ -222,6 +246,8 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
         let dir = exp_dir.join(&spec.id);
         if distill_sim::experiment::results::is_finished(&dir, spec) {
             "finished"
+        } else if distill_sim::experiment::results::changed_keys(&dir, spec, 0).is_some() {
+            "changed"
         } else if dir.join("summary.json").exists() {
             "failed"
         } else {
@@ -234,7 +260,36 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if common.worker.is_none() && !common.replace_changed {
+        // A finished run is the result of its config: one whose config has changed since is
+        // neither reused nor silently overwritten.
+        let changed: Vec<String> = runs
+            .iter()
+            .filter_map(|(_, r)| {
+                let keys = distill_sim::experiment::results::changed_keys(
+                    &runner.run_dir(&exp, &r.id),
+                    r,
+                    4,
+                )?;
+                Some(format!("  {}: {}", r.id, keys.join("; ")))
+            })
+            .collect();
+        if !changed.is_empty() {
+            anyhow::bail!(
+                "{} finished run(s) in {} were run with a different config:\n{}\nTo keep \
+                 them, sweep into another directory (`--results DIR`); to replace them, pass \
+                 `--replace-changed`.",
+                changed.len(),
+                exp_dir.display(),
+                changed.join("\n")
+            );
+        }
+    }
     if common.worker.is_none() {
+        let cleaned = runner.clean_temps(&exp);
+        if cleaned > 0 {
+            eprintln!("[run] removed {cleaned} temporary file(s) left by interrupted writes");
+        }
         eprintln!(
             "[run] {}: {} of {total} runs x {} checkpoints",
             exp.config.name,
@@ -272,6 +327,9 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
                     .arg(&common.results)
                     .arg("--cache")
                     .arg(&common.cache);
+                if common.replace_changed {
+                    cmd.arg("--replace-changed");
+                }
                 cmd.arg("--jobs")
                     .arg("1")
                     .arg("--worker")
@@ -317,7 +375,12 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
                 _ => eprintln!("[run {}/{total}] {msg}", i + 1),
             };
             let outcome = runner.run(&exp, spec, &log);
-            if outcome.skipped {
+            if outcome.status == distill_sim::experiment::run::BUSY {
+                log(&format!(
+                    "{}: another process is running it, left to that one",
+                    outcome.id
+                ));
+            } else if outcome.skipped {
                 log(&format!("{}: already finished, skipped", outcome.id));
             } else if outcome.status == "ok" {
                 log(&format!(
@@ -343,6 +406,22 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
     }
     if common.worker.is_some() {
         return Ok(ExitCode::SUCCESS);
+    }
+    // Runs another sweep into the same results is running: wait for them to end.
+    let mut waited = false;
+    loop {
+        let busy = runs
+            .iter()
+            .filter(|(_, r)| state(r) != "finished" && runner.busy_elsewhere(&exp, r))
+            .count();
+        if busy == 0 {
+            break;
+        }
+        if !waited {
+            eprintln!("[run] waiting for {busy} run(s) that another process is running");
+            waited = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
     // The table is read back from the results files, whichever process wrote them: this
     // sweep's runs only, each with the config it ran with.
@@ -386,8 +465,8 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
             match recorded {
                 Some(e) => eprintln!("  {}: {e}", spec.id),
                 None => eprintln!(
-                    "  {}: no summary.json could be written in {} (its error is in the log \
-                     above)",
+                    "  {}: not finished, and no summary.json in {} (if this sweep ran it, the \
+                     error is in the log above; run the sweep again to finish it)",
                     spec.id,
                     dir.display()
                 ),
@@ -420,6 +499,66 @@ fn parent_id() -> u32 {
     {
         0
     }
+}
+
+fn show_config(
+    config_path: Option<PathBuf>,
+    set: &[String],
+    run: Option<&str>,
+    schema: bool,
+    out: Option<&Path>,
+) -> Result<ExitCode> {
+    let text = if schema {
+        let mut t = serde_json::to_string_pretty(&distill_sim::experiment::schema::json_schema())?;
+        t.push('\n');
+        t
+    } else {
+        let path = config_path.context("an experiment file is needed")?;
+        let exp = config::load(&path, &overrides(set)?)?;
+        let runs: Vec<_> = exp
+            .runs
+            .iter()
+            .filter(|r| run.is_none_or(|id| r.id == id))
+            .collect();
+        if runs.is_empty() {
+            anyhow::bail!(
+                "--run {}: no such run (runs: {})",
+                run.unwrap_or(""),
+                exp.runs
+                    .iter()
+                    .map(|r| r.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let mut t = String::new();
+        for r in runs {
+            // Through text, as config.json stores it (f32 values print shortest: 0.01).
+            let mut v: serde_json::Value =
+                serde_json::from_str(&serde_json::to_string(&r.config)?)?;
+            if let Some(o) = v.as_object_mut() {
+                // A run's config has no sweep of its own: its grid point and seed are set.
+                o.remove("grid");
+                o.remove("variants");
+            }
+            t.push_str(&format!(
+                "# run {} of {}: {}\n{}\n",
+                r.index + 1,
+                exp.runs.len(),
+                r.id,
+                distill_sim::experiment::schema::annotated_yaml(&v)
+            ));
+        }
+        t
+    };
+    match out {
+        Some(p) => {
+            distill_sim::fsutil::write_atomic(p, text.as_bytes())?;
+            eprintln!("[config] wrote {}", p.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn teacher_train(config_path: PathBuf, common: Common) -> Result<ExitCode> {
@@ -489,6 +628,13 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
             .map_err(Into::into),
+        Cmd::Config {
+            config,
+            set,
+            run,
+            schema,
+            out,
+        } => show_config(config, &set, run.as_deref(), schema, out.as_deref()),
         Cmd::Metrics => {
             print!("{}", distill_sim::eval::markdown_table());
             Ok(ExitCode::SUCCESS)

@@ -419,11 +419,14 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> DrawR
 fn render(fig: &Figure, base: &Path, size: (u32, u32)) -> Result<Vec<PathBuf>> {
     let png = base.with_extension("png");
     let svg = base.with_extension("svg");
-    let err = |p: &Path, e: String| Error::Invalid(format!("{}: {e}", p.display()));
-    draw(BitMapBackend::new(&png, size).into_drawing_area(), fig)
-        .map_err(|e| err(&png, e.to_string()))?;
-    draw(SVGBackend::new(&svg, size).into_drawing_area(), fig)
-        .map_err(|e| err(&svg, e.to_string()))?;
+    // Each file is drawn under a temporary name and renamed into place: a full disk leaves
+    // the previous figure (or none), never an empty or truncated one.
+    crate::fsutil::write_atomic_with(&png, |tmp| {
+        draw(BitMapBackend::new(tmp, size).into_drawing_area(), fig).map_err(|e| e.to_string())
+    })?;
+    crate::fsutil::write_atomic_with(&svg, |tmp| {
+        draw(SVGBackend::new(tmp, size).into_drawing_area(), fig).map_err(|e| e.to_string())
+    })?;
     Ok(vec![png, svg])
 }
 
@@ -434,6 +437,7 @@ pub fn plot_dir(dir: &Path, out: Option<&Path>) -> Result<Vec<PathBuf>> {
     let runs = load_dir(dir)?;
     let out = out.map_or_else(|| dir.join("figures"), Path::to_path_buf);
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    crate::fsutil::clean_stale_temps(&out);
     let mut written = Vec::new();
     let b = budgets(&runs);
     if b.len() >= 2 {

@@ -493,6 +493,7 @@ pub fn report_dir(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let md = markdown(&title, &runs, &col_refs, baseline.as_ref())?;
+    crate::fsutil::clean_stale_temps(dir);
     let put = |name: &str, text: &str| -> crate::Result<()> {
         crate::fsutil::write_atomic(&dir.join(name), text.as_bytes())
     };

@@ -8,7 +8,7 @@ use crate::teacher::example;
 use serde::{Deserialize, Serialize};
 
 /// How the student learns from harvested responses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// Sequence-level cross-entropy on the returned text.
@@ -24,7 +24,7 @@ pub enum Method {
 }
 
 /// How many steps a student trains for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Schedule {
     /// Steps scale with the harvest: `epochs * items / batch_size`, clamped to
@@ -34,7 +34,7 @@ pub enum Schedule {
     EqualCompute,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StudentConfig {
     /// Model size preset (see `ModelSpec::preset`).

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 /// Version of the world and training recipe; bump it whenever a cached teacher could change.
 pub const TEACHER_VERSION: u32 = 3;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TeacherKind {
     /// A transformer trained by the simulator on the ideal policy.
@@ -25,7 +25,7 @@ pub enum TeacherKind {
     Oracle,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TeacherConfig {
     pub kind: TeacherKind,
@@ -159,17 +159,51 @@ impl Teacher {
             ));
         }
         let path = Self::cache_path(cfg, engine, cache_dir);
+        let dir = path.parent().unwrap_or(cache_dir);
+        // One process trains a teacher; another sweep that needs it waits, then loads it.
+        let _lock = crate::fsutil::lock(&dir.with_extension("lock"))?;
+        crate::fsutil::clean_stale_temps(dir);
+        let sum_path = path.with_extension("sha256");
         if path.exists() {
-            let eng = crate::model::load_engine(engine, cfg.spec()?, &path)?;
-            check_finite(eng.as_ref(), &path)?;
-            return Ok((Teacher::Neural(eng), true));
+            match std::fs::read_to_string(&sum_path) {
+                Ok(recorded) => {
+                    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                    let actual = sha256_hex(&bytes);
+                    if recorded.trim() != actual {
+                        return Err(Error::Model(format!(
+                            "teacher {}: checksum {actual} differs from the {} recorded when \
+                             it was cached (a corrupt or edited file); delete {} to retrain",
+                            path.display(),
+                            recorded.trim(),
+                            dir.display()
+                        )));
+                    }
+                    let eng = crate::model::load_engine(engine, cfg.spec()?, &path)?;
+                    check_finite(eng.as_ref(), &path)?;
+                    return Ok((Teacher::Neural(eng), true));
+                }
+                // Cached before checksums were recorded (or its checksum was lost): nothing
+                // vouches for it, so it is trained again.
+                Err(_) => eprintln!(
+                    "[teacher] {}: no checksum recorded; training it again",
+                    path.display()
+                ),
+            }
         }
         let t = Self::train(cfg, engine, progress)?;
         if let Teacher::Neural(e) = &t {
             check_finite(e.as_ref(), &path)?;
-        }
-        if let Teacher::Neural(e) = &t {
-            e.save(&path)?;
+            let tmp = crate::fsutil::tmp_path(&path);
+            let saved = e.save(&tmp).and_then(|_| {
+                let bytes = std::fs::read(&tmp).map_err(|e| Error::io(&tmp, e))?;
+                // The checksum goes first: whoever sees the weights sees their checksum.
+                crate::fsutil::write_atomic(&sum_path, sha256_hex(&bytes).as_bytes())?;
+                std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+            });
+            if saved.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            saved?;
             let meta = serde_json::to_vec_pretty(cfg).unwrap_or_default();
             crate::fsutil::write_atomic(&path.with_file_name("teacher.json"), &meta)?;
         }
@@ -289,6 +323,13 @@ impl Teacher {
             Teacher::Oracle { .. } => None,
         }
     }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A teacher with a non-finite weight (diverged training, a corrupt cache file) would serve

@@ -210,7 +210,7 @@ fn set_pins_a_swept_key_and_shards_partition_the_runs() {
 #[test]
 fn stale_temporary_run_directories_are_cleaned_up() {
     let r = scratch("stale");
-    let stale = r.join("tiny").join(".tmp-api.logprobs=0,seed=1-999999");
+    let stale = r.join("tiny").join(".api.logprobs=0,seed=1.tmp-4999999");
     std::fs::create_dir_all(&stale).unwrap();
     std::fs::write(stale.join("metrics.jsonl"), "{\"half\":").unwrap();
     let out = run(&fixture("tiny.yaml"), &r, &["--jobs", "1"]);
@@ -431,5 +431,537 @@ fn on_policy_uses_the_scoring_mode_or_falls_back() {
             assert_eq!(n, 0);
         }
         let _ = std::fs::remove_dir_all(r);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue "no silent wrong results": one regression test per numbered case of its "Why".
+
+/// An experiment file in `dir` whose settings extend the tiny fixture.
+fn tiny_variant(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &p,
+        format!("base: {}\n{extra}", fixture("tiny.yaml").display()),
+    )
+    .unwrap();
+    p
+}
+
+fn sweep_cmd(config: &Path, results: &Path) -> Command {
+    let mut c = bin();
+    c.arg("sweep")
+        .arg(config)
+        .arg("--results")
+        .arg(results)
+        .arg("--cache")
+        .arg(results.join("cache"))
+        .args(["--jobs", "1"]);
+    c
+}
+
+/// Case 1: a finished run whose config has changed is neither reused nor silently replaced.
+#[test]
+fn case_1_a_changed_config_does_not_reuse_old_results() {
+    let r = scratch("case1");
+    let cfg = fixture("tiny.yaml");
+    assert!(run(&cfg, &r, &["--jobs", "1"]).status.success());
+    let before = metrics(&r);
+    let changed = [
+        "--set",
+        "attacker.budget=30",
+        "--set",
+        "checkpoints=[10, 30]",
+    ];
+    let out = run(&cfg, &r, &[&changed[..], &["--jobs", "1"]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("api.logprobs=0,seed=1: attacker.budget: 40 -> 30")
+            && err.contains("--replace-changed"),
+        "{err}"
+    );
+    assert_eq!(metrics(&r), before, "nothing was overwritten");
+    let list = run(&cfg, &r, &[&changed[..], &["--list"]].concat());
+    assert_eq!(text(&list.stdout).matches("\tchanged\t").count(), 2);
+    let out = run(
+        &cfg,
+        &r,
+        &[&changed[..], &["--jobs", "1", "--replace-changed"]].concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let budgets: Vec<u64> = metrics(&r)[0]
+        .1
+        .iter()
+        .map(|row| row["budget"].as_u64().unwrap())
+        .collect();
+    assert_eq!(budgets, vec![10, 30]);
+    let _ = std::fs::remove_dir_all(r);
+}
+
+/// Case 2: grid points or seeds that would share one run directory are an error.
+#[test]
+fn case_2_grid_points_and_seeds_sharing_a_run_id_are_errors() {
+    let d = scratch("case2");
+    for (extra, want) in [
+        (
+            "attacker: {budget: 200}\ngrid: {checkpoints: [[1, 20], [120]]}\n",
+            "would share the run directory",
+        ),
+        (
+            "grid: {description: [\"a/b\", \"a_b\"]}\n",
+            "would share the run directory",
+        ),
+        ("seeds: [1, 1]\n", "seeds: 1 is listed twice"),
+    ] {
+        let p = tiny_variant(&d, "collide", extra);
+        let out = sweep_cmd(&p, &d).arg("--list").output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{extra}");
+        assert!(text(&out.stderr).contains(want), "{}", text(&out.stderr));
+    }
+    // `{}` keeps the default detectors: its run is not labelled `off`.
+    let p = tiny_variant(
+        &d,
+        "labels",
+        "grid: {traffic.detectors: [{}, {volume_per_day: null}]}\n",
+    );
+    let list = text(&sweep_cmd(&p, &d).arg("--list").output().unwrap().stdout);
+    assert!(
+        list.contains("traffic.detectors=defaults,seed=1")
+            && list.contains("traffic.detectors=off,seed=1"),
+        "{list}"
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Case 3: names and grid values cannot take a run directory outside `--results`.
+#[test]
+fn case_3_run_directories_stay_inside_the_results() {
+    let d = scratch("case3");
+    let results = d.join("inner").join("results");
+    for extra in ["name: ../../DOTDOT\n", "name: /tmp/ABSOLUTE\n"] {
+        let p = tiny_variant(&d, "escape", extra);
+        let out = sweep_cmd(&p, &results).arg("--list").output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{extra}");
+        assert!(text(&out.stderr).contains("must be one directory name"));
+    }
+    let p = tiny_variant(
+        &d,
+        "escape",
+        "grid: {description: [\"x/../../../ESCAPED\"]}\nseeds: [1]\n",
+    );
+    let out = sweep_cmd(&p, &results).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let runs: Vec<String> = std::fs::read_dir(results.join("escape"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(runs, vec!["description=x_.._.._.._ESCAPED,seed=1"]);
+    assert!(!d.join("ESCAPED").exists() && !d.join("inner").join("ESCAPED").exists());
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Case 4: nonsense values are refused, naming key, range and line, before anything runs.
+#[test]
+fn case_4_nonsense_values_are_refused_with_key_and_range() {
+    let d = scratch("case4");
+    for (extra, key) in [
+        ("attacker: {accounts: 0}\n", "attacker.accounts"),
+        ("world: {eval_per_suite: 0}\n", "world.eval_per_suite"),
+        ("world: {eval_per_suite: 1e12}\n", "world.eval_per_suite"),
+        (
+            "api: {defenses: [{kind: flip, rate: 2, key: 1}]}\n",
+            "api.defenses[0].rate",
+        ),
+        (
+            "api: {defenses: [{kind: watermark, gamma: 1.5, delta: 2, key: 1}]}\n",
+            "api.defenses[0].gamma",
+        ),
+        ("attacker: {hard_share: 2}\n", "attacker.hard_share"),
+        (
+            "api: {defenses: [{kind: noise, std: -1}]}\n",
+            "api.defenses[0].std",
+        ),
+        ("attacker: {temperature: -1}\n", "attacker.temperature"),
+        (
+            "api:\n  tiers:\n    - {name: tier2, rpm: 5, input_tpm: 1000, output_tpm: 1000, price_in: -3, price_out: 1}\n",
+            "api.tiers[0].price_in",
+        ),
+        ("attacker: {account_cost_usd: -100}\n", "attacker.account_cost_usd"),
+        ("traffic: {campaign: {days: -1}}\n", "traffic.campaign.days"),
+        (
+            "traffic: {campaign: {daily_per_account: 1e12}}\n",
+            "traffic.campaign.daily_per_account",
+        ),
+        ("student: {train: {batch_size: 0}}\n", "student.train.batch_size"),
+        (
+            "api: {defenses: [{kind: rounding, decimals: 39}]}\n",
+            "api.defenses[0].decimals",
+        ),
+        ("attacker: {budget: 1e18}\n", "attacker.budget"),
+        ("attacker: {top_k: 0}\n", "attacker.top_k"),
+    ] {
+        let p = tiny_variant(&d, "nonsense", extra);
+        let out = sweep_cmd(&p, &d).arg("--list").output().unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra} was accepted");
+        assert!(
+            err.contains(&format!("key `{key}`")) && err.contains("line "),
+            "{extra}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// The cached teacher of a results tree made by `run` (one per tiny config).
+fn cached_teacher(results: &Path) -> PathBuf {
+    let dir = results.join("cache").join("teachers");
+    let hash = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    hash.join("model.safetensors")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Case 5: teacher weights with flipped bytes or NaNs fail every run that needs them (exit 2,
+/// status failed, the reason in each summary),
+/// never serve a capability-0 teacher as `ok`. (Diverged student training: the lib test
+/// `case_5_a_non_finite_loss_stops_training_and_is_reported`; `lr: 1e30` is refused at load.)
+#[test]
+fn case_5_corrupt_teacher_weights_fail_the_run() {
+    let r = scratch("case5");
+    assert!(run(&fixture("tiny.yaml"), &r, &["--jobs", "1"])
+        .status
+        .success());
+    let model = cached_teacher(&r);
+    let good = std::fs::read(&model).unwrap();
+    let header = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    // A flipped byte in the data: the checksum recorded at caching time catches it.
+    let mut flipped = good.clone();
+    flipped[header + 17] ^= 0x40;
+    std::fs::write(&model, &flipped).unwrap();
+    // A fresh results tree on the same teacher cache.
+    let sweep_fresh = |name: &str| {
+        let out = bin()
+            .arg("sweep")
+            .arg(fixture("tiny.yaml"))
+            .arg("--results")
+            .arg(r.join(name))
+            .arg("--cache")
+            .arg(r.join("cache"))
+            .args(["--jobs", "1"])
+            .output()
+            .unwrap();
+        // Every run fails with the reason in its summary; none is recorded ok.
+        for run in ["api.logprobs=0,seed=1", "api.logprobs=5,seed=1"] {
+            let summary: Value = serde_json::from_slice(
+                &std::fs::read(r.join(name).join("tiny").join(run).join("summary.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(summary["status"], "failed");
+            assert!(summary["error"].as_str().unwrap().contains("teacher"));
+        }
+        out
+    };
+    let out = sweep_fresh("fresh1");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("checksum"),
+        "{}",
+        text(&out.stderr)
+    );
+    // NaNs with a matching checksum (written by something that computed one): refused too.
+    let mut nan = good.clone();
+    nan[header..header + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&model, &nan).unwrap();
+    std::fs::write(model.with_extension("sha256"), sha256_hex(&nan)).unwrap();
+    let out = sweep_fresh("fresh2");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("holds NaN"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(r);
+}
+
+/// Case 6: a failed run's reason reaches stderr whatever the job count and terminal, also
+/// where its summary cannot be written; usage errors exit 1.
+#[test]
+fn case_6_failed_runs_tell_why_on_stderr() {
+    let r = scratch("case6");
+    // A file where the run directory must go: the run computes, then cannot be written.
+    let blocked = r.join("tiny").join("api.logprobs=0,seed=1");
+    std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();
+    std::fs::write(&blocked, "in the way").unwrap();
+    for jobs in ["1", "2"] {
+        let out = run(&fixture("tiny.yaml"), &r, &["--jobs", jobs]);
+        assert_eq!(out.status.code(), Some(2), "jobs {jobs}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("1 of 2 runs failed")
+                && err.contains("api.logprobs=0,seed=1: not finished"),
+            "jobs {jobs}: {err}"
+        );
+        assert!(
+            err.contains("Not a directory") || err.contains("not a directory"),
+            "jobs {jobs}: {err}"
+        );
+    }
+    let out = bin().args(["sweep", "--no-such-flag"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let _ = std::fs::remove_dir_all(r);
+}
+
+/// Case 7: messages name the file, the key and the line.
+#[test]
+fn case_7_messages_name_file_key_and_line() {
+    let d = scratch("case7");
+    for (extra, want) in [
+        (
+            "student:\n  train:\n    lr: .nan\n",
+            "line 4: key `student.train.lr`: \".nan\" is not a finite number",
+        ),
+        (
+            "attacker:\n  temperature: 1e39\n",
+            "line 3: key `attacker.temperature`: 1e+39 is outside [0, 10]",
+        ),
+    ] {
+        let p = tiny_variant(&d, "located", extra);
+        let out = sweep_cmd(&p, &d).arg("--list").output().unwrap();
+        let err = text(&out.stderr);
+        assert!(err.contains("located.yaml") && err.contains(want), "{err}");
+    }
+    // A missing base names the including file and the key, once.
+    let p = d.join("includer.yaml");
+    std::fs::write(&p, "base: nowhere.yaml\n").unwrap();
+    let err = text(&sweep_cmd(&p, &d).arg("--list").output().unwrap().stderr);
+    assert!(
+        err.contains("includer.yaml: line 1: key `base`: `nowhere.yaml` is not a file")
+            && err.matches("nowhere.yaml").count() == 2,
+        "{err}"
+    );
+    // A teacher file of the wrong shape names the file.
+    assert!(run(&fixture("tiny.yaml"), &d, &["--jobs", "1"])
+        .status
+        .success());
+    let model = cached_teacher(&d);
+    let cfg = tiny_variant(&d, "bigger", "teacher: {size: student-s}\n");
+    let spec = distill_sim::experiment::config::load(&cfg, &[])
+        .unwrap()
+        .runs[0]
+        .config
+        .clone();
+    let other =
+        distill_sim::teacher::Teacher::cache_path(&spec.teacher, spec.backend(), &d.join("cache"));
+    std::fs::create_dir_all(other.parent().unwrap()).unwrap();
+    std::fs::copy(&model, &other).unwrap();
+    std::fs::copy(
+        model.with_extension("sha256"),
+        other.with_extension("sha256"),
+    )
+    .unwrap();
+    let out = run(&cfg, &d, &["--jobs", "1"]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&other.display().to_string()) && err.contains("has shape"),
+        "{err}"
+    );
+    // An unknown report column lists the known ones.
+    let out = bin()
+        .arg("report")
+        .arg(d.join("tiny"))
+        .args(["--metrics", "fidelty"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no run records `fidelty` (recorded: "));
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Case 8: report and plot refuse malformed results with file and line; a checkpoint is
+/// never counted as a seed.
+#[test]
+fn case_8_report_and_plot_refuse_malformed_results() {
+    let r = scratch("case8");
+    assert!(run(&fixture("tiny.yaml"), &r, &["--jobs", "1"])
+        .status
+        .success());
+    let file = r
+        .join("tiny")
+        .join("api.logprobs=0,seed=1")
+        .join("metrics.jsonl");
+    let good = std::fs::read_to_string(&file).unwrap();
+    for (bad, want) in [
+        (
+            good.replace("\"budget\":40", "\"budget\":\"lots\""),
+            "metrics.jsonl:2: `budget`",
+        ),
+        (
+            good.lines().next().unwrap()[..20].to_string(),
+            "metrics.jsonl:1:",
+        ),
+        (String::new(), "no checkpoints"),
+    ] {
+        std::fs::write(&file, &bad).unwrap();
+        for cmd in ["report", "plot"] {
+            let out = bin().arg(cmd).arg(r.join("tiny")).output().unwrap();
+            assert_eq!(out.status.code(), Some(1), "{cmd} accepted {bad:?}");
+            assert!(
+                text(&out.stderr).contains(want),
+                "{cmd}: {}",
+                text(&out.stderr)
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(r);
+}
+
+/// Case 9: temporaries left by failed or killed writes (teacher cache, run directories,
+/// figures) are removed by the next run, and figures are written atomically.
+#[test]
+fn case_9_stale_temporaries_are_cleaned_and_figures_are_atomic() {
+    let r = scratch("case9");
+    assert!(run(&fixture("tiny.yaml"), &r, &["--jobs", "1"])
+        .status
+        .success());
+    let teacher_dir = cached_teacher(&r).parent().unwrap().to_path_buf();
+    // pids above the kernel's maximum (4194304): writers that are surely gone.
+    let stale_cache = teacher_dir.join(".model.safetensors.tmp-4999999");
+    std::fs::write(&stale_cache, b"half a teacher").unwrap();
+    let stale_run = r.join("tiny").join(".api.logprobs=0,seed=1.tmp-4999999");
+    std::fs::create_dir_all(&stale_run).unwrap();
+    let out = run(&fixture("tiny.yaml"), &r, &["--jobs", "1"]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stderr).contains("removed 2 temporary file(s)"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!stale_cache.exists() && !stale_run.exists());
+    let figures = r.join("tiny").join("figures");
+    std::fs::create_dir_all(&figures).unwrap();
+    let stale_fig = figures.join(".parity.png.tmp-4999999.png");
+    std::fs::write(&stale_fig, b"").unwrap();
+    let out = bin().arg("plot").arg(r.join("tiny")).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!stale_fig.exists());
+    let names: Vec<String> = std::fs::read_dir(&figures)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+    for n in &names {
+        assert!(
+            std::fs::metadata(figures.join(n)).unwrap().len() > 0,
+            "{n} is empty"
+        );
+    }
+    let _ = std::fs::remove_dir_all(r);
+}
+
+/// Case 10: two sweeps sharing a results directory split the work: a run another process
+/// holds is left to it (and waited for), and two concurrent sweeps run each run once.
+#[test]
+fn case_10_two_sweeps_split_the_work() {
+    let r = scratch("case10");
+    let cfg = fixture("sweep.yaml");
+    // Warm the teacher cache so that both sweeps start on runs at once.
+    assert!(sweep_cmd(&cfg, &r)
+        .arg("--shard")
+        .arg("0/6")
+        .output()
+        .unwrap()
+        .status
+        .success());
+    // This process holds one run's lock, as another sweep would while running it.
+    let lock_path = r
+        .join(".locks")
+        .join("sweep")
+        .join("api.logprobs=5,seed=2.lock");
+    std::fs::create_dir_all(lock_path.parent().unwrap()).unwrap();
+    let held = std::fs::File::create(&lock_path).unwrap();
+    held.lock().unwrap();
+    let mut child = sweep_cmd(&cfg, &r)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the others are done, the sweep waits for the held one; then release it unfinished.
+    let t0 = std::time::Instant::now();
+    let finished = || {
+        std::fs::read_dir(r.join("sweep"))
+            .map(|d| {
+                d.filter(|e| e.as_ref().unwrap().path().join("summary.json").exists())
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    while finished() < 5 && t0.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the sweep did not wait for the held run"
+    );
+    drop(held);
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("api.logprobs=5,seed=2: another process is running it")
+            && err.contains("waiting for 1 run(s)"),
+        "{err}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the held run is reported unfinished: {err}"
+    );
+    assert!(!r.join("sweep").join("api.logprobs=5,seed=2").exists());
+    // Two sweeps at once over a fresh tree: every run is done exactly once.
+    let fresh = r.join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    std::fs::create_dir_all(fresh.join("cache")).unwrap();
+    let _ = std::fs::remove_dir_all(fresh.join("cache"));
+    copy_dir(&r.join("cache"), &fresh.join("cache"));
+    let a = sweep_cmd(&cfg, &fresh)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = sweep_cmd(&cfg, &fresh)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success() && b.status.success());
+    let done =
+        text(&a.stderr).matches(": done (").count() + text(&b.stderr).matches(": done (").count();
+    assert_eq!(done, 6, "{}\n{}", text(&a.stderr), text(&b.stderr));
+    let _ = std::fs::remove_dir_all(r);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
     }
 }

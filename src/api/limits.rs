@@ -48,7 +48,7 @@ impl Bucket {
 }
 
 /// What an account consumed and paid.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Ledger {
     pub requests: u64,
     pub throttled: u64,

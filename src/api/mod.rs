@@ -14,7 +14,7 @@ use limits::{Bucket, Ledger};
 use serde::{Deserialize, Serialize};
 
 /// One account tier: limits per minute and prices per million tokens.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TierSpec {
     pub name: String,
@@ -31,7 +31,7 @@ pub struct TierSpec {
 }
 
 /// Whether the reasoning trace of a response is returned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reasoning {
     Visible,
@@ -39,7 +39,7 @@ pub enum Reasoning {
     Hidden,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     pub tiers: Vec<TierSpec>,
@@ -91,7 +91,7 @@ impl ApiConfig {
 }
 
 /// Identity attributes detectors can cluster on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Identity {
     pub payment: u32,
     pub ip_asn: u32,
@@ -124,7 +124,7 @@ pub struct Request {
 }
 
 /// Why a request was not served normally. Never an error: the simulation handles each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Code {
     Ok,

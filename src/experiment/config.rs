@@ -13,7 +13,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExperimentConfig {
     /// Experiment name: results go to `results/<name>/`. Defaults to the file stem.
@@ -120,166 +120,104 @@ impl ExperimentConfig {
                     .join(", ")
             ));
         }
-        if self.api.logprobs > crate::model::generate::MAX_TOP_K {
-            return Err(format!(
-                "api.logprobs: {} is above the maximum of 20",
-                self.api.logprobs
-            ));
+        if let Err((_, msg)) = super::schema::check_value(
+            &serde_json::to_value(self).map_err(|e| format!("config: {e}"))?,
+        ) {
+            return Err(msg);
         }
-        for (key, v) in [
-            ("attacker.voice_share", self.attacker.voice_share),
-            ("attacker.harmful_share", self.attacker.harmful_share),
-        ] {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(format!("{key}: {v} is outside [0, 1]"));
-            }
-        }
-        if self.attacker.budget == 0 {
-            return Err("attacker.budget: must be positive".into());
-        }
-        self.check_ranges()?;
-        let max_eval = crate::world::mix::MAX_EVAL_PER_SUITE;
-        if !(2..=max_eval).contains(&self.world.eval_per_suite) {
-            return Err(format!(
-                "world.eval_per_suite: {} is outside [2, {max_eval}] (calm suites alternate \
-                 text and voice; the smallest eval side, easy stack programs, holds about 330 \
-                 distinct prompts)",
-                self.world.eval_per_suite
-            ));
-        }
+        self.check_relations()?;
         if self.seeds.is_empty() {
             return Err("seeds: at least one seed is needed".into());
         }
         for (i, d) in self.api.defenses.iter().enumerate() {
-            if let crate::api::defense::DefenseConfig::Antidistillation { proxy, eps, .. } = d {
+            if let crate::api::defense::DefenseConfig::Antidistillation { proxy, .. } = d {
                 if crate::model::ModelSpec::preset(proxy).is_none() {
                     return Err(format!(
                         "api.defenses[{i}].proxy: `{proxy}` is not a model size ({})",
                         crate::model::spec::PRESETS.join(", ")
                     ));
                 }
-                if *eps <= 0.0 || eps.is_nan() {
-                    return Err(format!("api.defenses[{i}].eps: must be positive"));
-                }
             }
-        }
-        let tr = &self.traffic;
-        for (key, v) in [
-            (
-                "traffic.challenge.attacker_pass",
-                tr.challenge.attacker_pass,
-            ),
-            (
-                "traffic.challenge.benign_dropoff",
-                tr.challenge.benign_dropoff,
-            ),
-            ("traffic.campaign.proxy_share", tr.campaign.proxy_share),
-            ("traffic.campaign.hard_share", tr.campaign.hard_share),
-        ] {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(format!("{key}: {v} is outside [0, 1]"));
-            }
-        }
-        if tr.throttle_factor <= 0.0 || tr.throttle_factor.is_nan() {
-            return Err(format!(
-                "traffic.throttle_factor: {} must be positive",
-                tr.throttle_factor
-            ));
         }
         Ok(())
     }
 }
 
-/// A number that must lie in `[lo, hi]` (and be finite).
-fn in_range(key: &str, v: f64, lo: f64, hi: f64) -> std::result::Result<(), String> {
-    if v.is_finite() && v >= lo && v <= hi {
-        Ok(())
-    } else {
-        Err(format!("{key}: {v} is outside [{lo}, {hi}]"))
-    }
-}
+/// Most queries (attacker or benign) one traffic replay may plan: the reported 2026 campaign
+/// (28.8M) with room to spare; the replay runs about a million queries a second.
+pub const MAX_REPLAY_QUERIES: f64 = 2e9;
 
 impl ExperimentConfig {
-    /// Ranges of the numeric keys a user is likely to get wrong (a value outside them would
-    /// be silently clamped, overflow, or run for hours).
-    fn check_ranges(&self) -> std::result::Result<(), String> {
+    /// Bounds that depend on another key (the fixed ranges are in `schema::RANGES`), and
+    /// pairs of keys that contradict each other.
+    fn check_relations(&self) -> std::result::Result<(), String> {
         let a = &self.attacker;
-        in_range("attacker.accounts", a.accounts as f64, 1.0, 1e6)?;
-        in_range("attacker.budget", a.budget as f64, 1.0, 1e8)?;
-        in_range("attacker.temperature", a.temperature as f64, 0.0, 10.0)?;
-        in_range("attacker.account_cost_usd", a.account_cost_usd, 0.0, 1e6)?;
-        in_range("attacker.tick_seconds", a.tick_seconds, 1e-3, 86_400.0)?;
-        in_range("attacker.max_days", a.max_days, 1e-3, 3650.0)?;
-        if let Some(h) = a.hard_share {
-            in_range("attacker.hard_share", h, 0.0, 1.0)?;
-        }
         for (name, t) in [
             ("teacher.train", &self.teacher.train),
             ("student.train", &self.student.train),
         ] {
-            in_range(&format!("{name}.steps"), t.steps as f64, 1.0, 1e7)?;
-            in_range(
-                &format!("{name}.batch_size"),
-                t.batch_size as f64,
-                1.0,
-                65_536.0,
-            )?;
-            in_range(&format!("{name}.lr"), t.lr, 1e-8, 1.0)?;
-            in_range(&format!("{name}.min_lr_ratio"), t.min_lr_ratio, 0.0, 1.0)?;
-            in_range(
-                &format!("{name}.weight_decay"),
-                t.weight_decay as f64,
-                0.0,
-                1.0,
-            )?;
-            in_range(
-                &format!("{name}.warmup"),
-                t.warmup as f64,
-                0.0,
-                t.steps as f64,
-            )?;
+            if t.warmup > t.steps {
+                return Err(format!(
+                    "{name}.warmup: {} is above {name}.steps ({})",
+                    t.warmup, t.steps
+                ));
+            }
         }
-        in_range("student.epochs", self.student.epochs, 1e-3, 1e4)?;
-        in_range("student.drop_share", self.student.drop_share, 0.0, 0.5)?;
-        in_range("student.val_share", self.student.val_share, 1e-3, 0.5)?;
-        in_range("student.patience", self.student.patience as f64, 1.0, 1e4)?;
-        for (w, v) in &self.teacher.skill_weights {
-            in_range(&format!("teacher.skill_weights.{}", w.name()), *v, 0.0, 1e6)?;
+        if self.student.min_steps > self.student.train.steps {
+            return Err(format!(
+                "student.min_steps: {} is above student.train.steps ({}), which caps every \
+                 student's steps",
+                self.student.min_steps, self.student.train.steps
+            ));
         }
         for &c in &self.checkpoints {
-            in_range("checkpoints[]", c as f64, 1.0, a.budget as f64)?;
+            if c > a.budget {
+                return Err(format!(
+                    "checkpoints: {c} is above attacker.budget ({}); a checkpoint is a prefix \
+                     of the harvest",
+                    a.budget
+                ));
+            }
         }
-        for (i, t) in self.api.tiers.iter().enumerate() {
-            let k = |f: &str| format!("api.tiers[{i}].{f}");
-            in_range(&k("rpm"), t.rpm, 1e-6, 1e9)?;
-            in_range(&k("input_tpm"), t.input_tpm, 1e-6, 1e12)?;
-            in_range(&k("output_tpm"), t.output_tpm, 1e-6, 1e12)?;
-            in_range(&k("price_in"), t.price_in, 0.0, 1e6)?;
-            in_range(&k("price_out"), t.price_out, 0.0, 1e6)?;
+        use crate::student::Method;
+        if a.top_k == 0 && matches!(self.student.method, Method::Logprobs | Method::OnPolicy) {
+            return Err(format!(
+                "attacker.top_k: 0 asks the API for no logprobs, but student.method `{}` learns \
+                 from them; set attacker.top_k (1 to 20) or student.method: text",
+                serde_json::to_value(self.student.method)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            ));
         }
-        use crate::api::defense::DefenseConfig as D;
-        for (i, d) in self.api.defenses.iter().enumerate() {
-            let k = |f: &str| format!("api.defenses[{i}].{f}");
-            match d {
-                D::Rounding { decimals } => in_range(&k("decimals"), *decimals as f64, 0.0, 6.0)?,
-                D::Noise { std } => in_range(&k("std"), *std as f64, 0.0, 100.0)?,
-                D::TemperatureFloor { min } => in_range(&k("min"), *min as f64, 0.0, 10.0)?,
-                D::LogprobsCap { k: cap } => in_range(&k("k"), *cap as f64, 0.0, 20.0)?,
-                D::Watermark {
-                    gamma,
-                    delta,
-                    share,
-                    ..
-                } => {
-                    in_range(&k("gamma"), *gamma as f64, 0.01, 0.99)?;
-                    in_range(&k("delta"), *delta as f64, 0.0, 100.0)?;
-                    in_range(&k("share"), *share, 0.0, 1.0)?;
+        if self.traffic.enabled {
+            let tr = &self.traffic;
+            // The replay simulates every query: bound the total to what runs in minutes.
+            let c = &tr.campaign;
+            let p = &tr.population;
+            for (key, planned) in [
+                (
+                    "traffic.campaign",
+                    c.accounts as f64 * c.daily_per_account * c.days,
+                ),
+                (
+                    "traffic.population",
+                    p.users as f64 * p.daily_median * c.days,
+                ),
+            ] {
+                if planned > MAX_REPLAY_QUERIES {
+                    return Err(format!(
+                        "{key}: {planned:.3e} planned queries (accounts x per day x days) is \
+                         above the replay's limit of {MAX_REPLAY_QUERIES:.0e} (about an hour \
+                         on 2 cores)"
+                    ));
                 }
-                D::Flip { rate, .. } => in_range(&k("rate"), *rate, 0.0, 1.0)?,
-                D::Antidistillation { lambda, .. } => {
-                    in_range(&k("lambda"), *lambda as f64, 0.0, 1e3)?
-                }
-                D::HideReasoning | D::SummariseReasoning => {}
+            }
+            if self.api.tier_index(&tr.population.tier).is_none() {
+                return Err(format!(
+                    "traffic.population.tier: `{}` is not one of api.tiers",
+                    tr.population.tier
+                ));
             }
         }
         Ok(())
@@ -340,9 +278,17 @@ fn yaml_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> Error {
             .nth(1)
             .and_then(|r| r.split('`').next())
         {
+            let pat = format!("{field}:");
             return text
                 .lines()
-                .position(|l| l.trim_start().starts_with(&format!("{field}:")))
+                .position(|l| l.trim_start().starts_with(&pat))
+                .or_else(|| {
+                    // Flow style: `{a: 1, field: 2}`.
+                    text.lines().position(|l| {
+                        l.match_indices(&pat)
+                            .any(|(i, _)| l[..i].chars().last().is_some_and(|c| " {,".contains(c)))
+                    })
+                })
                 .map(|i| i + 1);
         }
         let value = msg.split("unknown variant `").nth(1)?.split('`').next()?;
@@ -355,22 +301,205 @@ fn yaml_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> Error {
     });
     match line {
         Some(n) => {
-            let key = key_path_at(text, n)
-                .map(|k| format!(" key `{k}`:"))
-                .unwrap_or_default();
+            let mut key = key_path_at(text, n);
+            // In a flow mapping (`world: {eval_per_suite: 1e12}`) the key is the one before
+            // the error's column.
+            let col = e.location().map(|l| l.column() as usize).unwrap_or(0);
+            if let (Some(k), Some(inner)) = (&key, flow_key_before(text, n, col)) {
+                key = Some(format!("{k}.{inner}"));
+            }
+            let key = key.map(|k| format!(" key `{k}`:")).unwrap_or_default();
             config_err(path, format!("line {n}:{key} {msg}"))
         }
         None => config_err(path, msg),
     }
 }
 
+/// The innermost flow-mapping keys before (1-based) column `col` of line `n`, dotted
+/// (`{train: {lr: x}}` at x gives `train.lr`), or None outside a flow mapping.
+fn flow_key_before(text: &str, n: usize, col: usize) -> Option<String> {
+    let line = text.lines().nth(n.checked_sub(1)?)?;
+    let upto: String = line.chars().take(col.saturating_sub(1)).collect();
+    let open = upto.find('{')?;
+    let mut stack: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let mut last_key: Option<String> = None;
+    for c in upto[open + 1..].chars() {
+        match c {
+            '{' => {
+                if let Some(k) = last_key.take() {
+                    stack.push(k);
+                }
+                word.clear();
+            }
+            '}' => {
+                stack.pop();
+                last_key = None;
+                word.clear();
+            }
+            ':' => {
+                last_key = Some(word.trim().to_string());
+                word.clear();
+            }
+            ',' => {
+                last_key = None;
+                word.clear();
+            }
+            _ => word.push(c),
+        }
+    }
+    let k = last_key?;
+    stack.push(k);
+    Some(stack.join("."))
+}
+
+/// The (1-based) line of a dotted key (`api.tiers[1].rpm`) in a YAML text: the block key
+/// with that path, else the line whose key (block or flow style) shares most of the path.
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    let plain: Vec<&str> = key
+        .split('.')
+        .map(|p| p.split('[').next().unwrap_or(p))
+        .filter(|p| !p.is_empty())
+        .collect();
+    let last = *plain.last()?;
+    let n_lines = text.lines().count();
+    let joined = plain.join(".");
+    let mut best: Option<(usize, usize)> = None;
+    for n in 1..=n_lines {
+        let path = key_path_at(text, n);
+        if path.as_deref() == Some(joined.as_str()) {
+            return Some(n);
+        }
+        let line = text.lines().nth(n - 1).unwrap_or("");
+        let has_key = line
+            .match_indices(&format!("{last}:"))
+            .any(|(i, _)| i == 0 || line[..i].chars().last().is_some_and(|c| " {,-".contains(c)));
+        if has_key {
+            // How much of the path the enclosing block keys share.
+            let enclosing = (1..=n)
+                .rev()
+                .find_map(|m| key_path_at(text, m))
+                .unwrap_or_default();
+            let shared = enclosing
+                .split('.')
+                .zip(&plain)
+                .take_while(|(a, b)| a == *b)
+                .count();
+            if best.is_none_or(|(s, _)| shared > s) {
+                best = Some((shared, n));
+            }
+        }
+    }
+    best.map(|(_, n)| n)
+}
+
+/// An error about `key` (a message that starts `key: ...`), placed at the line of the file
+/// that sets it: the experiment file, its base, or a `--set`.
+fn located(files: &[(&Path, &str)], overrides: &[(String, String)], key: &str, msg: &str) -> Error {
+    let body = msg
+        .strip_prefix(key)
+        .and_then(|m| m.strip_prefix(": "))
+        .unwrap_or(msg);
+    let plain: String = key
+        .split('.')
+        .map(|p| p.split('[').next().unwrap_or(p))
+        .collect::<Vec<_>>()
+        .join(".");
+    if let Some((k, v)) = overrides
+        .iter()
+        .find(|(k, _)| plain == *k || plain.starts_with(&format!("{k}.")))
+    {
+        return config_err(files[0].0, format!("--set {k}={v}: key `{key}`: {body}"));
+    }
+    for (file, text) in files {
+        if let Some(n) =
+            find_key_line(text, key).or_else(|| find_key_line(text, &format!("grid.{key}")))
+        {
+            return config_err(file, format!("line {n}: key `{key}`: {body}"));
+        }
+    }
+    config_err(files[0].0, format!("key `{key}`: {body}"))
+}
+
+/// The key a validation message is about (`key: ...`), if it starts with one.
+fn message_key(msg: &str) -> Option<&str> {
+    let (k, _) = msg.split_once(": ")?;
+    (!k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._[]".contains(c)))
+    .then_some(k)
+}
+
+/// Type a merged config value; errors name the key (and its line).
+fn typed(
+    v: Value,
+    files: &[(&Path, &str)],
+    overrides: &[(String, String)],
+    context: &str,
+) -> Result<ExperimentConfig> {
+    // Numbers first: one too large for its field (1e39 for an f32) would become infinite.
+    if let Err((key, msg)) = super::schema::check_value(&v) {
+        return Err(prefix_context(
+            located(files, overrides, &key, &msg),
+            context,
+        ));
+    }
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.inner().to_string();
+        // YAML's `.nan` and `.inf` reach here as strings: say what is wrong with them.
+        let msg = match ["\".nan\"", "\".inf\"", "\"-.inf\"", "\".NaN\"", "\".Inf\""]
+            .iter()
+            .find(|s| inner.contains(*s))
+        {
+            Some(s) => format!("{key}: {s} is not a finite number"),
+            None => format!("{key}: {inner}"),
+        };
+        prefix_context(located(files, overrides, &key, &msg), context)
+    })
+}
+
+fn prefix_context(e: Error, context: &str) -> Error {
+    match e {
+        Error::Config { file, msg } if !context.is_empty() => Error::Config {
+            file,
+            msg: format!("{context}: {msg}"),
+        },
+        e => e,
+    }
+}
+
+/// A validation error, placed at its key's line where the message names one.
+fn validation_error(
+    files: &[(&Path, &str)],
+    overrides: &[(String, String)],
+    msg: String,
+    context: &str,
+) -> Error {
+    let e = match message_key(&msg) {
+        Some(key) => located(files, overrides, key, &msg),
+        None => config_err(files[0].0, msg.clone()),
+    };
+    prefix_context(e, context)
+}
+
 /// Parse one file strictly (line-aware errors) and as a generic value (for merging).
-fn parse_file(path: &Path) -> Result<(ExperimentConfig, Value)> {
+fn parse_file(path: &Path) -> Result<(ExperimentConfig, Value, String)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Err(config_err(
+            path,
+            "the file has no settings (it is empty or only comments); an experiment file \
+             is a YAML mapping, e.g. `attacker: {budget: 1000}`",
+        ));
+    }
     let cfg: ExperimentConfig =
         serde_saphyr::from_str(&text).map_err(|e| yaml_error(path, &text, &e))?;
     let value: Value = serde_saphyr::from_str(&text).map_err(|e| yaml_error(path, &text, &e))?;
-    Ok((cfg, value))
+    Ok((cfg, value, text))
 }
 
 fn merge(base: &mut Value, over: Value) {
@@ -469,7 +598,10 @@ pub fn value_label(v: &Value) -> String {
                 .collect::<Vec<_>>()
                 .join("+")
         }
-        // An object of settings: its non-null `key=value` pairs (e.g. detector thresholds).
+        // An empty object leaves every setting at its default (it is not "off").
+        Value::Object(o) if o.is_empty() => "defaults".into(),
+        // An object of settings: its non-null `key=value` pairs (e.g. detector thresholds),
+        // `off` when every one listed is null.
         Value::Object(o) => {
             let on: Vec<String> = o
                 .iter()
@@ -494,11 +626,26 @@ pub fn value_label(v: &Value) -> String {
 
 /// Load an experiment file, apply its base and `--set key=value` overrides, expand the grid.
 pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
-    let (_, own) = parse_file(path)?;
+    let (_, own, own_text) = parse_file(path)?;
     let mut merged = serde_json::to_value(ExperimentConfig::default()).expect("default serialises");
+    let mut base_file: Option<(PathBuf, String)> = None;
     if let Some(base) = own.get("base").and_then(|b| b.as_str()) {
         let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
-        let (base_cfg, base_val) = parse_file(&base_path)?;
+        if !base_path.is_file() {
+            let line = find_key_line(&own_text, "base")
+                .map(|n| format!("line {n}: "))
+                .unwrap_or_default();
+            return Err(config_err(
+                path,
+                format!(
+                    "{line}key `base`: `{base}` is not a file ({} does not exist; the path is \
+                     relative to this file)",
+                    base_path.display()
+                ),
+            ));
+        }
+        let (base_cfg, base_val, base_text) = parse_file(&base_path)?;
+        base_file = Some((base_path.clone(), base_text));
         if base_cfg.base.is_some() {
             return Err(config_err(
                 &base_path,
@@ -522,8 +669,11 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
             grid.remove(k);
         }
     }
-    let mut config: ExperimentConfig =
-        serde_json::from_value(merged.clone()).map_err(|e| config_err(path, e.to_string()))?;
+    let mut files: Vec<(&Path, &str)> = vec![(path, own_text.as_str())];
+    if let Some((p, t)) = &base_file {
+        files.push((p.as_path(), t.as_str()));
+    }
+    let mut config = typed(merged.clone(), &files, overrides, "")?;
     if config.name.is_empty() {
         config.name = path
             .file_stem()
@@ -540,7 +690,9 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
             ),
         ));
     }
-    config.validate().map_err(|e| config_err(path, e))?;
+    config
+        .validate()
+        .map_err(|e| validation_error(&files, overrides, e, ""))?;
 
     // Variants: (name, partial config), checked before anything runs.
     let mut variants: Vec<(String, Value)> = Vec::new();
@@ -626,10 +778,14 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
                 v["grid"] = Value::Object(Default::default());
                 v["variants"] = Value::Array(vec![]);
                 v["seeds"] = Value::Array(vec![Value::from(seed)]);
-                let cfg: ExperimentConfig = serde_json::from_value(v)
-                    .map_err(|e| config_err(path, format!("grid point {}: {e}", label(&point))))?;
+                let context = if point.is_empty() {
+                    String::new()
+                } else {
+                    format!("grid point {}", label(&point))
+                };
+                let cfg = typed(v, &files, overrides, &context)?;
                 cfg.validate()
-                    .map_err(|e| config_err(path, format!("grid point {}: {e}", label(&point))))?;
+                    .map_err(|e| validation_error(&files, overrides, e, &context))?;
                 let mut id = label(&point);
                 if !id.is_empty() {
                     id.push(',');
@@ -796,7 +952,10 @@ mod tests {
     fn engine_and_device_combinations_this_build_cannot_run_are_errors() {
         let p = write("cuda-burn.yaml", "engine: burn\ndevice: cuda\n");
         let e = load(&p, &[]).unwrap_err().to_string();
-        assert!(e.contains("device: cuda needs engine: tch"), "{e}");
+        assert!(
+            e.contains("line 2: key `device`: cuda needs engine: tch"),
+            "{e}"
+        );
         let p = write("gpu.yaml", "device: gpu\n");
         let e = load(&p, &[]).unwrap_err().to_string();
         assert!(
@@ -811,5 +970,162 @@ mod tests {
             let e = r.unwrap_err().to_string();
             assert!(e.contains("--features tch"), "{e}");
         }
+    }
+
+    /// Mutation fuzzing of the loader over the committed experiments and fixtures: each case
+    /// changes one value to an edge (negative, zero, huge, NaN, infinite, wrong type), drops,
+    /// repeats or truncates lines, or adds an unknown key. Whatever comes in, the loader must
+    /// not panic or hang, and must return either a config that passes validation (every run,
+    /// every number in range) or an error that names the file and a line or key.
+    #[test]
+    fn fuzzed_configs_give_a_located_error_or_a_valid_config() {
+        use rand::Rng;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut corpus: Vec<(String, String)> = Vec::new();
+        for dir in ["experiments", "tests/fixtures"] {
+            for e in std::fs::read_dir(root.join(dir)).unwrap() {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "yaml") {
+                    let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                    corpus.push((name, std::fs::read_to_string(&p).unwrap()));
+                }
+            }
+        }
+        corpus.sort();
+        const EDGES: &[&str] = &[
+            "-1",
+            "0",
+            "1",
+            "2",
+            "0.5",
+            "1.5",
+            "-0.0",
+            "1e39",
+            "-1e39",
+            "1e12",
+            "1e18",
+            "18446744073709551616",
+            ".nan",
+            ".inf",
+            "-.inf",
+            "\"x\"",
+            "x",
+            "[]",
+            "{}",
+            "[1, 1]",
+            "null",
+            "true",
+            "~",
+            "tier9",
+            "[[1]]",
+            "{kind: nope}",
+            "1e-12",
+            "4294967296",
+        ];
+        let dir = std::env::temp_dir().join(format!("distill-sim-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Bases the corpus refers to, beside the mutated files.
+        for (name, text) in &corpus {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let mut rng = crate::rng::derive_rng(12, "config-fuzz");
+        let cases = 1500;
+        let (mut ok, mut refused) = (0, 0);
+        let t0 = std::time::Instant::now();
+        for case in 0..cases {
+            let (name, text) = &corpus[rng.random_range(0..corpus.len())];
+            let mut lines: Vec<String> = text.lines().map(String::from).collect();
+            let at = rng.random_range(0..lines.len().max(1));
+            match rng.random_range(0..10) {
+                // The value of a `key: value` line (most cases).
+                0..=5 => {
+                    let candidates: Vec<usize> = lines
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, l)| l.contains(": ") && !l.trim_start().starts_with('#'))
+                        .map(|(i, _)| i)
+                        .collect();
+                    if let Some(&i) = candidates.get(rng.random_range(0..candidates.len().max(1))) {
+                        let edge = EDGES[rng.random_range(0..EDGES.len())];
+                        let l = &lines[i];
+                        // In flow style, one of the values inside the braces.
+                        let cut = if l.contains('{') && rng.random_bool(0.5) {
+                            l.rfind(": ").unwrap()
+                        } else {
+                            l.find(": ").unwrap()
+                        };
+                        let tail = if l[cut..].contains('}') && cut == l.rfind(": ").unwrap() {
+                            "}".repeat(l[cut..].matches('}').count())
+                        } else {
+                            String::new()
+                        };
+                        lines[i] = format!("{}: {edge}{tail}", &l[..cut]);
+                    }
+                }
+                6 => {
+                    if !lines.is_empty() {
+                        lines.remove(at);
+                    }
+                }
+                7 => {
+                    if !lines.is_empty() {
+                        let l = lines[at].clone();
+                        lines.insert(at, l);
+                    }
+                }
+                8 => lines.insert(at, "bogus_key: 1".into()),
+                _ => lines.truncate(at),
+            }
+            let mutated = lines.join("\n");
+            let file = dir.join(format!("case-{case}.yaml"));
+            std::fs::write(&file, &mutated).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let f = file.clone();
+            let worker = std::thread::spawn(move || {
+                let r = load(&f, &[])
+                    .map(|exp| exp.runs.len())
+                    .map_err(|e| e.to_string());
+                let _ = tx.send(r);
+            });
+            let result = rx
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("{name} case {case} hung or panicked:\n{mutated}"));
+            worker.join().expect("no panic");
+            match result {
+                Ok(n) => {
+                    let exp = load(&file, &[]).unwrap();
+                    assert_eq!(exp.runs.len(), n);
+                    for r in &exp.runs {
+                        assert!(r.config.validate().is_ok(), "{name} case {case}");
+                        let v = serde_json::to_value(&r.config).unwrap();
+                        assert!(super::super::schema::check_value(&v).is_ok());
+                    }
+                    ok += 1;
+                }
+                Err(e) => {
+                    let located = e.contains(&file.display().to_string())
+                        || corpus.iter().any(|(n, _)| e.contains(n.as_str()));
+                    let pointed = e.contains("line ")
+                        || e.contains("no settings")
+                        || e.contains("key `")
+                        || e.contains("variants[")
+                        || e.contains("grid")
+                        || e.contains("seeds:")
+                        || e.contains("name:");
+                    assert!(
+                        located && pointed,
+                        "{name} case {case}: an error without a file and a line or key: {e}\n---\n{mutated}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        eprintln!(
+            "config fuzz: {cases} cases ({ok} loaded and valid, {refused} refused with a located \
+             error) in {:.2} s",
+            t0.elapsed().as_secs_f64()
+        );
+        assert!(ok > 0 && refused > 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -3,3 +3,4 @@
 pub mod config;
 pub mod results;
 pub mod run;
+pub mod schema;

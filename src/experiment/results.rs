@@ -7,19 +7,15 @@ use std::path::Path;
 
 /// Whether the run of `spec` in `dir` is finished: its status is ok, its stored config is
 /// `spec`'s, and its metrics file holds one well-formed checkpoint per budget of that config.
-/// A run whose config changed since (an edited file, a `--set`) or whose metrics are
-/// truncated is not finished: it runs again and replaces the old directory.
+/// A run whose metrics are truncated is not finished: it runs again. A run whose config
+/// changed since (an edited file, a `--set`) is not finished either; the sweep refuses to
+/// replace it unless asked to (see `changed_keys`).
 pub fn is_finished(dir: &Path, spec: &RunSpec) -> bool {
-    let read = |file: &str| -> Option<Value> {
-        serde_json::from_slice(&std::fs::read(dir.join(file)).ok()?).ok()
-    };
+    let read = |file: &str| read_json(&dir.join(file));
     let (Some(stored), Some(summary)) = (read("config.json"), read("summary.json")) else {
         return false;
     };
-    // Compared as the text would be read back (f32 fields print shortest, e.g. 0.01).
-    let want: Option<Value> = serde_json::to_string(&spec.config)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+    let want = stored_form(spec);
     if summary["status"] != "ok" || want.as_ref() != Some(&stored) {
         return false;
     }
@@ -28,6 +24,75 @@ pub fn is_finished(dir: &Path, spec: &RunSpec) -> bool {
             .map(|c| c.budget as usize)
             .eq(spec.config.budgets())
     })
+}
+
+/// A JSON file, if it exists and parses.
+fn read_json(path: &Path) -> Option<Value> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// The config a run should be stored with, as its `config.json` would read back (f32 fields
+/// print shortest, e.g. 0.01).
+fn stored_form(spec: &RunSpec) -> Option<Value> {
+    serde_json::to_string(&spec.config)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+}
+
+/// Where a finished (status ok) run in `dir` was run with a config other than `spec`'s: the
+/// differing keys as `key: stored -> requested` (at most `limit`, then a count). None when
+/// `dir` holds no finished run or its config is `spec`'s.
+pub fn changed_keys(dir: &Path, spec: &RunSpec, limit: usize) -> Option<Vec<String>> {
+    let read = |file: &str| read_json(&dir.join(file));
+    let summary = read("summary.json")?;
+    if summary["status"] != "ok" {
+        return None;
+    }
+    let stored = read("config.json").unwrap_or(Value::Null);
+    let want = stored_form(spec)?;
+    let mut diffs = Vec::new();
+    diff_values("", &stored, &want, &mut diffs);
+    if diffs.is_empty() {
+        return None;
+    }
+    let n = diffs.len();
+    diffs.truncate(limit);
+    if n > limit {
+        diffs.push(format!("... and {} more", n - limit));
+    }
+    Some(diffs)
+}
+
+/// Dotted keys at which two config values differ, as `key: a -> b`.
+fn diff_values(prefix: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                let null = Value::Null;
+                diff_values(
+                    &key,
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    out,
+                );
+            }
+        }
+        _ if a != b => {
+            let key = if prefix.is_empty() {
+                "(config)"
+            } else {
+                prefix
+            };
+            out.push(format!("{key}: {a} -> {b}"))
+        }
+        _ => {}
+    }
 }
 
 /// Write a run directory atomically: build it under a hidden temporary name, then rename.
@@ -40,21 +105,29 @@ pub(crate) fn write_run_dir(
 ) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // Leftovers of an interrupted write of this run (any process) are removed first.
-    if let Ok(entries) = std::fs::read_dir(parent) {
-        let prefix = format!(".tmp-{name}-");
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
+    // Leftovers of interrupted writes (processes that are gone) are removed first.
+    crate::fsutil::clean_stale_temps(parent);
+    let tmp = crate::fsutil::tmp_path(dir);
+    let written = fill_run_dir(&tmp, spec, rows, summary, timeline).and_then(|_| {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
+        std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
     }
-    let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    written
+}
+
+fn fill_run_dir(
+    tmp: &Path,
+    spec: &RunSpec,
+    rows: &[Value],
+    summary: &Value,
+    timeline: Option<&Value>,
+) -> Result<()> {
+    std::fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
     let put = |file: &str, data: Vec<u8>| -> Result<()> {
         let p = tmp.join(file);
         std::fs::write(&p, data).map_err(|e| Error::io(&p, e))
@@ -75,11 +148,7 @@ pub(crate) fn write_run_dir(
     put(
         "summary.json",
         serde_json::to_vec_pretty(summary).unwrap_or_default(),
-    )?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+    )
 }
 
 pub fn versions() -> Value {

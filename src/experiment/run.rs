@@ -49,7 +49,12 @@ pub struct Runner {
     pub results_root: PathBuf,
     pub cache_dir: PathBuf,
     teachers: HashMap<String, EvaluatedTeacher>,
+    /// Why a teacher could not be prepared, by teacher key.
+    teacher_errors: HashMap<String, String>,
 }
+
+/// The status of a run that another process is running (this one skipped it).
+pub const BUSY: &str = "busy elsewhere";
 
 /// Outcome of one run.
 pub struct RunOutcome {
@@ -64,6 +69,7 @@ impl Runner {
             results_root,
             cache_dir,
             teachers: HashMap::new(),
+            teacher_errors: HashMap::new(),
         }
     }
 
@@ -83,10 +89,19 @@ impl Runner {
         )
     }
 
-    /// Train or load every teacher the runs need (before runs go parallel).
+    /// Train or load every teacher the runs need (before runs go parallel). A teacher that
+    /// cannot be had (a corrupt cache file, diverged training) fails the runs that need it,
+    /// each with the reason in its summary, not the whole sweep.
     pub fn prepare(&mut self, runs: &[RunSpec]) -> Result<()> {
         for r in runs {
-            self.ensure_teacher(r)?;
+            let key = Self::teacher_key(r);
+            if self.teacher_errors.contains_key(&key) {
+                continue;
+            }
+            if let Err(e) = self.ensure_teacher(r) {
+                eprintln!("[teacher] {e}");
+                self.teacher_errors.insert(key, e.to_string());
+            }
         }
         Ok(())
     }
@@ -133,9 +148,56 @@ impl Runner {
         self.results_root.join(&exp.config.name).join(id)
     }
 
+    /// The lock a process holds while it runs `spec` (outside the run directories, which
+    /// readers list).
+    pub fn lock_path(&self, exp: &Experiment, spec: &RunSpec) -> PathBuf {
+        self.results_root
+            .join(".locks")
+            .join(&exp.config.name)
+            .join(format!("{}.lock", spec.id))
+    }
+
+    /// Whether another process is running `spec` now.
+    pub fn busy_elsewhere(&self, exp: &Experiment, spec: &RunSpec) -> bool {
+        matches!(
+            crate::fsutil::try_lock(&self.lock_path(exp, spec)),
+            Ok(None)
+        )
+    }
+
+    /// Remove the temporaries that crashed or failed writes left in this experiment's
+    /// results and in the teacher cache. Returns how many were removed.
+    pub fn clean_temps(&self, exp: &Experiment) -> usize {
+        let mut n = crate::fsutil::clean_stale_temps(&self.results_root.join(&exp.config.name));
+        if let Ok(entries) = std::fs::read_dir(self.cache_dir.join("teachers")) {
+            for e in entries.flatten() {
+                n += crate::fsutil::clean_stale_temps(&e.path());
+            }
+        }
+        n
+    }
+
     /// Run one grid point, or skip it if its results are complete.
     pub fn run(&self, exp: &Experiment, spec: &RunSpec, log: &(dyn Fn(&str) + Sync)) -> RunOutcome {
         let dir = self.run_dir(exp, &spec.id);
+        // A run is done by one process: another sweep into the same results skips it.
+        let lock = match crate::fsutil::try_lock(&self.lock_path(exp, spec)) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                return RunOutcome {
+                    id: spec.id.clone(),
+                    status: BUSY.into(),
+                    skipped: true,
+                }
+            }
+            Err(e) => {
+                return RunOutcome {
+                    id: spec.id.clone(),
+                    status: format!("failed: {e}"),
+                    skipped: false,
+                }
+            }
+        };
         if is_finished(&dir, spec) {
             return RunOutcome {
                 id: spec.id.clone(),
@@ -170,6 +232,7 @@ impl Runner {
                 skipped: false,
             };
         }
+        drop(lock);
         RunOutcome {
             id: spec.id.clone(),
             status: match error {
@@ -188,10 +251,14 @@ impl Runner {
     ) -> Result<(Vec<Value>, Option<Value>)> {
         let cfg = spec.config.clone();
         let suites = EvalSuites::new(&cfg.world);
-        let t = self
-            .teachers
-            .get(&Self::teacher_key(spec))
-            .ok_or_else(|| Error::Invalid("teacher not prepared".into()))?;
+        let t = self.teachers.get(&Self::teacher_key(spec)).ok_or_else(|| {
+            Error::Invalid(
+                self.teacher_errors
+                    .get(&Self::teacher_key(spec))
+                    .cloned()
+                    .unwrap_or_else(|| "teacher not prepared".into()),
+            )
+        })?;
         let (t_scores, t_resp) = (&t.scores, &t.responses);
         let mut api = Api::new(cfg.api.clone())?;
         let t_h = Instant::now();

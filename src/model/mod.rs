@@ -16,7 +16,17 @@ pub use spec::ModelSpec;
 use crate::error::{Error, Result};
 
 /// Which engine runs the model (config key `engine`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EngineKind {
     /// burn 0.22 on the pure-Rust `flex` CPU backend.
@@ -27,7 +37,17 @@ pub enum EngineKind {
 }
 
 /// Where the engine runs (config key `device`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceKind {
     #[default]
@@ -149,7 +169,8 @@ pub fn load_engine(
 ) -> Result<Box<dyn Engine>> {
     backend.check()?;
     let w = weights::Weights::load(path)?;
-    w.check_spec(&spec)?;
+    w.check_spec(&spec)
+        .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
     match backend.engine {
         EngineKind::Burn => Ok(Box::new(burn_engine::BurnEngine::from_weights(spec, &w)?)),
         #[cfg(feature = "tch")]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 /// once at the first position (BOS), pre-norm blocks (causal multi-head attention with rotary
 /// position embeddings on queries and keys, GELU MLP), final norm, untied output head. No
 /// learned absolute positions: what a head learns at one offset holds at every offset.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// Number of token ids.

@@ -95,3 +95,31 @@ fn training_lowers_the_loss() {
     }
     assert!(first.is_finite() && last < first * 0.7, "{first} -> {last}");
 }
+
+/// Issue "no silent wrong results", case 5: a loss that becomes non-finite stops training at
+/// once and the report says so (the runner then fails the run instead of recording `ok`).
+#[test]
+fn case_5_a_non_finite_loss_stops_training_and_is_reported() {
+    let mut eng = new_engine(Backend::BURN, tiny(), 5).unwrap();
+    let mut rng = derive_rng(3, "t");
+    let examples: Vec<_> = (0..32)
+        .map(|_| {
+            let p = Mix::benign().sample(&mut rng);
+            let mut e = example(&p, &ideal_response(&p));
+            e.voice = [f32::NAN; crate::world::VOICE_DIM];
+            e
+        })
+        .collect();
+    let cfg = super::train::TrainConfig {
+        steps: 20,
+        batch_size: 8,
+        ..Default::default()
+    };
+    let report =
+        super::train::train_validated(eng.as_mut(), &examples, &[], None, &cfg, 1, |_, _| {});
+    assert!(!report.is_finite(), "{report:?}");
+    assert_eq!(
+        report.steps, 1,
+        "training stops at the first non-finite loss"
+    );
+}

@@ -8,7 +8,7 @@ use crate::world::Skill;
 use serde::{Deserialize, Serialize};
 
 /// Detector thresholds; a detector with threshold `None` is off.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectorConfig {
     /// Volume: queries per account in the current simulated day.

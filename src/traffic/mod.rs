@@ -49,7 +49,7 @@ pub fn kind_index(k: Kind) -> u8 {
 /// Detection coupled to a run: the campaign is replayed at its own scale with a benign
 /// population and detectors; the share of its planned attacker queries served before the
 /// detectors stop it is the share of `attacker.budget` the attacker keeps.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrafficConfig {
     /// Off by default: runs then harvest their whole budget undisturbed.
@@ -69,7 +69,7 @@ pub struct TrafficConfig {
 }
 
 /// The provider multiplies every tier's limits by `factor` on simulated day `day`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitChange {
     pub day: f64,
@@ -93,7 +93,7 @@ impl Default for TrafficConfig {
 }
 
 /// An identity-verification challenge: the account is suspended until it is completed.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChallengeConfig {
     /// Hours from the challenge to its outcome (the time to acquire and submit an identity).
@@ -118,7 +118,7 @@ impl Default for ChallengeConfig {
 }
 
 /// Access defenses: who may open accounts and send requests at all.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessConfig {
     /// Regions whose requests are refused. Benign users live in regions 0..8; attacker accounts
@@ -133,7 +133,9 @@ pub struct AccessConfig {
 }
 
 /// The action on a flagged account.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Refuse every later request (benign users on a banned account are blocked).
@@ -152,7 +154,7 @@ pub enum Action {
     Challenge,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PopulationConfig {
     /// Benign users (one account each).
@@ -180,7 +182,7 @@ impl Default for PopulationConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CampaignConfig {
     /// Attacker accounts.
@@ -220,7 +222,9 @@ pub struct CampaignConfig {
 }
 
 /// Campaign timing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Pacing {
     /// Each account's queries at independent random minutes.

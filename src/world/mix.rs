@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// Shares of prompt families in a distribution. Family shares need not sum to 1: they are
 /// weights, normalised when sampling.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Mix {
     /// Weight of capability-skill prompts.
@@ -144,7 +144,7 @@ impl Mix {
 }
 
 /// World settings that a config may change.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorldConfig {
     /// Prompts per eval suite (one suite per kind: skill x tier, safety, affect/probe x channel).

@@ -24,7 +24,19 @@ pub const VOICE_FEATURES: usize = 8;
 pub const VOICE_DIM: usize = VOICE_FEATURES + 1;
 
 /// Capability skills; each has an easy and a hard tier.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Skill {
     /// Easy: copy 3-5 symbols. Hard: reverse 5-8 symbols (trace: the two ends).
@@ -59,7 +71,19 @@ impl Skill {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {
     Easy,
@@ -68,7 +92,19 @@ pub enum Tier {
 }
 
 /// Where distress is expressed in an affect prompt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
     /// No distress anywhere.
@@ -113,7 +149,19 @@ impl Channel {
 
 /// What a prompt is, as a label for sampling and evaluation. The ideal response never reads
 /// it: it is derived from the tokens and the voice alone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 pub enum Kind {
     Skill(Skill, Tier),
     /// A harmful request: ideal response is a refusal.
@@ -144,7 +192,7 @@ impl Kind {
 }
 
 /// A request's content: tokens (without BOS/SEP) and an optional voice vector.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Prompt {
     pub kind: Kind,
     pub tokens: Vec<Tok>,
