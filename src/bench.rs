@@ -198,6 +198,10 @@ pub fn run(opts: &BenchOptions) -> crate::Result<()> {
             );
         }
     }
+    if opts.backends.contains(&Backend::BURN) {
+        println!();
+        burn_breakdown(opts, &batches)?;
+    }
     let _ = std::fs::remove_dir_all(&scratch);
     if opts.harvest > 0 {
         println!();
@@ -334,4 +338,131 @@ pub fn traffic(quick: bool) -> crate::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where a burn training step's time goes, per size: the forward pass that builds the loss
+/// (with its autodiff graph), the backward pass, the optimiser update, and the floor set by
+/// the step's matrix products alone (the same shapes, forward and both backward products of
+/// every linear layer and of attention, run as plain flex matmuls without autodiff).
+fn burn_breakdown(
+    opts: &BenchOptions,
+    batches: &[(crate::model::Batch, crate::model::Targets)],
+) -> crate::Result<()> {
+    use crate::model::burn_engine::BurnEngine;
+    println!(
+        "burn training step, {} compute threads: milliseconds per step (share of the step)",
+        crate::model::compute_threads()
+    );
+    println!();
+    println!("| model | forward + loss | backward | optimiser | step | matmuls alone | step GFLOP/s | matmul GFLOP/s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let steps = if opts.quick { 4 } else { 16 };
+    for size in &opts.sizes {
+        let Some(spec) = ModelSpec::preset(size) else {
+            continue;
+        };
+        let mut eng = BurnEngine::from_weights(spec.clone(), &weights::init(&spec, 1))?;
+        let _ = eng.timed_step(&batches[0].0, &batches[0].1, 1e-3);
+        let mut parts = [0.0f64; 3];
+        let mut flops = 0.0;
+        for i in 0..steps {
+            let (b, t) = &batches[i % batches.len()];
+            let (_, p) = eng.timed_step(b, t, 1e-3);
+            for (acc, x) in parts.iter_mut().zip(p) {
+                *acc += x / steps as f64;
+            }
+            // Forward and backward: three times the forward's multiply-adds.
+            flops += 3.0 * spec.flops_per_token(b.t) * (b.b * b.t) as f64 / steps as f64;
+        }
+        let step: f64 = parts.iter().sum();
+        // The floor over the same batches as the steps (their lengths differ).
+        let (mut mm, mut mm_flops) = (0.0, 0.0);
+        for i in 0..steps {
+            let (s, f) = matmul_floor(&spec, &batches[i % batches.len()].0, 2);
+            mm += s / steps as f64;
+            mm_flops += f / steps as f64;
+        }
+        let share = |x: f64| format!("{:.1} ({:.0}%)", x * 1e3, 100.0 * x / step);
+        println!(
+            "| {size} | {} | {} | {} | {:.1} | {} | {:.1} | {:.1} |",
+            share(parts[0]),
+            share(parts[1]),
+            share(parts[2]),
+            step * 1e3,
+            share(mm),
+            flops / step / 1e9,
+            mm_flops / mm / 1e9
+        );
+    }
+    Ok(())
+}
+
+/// Seconds per step of the matrix products of one training step on `batch` alone, and their
+/// floating-point operations.
+fn matmul_floor(spec: &ModelSpec, batch: &crate::model::Batch, reps: usize) -> (f64, f64) {
+    use burn::tensor::{Device, Tensor};
+    let device = Device::flex();
+    let (b, t, d, h) = (batch.b, batch.t, spec.d_model, spec.heads);
+    let hs = d / h;
+    let n = b * t;
+    let rand2 = |r: usize, c: usize| {
+        Tensor::<2>::random(
+            [r, c],
+            burn::tensor::Distribution::Uniform(-1.0, 1.0),
+            &device,
+        )
+    };
+    let rand3 = |a: usize, r: usize, c: usize| {
+        Tensor::<3>::random(
+            [a, r, c],
+            burn::tensor::Distribution::Uniform(-1.0, 1.0),
+            &device,
+        )
+    };
+    // (rows, in, out) of every linear layer.
+    let mut linears = Vec::new();
+    for _ in 0..spec.layers {
+        let m = d * spec.mlp_ratio;
+        linears.extend([(n, d, 3 * d), (n, d, d), (n, d, m), (n, m, d)]);
+    }
+    linears.push((n, d, spec.vocab));
+    let mut flops = 0.0;
+    let mut work: Vec<Box<dyn Fn()>> = Vec::new();
+    for &(r, i, o) in &linears {
+        let (x, w, dy) = (rand2(r, i), rand2(i, o), rand2(r, o));
+        flops += 3.0 * 2.0 * (r * i * o) as f64;
+        work.push(Box::new(move || {
+            let _ = x.clone().matmul(w.clone()).into_data(); // forward
+            let _ = dy.clone().matmul(w.clone().transpose()).into_data(); // input gradient
+            let _ = x.clone().transpose().matmul(dy.clone()).into_data(); // weight gradient
+        }));
+    }
+    for _ in 0..spec.layers {
+        let (q, k, v) = (
+            rand3(b * h, t, hs),
+            rand3(b * h, t, hs),
+            rand3(b * h, t, hs),
+        );
+        let att = rand3(b * h, t, t);
+        flops += 3.0 * 2.0 * 2.0 * (b * h * t * t * hs) as f64;
+        work.push(Box::new(move || {
+            let _ = q.clone().matmul(k.clone().swap_dims(1, 2)).into_data();
+            let _ = att.clone().matmul(v.clone()).into_data();
+            // Backward: two products each.
+            let _ = att.clone().matmul(k.clone()).into_data();
+            let _ = att.clone().swap_dims(1, 2).matmul(q.clone()).into_data();
+            let _ = att.clone().matmul(v.clone()).into_data();
+            let _ = att.clone().swap_dims(1, 2).matmul(v.clone()).into_data();
+        }));
+    }
+    for w in &work {
+        w();
+    }
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        for w in &work {
+            w();
+        }
+    }
+    (t0.elapsed().as_secs_f64() / reps as f64, flops)
 }

@@ -57,26 +57,28 @@ fn layer_norm(x: Tensor<3>, w: &Param<Tensor<1>>, b: &Param<Tensor<1>>) -> Tenso
 type Cache = Vec<(Tensor<4>, Tensor<4>)>;
 
 /// Rotary position embedding of `x` (B, H, T, hs): the two halves of every head are rotated
-/// by the angles whose cosines and sines are `rope` (each (B, 1, T, hs / 2)).
-fn rotate(x: Tensor<4>, rope: &(Tensor<4>, Tensor<4>)) -> Tensor<4> {
-    let [_, _, _, hs] = x.dims();
-    let half = hs / 2;
-    let (cos, sin) = rope;
-    let x1 = x.clone().narrow(3, 0, half);
-    let x2 = x.narrow(3, half, half);
-    Tensor::cat(
-        vec![
-            x1.clone() * cos.clone() - x2.clone() * sin.clone(),
-            x1 * sin.clone() + x2 * cos.clone(),
-        ],
-        3,
-    )
+/// by the angles of each position, `[x1 cos - x2 sin, x2 cos + x1 sin]`, computed as
+/// `x * C + (x R) * S` with `C = [cos, cos]`, `S = [sin, sin]` (each (B, 1, T, hs)) and `R`
+/// the signed half swap (`x R = [-x2, x1]`, exact): four ops instead of nine, which the
+/// backward pass doubles.
+fn rotate(x: Tensor<4>, rope: &Rope) -> Tensor<4> {
+    let swapped = x.clone().matmul(rope.swap.clone());
+    x * rope.cos.clone() + swapped * rope.sin.clone()
+}
+
+/// Rotary tables of a forward pass.
+struct Rope {
+    /// `[cos, cos]` per position, (B, 1, T, hs).
+    cos: Tensor<4>,
+    /// `[sin, sin]` per position, (B, 1, T, hs).
+    sin: Tensor<4>,
+    /// The signed half swap, (1, 1, hs, hs).
+    swap: Tensor<4>,
 }
 
 /// The position-dependent inputs of a forward pass, built from each token's position.
 struct PosInputs {
-    /// Rotary cosines and sines, (B, 1, T, hs / 2).
-    rope: (Tensor<4>, Tensor<4>),
+    rope: Rope,
     /// 1 at each row's first position (where the voice enters), else 0: (B, T, 1).
     voice_gate: Tensor<3>,
 }
@@ -84,10 +86,27 @@ struct PosInputs {
 impl PosInputs {
     fn new(spec: &ModelSpec, pos: &[i64], b: usize, t: usize, device: &Device) -> PosInputs {
         let half = spec.d_model / spec.heads / 2;
+        let hs = 2 * half;
         let (cos, sin) = super::engine::rope_tables(pos, half);
-        let t4 = |d: Vec<f32>| Tensor::<4>::from_data(TensorData::new(d, [b, 1, t, half]), device);
+        let twice = |d: Vec<f32>| {
+            let full: Vec<f32> = d
+                .chunks(half)
+                .flat_map(|row| row.iter().chain(row.iter()).copied())
+                .collect();
+            Tensor::<4>::from_data(TensorData::new(full, [b, 1, t, hs]), device)
+        };
+        // x R = [-x2, x1]: column j < half takes -x[j + half], column j >= half takes x[j - half].
+        let mut swap = vec![0.0f32; hs * hs];
+        for j in 0..half {
+            swap[(j + half) * hs + j] = -1.0;
+            swap[j * hs + j + half] = 1.0;
+        }
         PosInputs {
-            rope: (t4(cos), t4(sin)),
+            rope: Rope {
+                cos: twice(cos),
+                sin: twice(sin),
+                swap: Tensor::from_data(TensorData::new(swap, [1, 1, hs, hs]), device),
+            },
             voice_gate: Tensor::from_data(
                 TensorData::new(super::engine::voice_gate(pos), [b, t, 1]),
                 device,
@@ -99,6 +118,11 @@ impl PosInputs {
 impl Transformer {
     /// tokens: (B, T); voice: (B, VD); mask: additive, broadcastable to (B, H, T, S).
     /// With `cache`, keys and values are appended to it and attention spans the whole cache.
+    ///
+    /// Layer norm and attention are written out, for inference too: flex's fused kernels for
+    /// them compute the same values in another order, and their last-bit differences in the
+    /// teacher's logprobs and the students' validation losses moved early stopping and so the
+    /// committed results (tried; the quickstart then differed by noise-level amounts).
     fn forward(
         &self,
         spec: &ModelSpec,
@@ -117,13 +141,12 @@ impl Transformer {
         for (l, blk) in self.blocks.iter().enumerate() {
             let a = layer_norm(x.clone(), &blk.ln1_w, &blk.ln1_b);
             let qkv = linear(a, blk.qkv_w.val(), Some(blk.qkv_b.val())); // (B, T, 3d)
-            let mut parts = qkv
-                .reshape([b, t, 3 * h, hs])
-                .swap_dims(1, 2) // (B, 3h, T, hs)
-                .chunk(3, 1);
-            let vv = parts.pop().expect("3 chunks");
-            let k = rotate(parts.pop().expect("3 chunks"), &at.rope);
-            let q = rotate(parts.pop().expect("3 chunks"), &at.rope);
+            let qkv = qkv.reshape([b, t, 3 * h, hs]).swap_dims(1, 2); // (B, 3h, T, hs)
+            let vv = qkv.clone().narrow(1, 2 * h, h);
+            // Queries and keys rotated together.
+            let mut qk = rotate(qkv.narrow(1, 0, 2 * h), &at.rope).chunk(2, 1);
+            let k = qk.pop().expect("2 chunks");
+            let q = qk.pop().expect("2 chunks");
             let (k, vv) = match cache.as_deref_mut() {
                 Some(c) if c.len() > l => {
                     let (pk, pv) = c[l].clone();
@@ -139,8 +162,8 @@ impl Transformer {
                 None => (k, vv),
             };
             let att = q.matmul(k.swap_dims(2, 3)).div_scalar((hs as f32).sqrt()) + mask.clone(); // (B, h, T, S)
-            let att = softmax(att, 3);
-            let y = att.matmul(vv).swap_dims(1, 2).reshape([b, t, d]); // (B, T, d)
+            let y = softmax(att, 3).matmul(vv);
+            let y = y.swap_dims(1, 2).reshape([b, t, d]); // (B, T, d)
             x = x + linear(y, blk.proj_w.val(), Some(blk.proj_b.val()));
             let m = layer_norm(x.clone(), &blk.ln2_w, &blk.ln2_b);
             let m = gelu(linear(m, blk.fc_w.val(), Some(blk.fc_b.val())));
@@ -358,6 +381,45 @@ impl BurnEngine {
     }
 }
 
+impl BurnEngine {
+    /// One optimiser step, with the seconds spent building the loss (forward), in the
+    /// backward pass (gradients collected) and in the optimiser update: the breakdown
+    /// `distill-sim bench` prints for burn.
+    pub fn timed_step(&mut self, batch: &Batch, targets: &Targets, lr: f64) -> (f32, [f64; 3]) {
+        // One thread of control: burn's autodiff graph is shared, and concurrent backward
+        // passes over the same parameters race (tried: "graph tape has already been
+        // consumed"); the matmuls inside run on the rayon pool.
+        let t = std::time::Instant::now();
+        let (loss, loss_value) = self.loss(batch, targets);
+        let forward = t.elapsed().as_secs_f64();
+        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        let backward = t.elapsed().as_secs_f64() - forward;
+        let s = &self.optim_settings;
+        let model = &self.model;
+        let optim = self.optim.get_or_insert_with(|| {
+            // Decoupled weight decay on matrices only: norms and biases form a group without it.
+            let clip = (s.grad_clip > 0.0).then_some(
+                burn::optim::grad_clipping::GradientClippingConfig::Norm(s.grad_clip),
+            );
+            let cfg = AdamWConfig::new()
+                .with_beta_1(s.beta1)
+                .with_beta_2(s.beta2)
+                .with_weight_decay(s.weight_decay)
+                .with_grad_clipping(clip.clone());
+            let no_decay = cfg.clone().with_weight_decay(0.0).build();
+            cfg.init().with_group(
+                burn::module::ParamGroup::from_ids(model.vector_param_ids()),
+                no_decay,
+                clip.map(|c| c.init()),
+            )
+        });
+        let model = std::mem::replace(&mut self.model, placeholder(&self.device));
+        self.model = optim.step(lr, model, grads);
+        let optimizer = t.elapsed().as_secs_f64() - forward - backward;
+        (loss_value, [forward, backward, optimizer])
+    }
+}
+
 impl Engine for BurnEngine {
     fn spec(&self) -> &ModelSpec {
         &self.spec
@@ -383,32 +445,7 @@ impl Engine for BurnEngine {
     }
 
     fn train_step(&mut self, batch: &Batch, targets: &Targets, lr: f64) -> f32 {
-        // One thread: burn's autodiff graph is shared, and concurrent backward passes over the
-        // same parameters race (tried: "graph tape has already been consumed").
-        let (loss, loss_value) = self.loss(batch, targets);
-        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
-        let s = &self.optim_settings;
-        let model = &self.model;
-        let optim = self.optim.get_or_insert_with(|| {
-            // Decoupled weight decay on matrices only: norms and biases form a group without it.
-            let clip = (s.grad_clip > 0.0).then_some(
-                burn::optim::grad_clipping::GradientClippingConfig::Norm(s.grad_clip),
-            );
-            let cfg = AdamWConfig::new()
-                .with_beta_1(s.beta1)
-                .with_beta_2(s.beta2)
-                .with_weight_decay(s.weight_decay)
-                .with_grad_clipping(clip.clone());
-            let no_decay = cfg.clone().with_weight_decay(0.0).build();
-            cfg.init().with_group(
-                burn::module::ParamGroup::from_ids(model.vector_param_ids()),
-                no_decay,
-                clip.map(|c| c.init()),
-            )
-        });
-        let model = std::mem::replace(&mut self.model, placeholder(&self.device));
-        self.model = optim.step(lr, model, grads);
-        loss_value
+        self.timed_step(batch, targets, lr).0
     }
 
     fn generate(

@@ -136,13 +136,25 @@ impl Backend {
     }
 }
 
-/// Compute threads for engines that use several (LibTorch on the CPU); burn/flex trains on
-/// one. Worker processes of a sweep set 1 so that they do not oversubscribe the cores.
+/// Compute threads of both engines in this process (LibTorch's intra-op threads, burn's
+/// rayon pool). Worker processes of a sweep set 1 so that they do not oversubscribe the cores;
+/// a single run keeps the default, one per core.
 pub fn set_threads(n: usize) {
+    let n = n.max(1);
     #[cfg(feature = "tch")]
-    tch::set_num_threads(n.max(1) as i32);
-    #[cfg(not(feature = "tch"))]
-    let _ = n;
+    tch::set_num_threads(n as i32);
+    // burn's flex backend runs its parallel matmuls and batch loops on rayon's global pool,
+    // which defaults to one thread per core: sized here so that worker processes (one thread
+    // each) do not oversubscribe the cores. The pool can be sized once per process, before
+    // its first use; later calls keep the first size.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
+}
+
+/// Threads of the pool burn's flex backend computes on (rayon's global pool).
+pub fn compute_threads() -> usize {
+    rayon::current_num_threads()
 }
 
 /// A freshly initialised engine for `spec`.
