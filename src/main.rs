@@ -177,6 +177,16 @@ enum TeacherCmd {
     },
 }
 
+/// Print data to stdout. A reader that stops early (`| head`) closes the pipe: that ends the
+/// output quietly instead of panicking, as `println!` would.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush());
+}
+
 fn overrides(set: &[String]) -> Result<Vec<(String, String)>> {
     set.iter()
         .map(|s| {
@@ -262,7 +272,7 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
     };
     if list {
         for (i, spec) in &runs {
-            println!("{}\t{}\t{}", i + 1, state(spec), spec.id);
+            emit(&format!("{}\t{}\t{}\n", i + 1, state(spec), spec.id));
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -456,10 +466,10 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
         .as_deref()
         .map(report::parse_baseline)
         .transpose()?;
-    println!(
-        "{}",
+    emit(&format!(
+        "{}\n",
         report::markdown(&exp.config.name, &records, columns, baseline.as_ref())?
-    );
+    ));
     if !failed.is_empty() {
         eprintln!("[run] {} of {} runs failed:", failed.len(), runs.len());
         for spec in &failed {
@@ -562,7 +572,7 @@ fn show_config(
             distill_sim::fsutil::write_atomic(p, text.as_bytes())?;
             eprintln!("[config] wrote {}", p.display());
         }
-        None => print!("{text}"),
+        None => emit(&text),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -587,7 +597,7 @@ fn teacher_train(config_path: PathBuf, common: Common) -> Result<ExitCode> {
         },
         path.display()
     );
-    println!("{}", report::teacher_table(&t.scores));
+    emit(&format!("{}\n", report::teacher_table(&t.scores)));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -618,7 +628,7 @@ fn main() -> ExitCode {
             baseline,
         } => distill_sim::report::report_dir(&dir, metrics.as_deref(), baseline.as_deref())
             .map(|md| {
-                println!("{md}");
+                emit(&format!("{md}\n"));
                 eprintln!(
                     "[report] wrote {}, runs.csv and summary.csv",
                     dir.join("report.md").display()
@@ -629,7 +639,7 @@ fn main() -> ExitCode {
         Cmd::Plot { dir, out } => distill_sim::plot::plot_dir(&dir, out.as_deref())
             .map(|files| {
                 for f in files {
-                    println!("{}", f.display());
+                    emit(&format!("{}\n", f.display()));
                 }
                 ExitCode::SUCCESS
             })
@@ -642,7 +652,7 @@ fn main() -> ExitCode {
             out,
         } => show_config(config, &set, run.as_deref(), schema, out.as_deref()),
         Cmd::Metrics => {
-            print!("{}", distill_sim::eval::markdown_table());
+            emit(&distill_sim::eval::markdown_table());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Teacher {

@@ -965,3 +965,26 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A reader that stops early (`distill-sim metrics | head -1`) closes the pipe: the output ends
+/// quietly (exit 0), with no panic.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    for args in [vec!["metrics"], vec!["config", "--schema"]] {
+        let mut child = bin()
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(!text(&out.stderr).contains("panicked"), "{args:?}");
+    }
+}
