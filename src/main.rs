@@ -547,6 +547,7 @@ fn show_config(
                     .join(", ")
             );
         }
+        let schema = distill_sim::experiment::schema::json_schema();
         let mut t = String::new();
         for r in runs {
             // Through text, as config.json stores it (f32 values print shortest: 0.01).
@@ -562,7 +563,7 @@ fn show_config(
                 r.index + 1,
                 exp.runs.len(),
                 r.id,
-                distill_sim::experiment::schema::annotated_yaml(&v)
+                distill_sim::experiment::schema::annotated_yaml(&schema, &v)
             ));
         }
         t

@@ -450,79 +450,86 @@ fn apply_range(node: &mut Value, parts: &[String], r: &Range, applied: &mut usiz
     }
 }
 
+/// The subschemas a schema node may take, read-only (see [`branches`]).
+fn branches_of(node: &Value) -> Vec<&Value> {
+    let alts: Vec<&Value> = node
+        .as_object()
+        .map(|o| {
+            ["anyOf", "oneOf", "allOf"]
+                .iter()
+                .filter_map(|k| o.get(*k).and_then(|x| x.as_array()))
+                .flatten()
+                .collect()
+        })
+        .unwrap_or_default();
+    if alts.is_empty() {
+        vec![node]
+    } else {
+        alts.into_iter().flat_map(branches_of).collect()
+    }
+}
+
 /// What the schema says of a dotted key: its description (the key's own, else its type's)
 /// and, for a choice among names, the names allowed.
 pub fn describe_key(schema: &Value, key: &str) -> Option<String> {
     let parts = split_key(&generalise(key));
-    let mut nodes = vec![schema.clone()];
+    let mut nodes = vec![schema];
     for p in &parts {
-        let mut next = Vec::new();
-        for mut n in nodes {
-            for b in branches(&mut n) {
-                let x = if p == "[]" {
+        nodes = nodes
+            .into_iter()
+            .flat_map(branches_of)
+            .filter_map(|b| {
+                if p == "[]" {
                     b.get("items")
                 } else {
                     b.get("properties")
                         .and_then(|q| q.get(p.as_str()))
                         .or_else(|| b.get("additionalProperties").filter(|a| a.is_object()))
-                };
-                if let Some(x) = x {
-                    next.push(x.clone());
                 }
-            }
-        }
-        nodes = next;
-    }
-    let first = nodes.first()?.clone();
-    let mut names: Vec<String> = Vec::new();
-    for n in &mut nodes {
-        for b in branches(n) {
-            let consts = b.get("const").into_iter().chain(
-                b.get("enum")
-                    .and_then(|e| e.as_array())
-                    .into_iter()
-                    .flatten(),
-            );
-            for c in consts.filter_map(|c| c.as_str()) {
-                if !names.iter().any(|x| x == c) {
-                    names.push(c.to_string());
-                }
-            }
-        }
-    }
-    let own = first
-        .get("description")
-        .and_then(|d| d.as_str())
-        .map(String::from);
-    let desc = own.or_else(|| {
-        // A key without a doc comment of its own (`kind`) says nothing: its type's
-        // description would describe one variant only.
-        (names.is_empty())
-            .then(|| {
-                let mut f = first.clone();
-                branches(&mut f).iter().find_map(|b| {
-                    b.get("description")
-                        .and_then(|d| d.as_str())
-                        .map(String::from)
-                })
             })
-            .flatten()
+            .collect();
+    }
+    let first = *nodes.first()?;
+    let mut names: Vec<&str> = Vec::new();
+    for b in nodes.iter().flat_map(|n| branches_of(n)) {
+        let consts = b.get("const").into_iter().chain(
+            b.get("enum")
+                .and_then(|e| e.as_array())
+                .into_iter()
+                .flatten(),
+        );
+        for c in consts.filter_map(|c| c.as_str()) {
+            if !names.contains(&c) {
+                names.push(c);
+            }
+        }
+    }
+    fn description(n: &Value) -> Option<&str> {
+        n.get("description").and_then(|d| d.as_str())
+    }
+    // A key without a doc comment of its own (`kind`) says nothing: its type's description
+    // would describe one variant only.
+    let desc = description(first).or_else(|| {
+        if names.is_empty() {
+            branches_of(first).into_iter().find_map(description)
+        } else {
+            None
+        }
     });
     let choice = (names.len() > 1).then(|| format!("one of: {}", names.join(", ")));
     match (desc, choice) {
         (Some(d), Some(c)) => Some(format!("{d} ({c})")),
-        (Some(d), None) => Some(d),
+        (Some(d), None) => Some(d.to_string()),
         (None, Some(c)) => Some(c),
         (None, None) => None,
     }
 }
 
 /// A resolved config as commented YAML: every key with its value, and after it the key's
-/// meaning, unit and range from the schema.
-pub fn annotated_yaml(config: &Value) -> String {
-    let schema = json_schema();
+/// meaning, unit and range from `schema` (from [`json_schema`], built once per command).
+pub fn annotated_yaml(schema: &Value, config: &Value) -> String {
     let mut out = String::new();
-    write_yaml(&schema, "", config, 0, &mut out);
+    write_yaml(schema, "", config, 0, &mut out);
     out
 }
 
@@ -620,7 +627,7 @@ fn unranged(v: &Value) -> Vec<String> {
 }
 
 #[cfg(test)]
-pub(crate) fn maximal_config() -> Value {
+fn maximal_config() -> Value {
     // Every optional section set and one defense of every kind, so that every numeric key
     // appears once.
     let yaml = r#"
