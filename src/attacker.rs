@@ -171,6 +171,10 @@ pub struct Harvest {
     pub spend: Vec<f64>,
     pub throttled: u64,
     pub refused: u64,
+    /// Per item: answered by the fallback model (a silent fallback the attacker cannot see).
+    pub from_fallback: Vec<bool>,
+    /// The accounts the harvest was sent from.
+    pub account_ids: Vec<AccountId>,
     pub accounts: usize,
     pub account_cost_usd: f64,
 }
@@ -240,6 +244,7 @@ pub fn harvest(
     // Paced to the tier's request limit: each account sends its per-tick share.
     let per_tick = ((rpm * cfg.tick_seconds / 60.0).ceil() as usize).max(1);
     let mut h = Harvest {
+        account_ids: ids.clone(),
         accounts: ids.len(),
         account_cost_usd: cfg.account_cost_usd,
         ..Default::default()
@@ -305,7 +310,9 @@ pub fn harvest(
                     h.throttled += 1;
                     pending.push(req.prompt);
                 }
-                Code::Refused => h.refused += 1,
+                // Refused, challenged, blocked, or answered by a marked fallback: nothing to
+                // train on.
+                _ => h.refused += 1,
             }
         }
         now += cfg.tick_seconds;

@@ -300,6 +300,7 @@ fn timeline_panels<DB: DrawingBackend>(
     top: &DrawingArea<DB, Shift>,
     bottom: &DrawingArea<DB, Shift>,
     lines: &[TimelineLine],
+    changes: &[f64],
 ) -> DrawResult<DB> {
     let days = lines
         .iter()
@@ -363,6 +364,24 @@ fn timeline_panels<DB: DrawingBackend>(
                 .map(|p| Circle::new((p.0, p.2), 4, color.filled())),
         )?;
     }
+    // The provider's limit changes, as vertical marks on both panels.
+    let mark = ShapeStyle::from(&BLACK.mix(0.6)).stroke_width(2);
+    for &day in changes {
+        c1.draw_series(DashedLineSeries::new(
+            [(day, 0.0), (day, served_max)],
+            8,
+            6,
+            mark,
+        ))?
+        .label(format!("limit change (day {day})"))
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], mark));
+        c2.draw_series(DashedLineSeries::new(
+            [(day, 0.0), (day, act_max)],
+            8,
+            6,
+            mark,
+        ))?;
+    }
     c1.configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.85))
@@ -379,7 +398,8 @@ enum Figure {
         x_range: (f64, f64),
     },
     Pareto(Vec<(String, f64, f64, f64, f64, bool)>),
-    Timeline(Vec<TimelineLine>),
+    /// The lines, and the days of the provider's limit changes.
+    Timeline(Vec<TimelineLine>, Vec<f64>),
 }
 
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> DrawResult<DB> {
@@ -408,9 +428,9 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> DrawR
             legend_strip(&legend, &entries, cols)?;
         }
         Figure::Pareto(points) => pareto_panel(&root, points)?,
-        Figure::Timeline(lines) => {
+        Figure::Timeline(lines, changes) => {
             let (top, bottom) = root.split_vertically(root.dim_in_pixel().1 * 3 / 5);
-            timeline_panels(&top, &bottom, lines)?;
+            timeline_panels(&top, &bottom, lines, changes)?;
         }
     }
     root.present()
@@ -531,10 +551,20 @@ pub fn plot_dir(dir: &Path, out: Option<&Path>) -> Result<Vec<PathBuf>> {
     }
     // Timeline: the first seed of each setting; settings whose campaign was acted on or cut.
     let mut lines: Vec<TimelineLine> = Vec::new();
+    let mut changes: Vec<f64> = Vec::new();
     for r in &runs {
         let Some(days) = r.timeline.as_ref().and_then(|t| t["days"].as_array()) else {
             continue;
         };
+        if let Some(day) = r
+            .timeline
+            .as_ref()
+            .and_then(|t| t["limit_change_day"].as_f64())
+        {
+            if !changes.contains(&day) {
+                changes.push(day);
+            }
+        }
         let point = r.point_label();
         if lines.iter().any(|l| l.0 == point) {
             continue;
@@ -570,7 +600,7 @@ pub fn plot_dir(dir: &Path, out: Option<&Path>) -> Result<Vec<PathBuf>> {
             .collect();
         if !acted.is_empty() {
             written.extend(render(
-                &Figure::Timeline(acted),
+                &Figure::Timeline(acted, changes),
                 &out.join("timeline"),
                 (1400, 1000),
             )?);

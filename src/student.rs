@@ -248,6 +248,7 @@ pub fn on_policy(
     engine: Backend,
     attacker: &crate::attacker::AttackerConfig,
     api: &mut crate::api::Api,
+    accounts: &[crate::api::AccountId],
     teacher: &crate::teacher::Teacher,
     items: &[Item],
     seed: u64,
@@ -289,7 +290,7 @@ pub fn on_policy(
     let mut rng = derive_rng(seed, "on-policy/sample");
     let answers = generate::generate(s.as_ref(), &prompts, &params, 512, &mut rng, None);
     // Score through the attacker's accounts, tick by tick within the rate limits.
-    let accounts = api.accounts.len().max(1) as u32;
+    let n_accounts = accounts.len().max(1);
     let mut todo: Vec<usize> = (0..prompts.len()).rev().collect();
     let mut scored: Vec<Option<Item>> = vec![None; prompts.len()];
     let (mut now, mut spend) = (start, 0.0);
@@ -298,7 +299,13 @@ pub fn on_policy(
         let batch: Vec<usize> = todo.drain(todo.len().saturating_sub(4096)..).collect();
         let reqs: Vec<(crate::api::AccountId, &crate::world::Prompt, &[Tok])> = batch
             .iter()
-            .map(|&j| (j as u32 % accounts, prompts[j], &answers[j].tokens[..]))
+            .map(|&j| {
+                (
+                    accounts.get(j % n_accounts).copied().unwrap_or(0),
+                    prompts[j],
+                    &answers[j].tokens[..],
+                )
+            })
             .collect();
         let resps = api.score(now, &reqs, teacher, attacker.top_k, &mut rng);
         for (&j, r) in batch.iter().zip(resps) {
@@ -312,7 +319,7 @@ pub fn on_policy(
                     });
                 }
                 crate::api::Code::Throttled => todo.push(j),
-                crate::api::Code::Refused => {}
+                _ => {}
             }
         }
         now += attacker.tick_seconds;

@@ -224,10 +224,11 @@ fn stale_temporary_run_directories_are_cleaned_up() {
     let _ = std::fs::remove_dir_all(r);
 }
 
-/// With the traffic replay on, detectors stop the campaign and the attacker keeps only the
-/// share of the budget served before the stop.
+/// With the traffic replay on, the harvest is what the API answered the campaign's accounts:
+/// identity clustering bans them within hours, and the student trains on the sampled answers
+/// from before the bans only.
 #[test]
-fn detection_cuts_the_harvest_to_what_was_served_before_the_stop() {
+fn detection_cuts_the_harvest_to_what_the_api_answered() {
     let r = scratch("detect");
     let out = run(
         &fixture("tiny.yaml"),
@@ -238,9 +239,9 @@ fn detection_cuts_the_harvest_to_what_was_served_before_the_stop() {
             "--set",
             "traffic.population.users=200",
             "--set",
-            "traffic.campaign.accounts=30",
+            "attacker.accounts=30",
             "--set",
-            "traffic.campaign.days=2",
+            "attacker.max_days=2",
             "--set",
             "api.logprobs=0",
         ],
@@ -254,14 +255,18 @@ fn detection_cuts_the_harvest_to_what_was_served_before_the_stop() {
         "identity clustering stops the campaign early: {share}"
     );
     assert_eq!(last["detection.recall"], 1.0);
-    let kept = (40.0 * share).ceil() as u64;
-    assert_eq!(last["harvest.items"].as_u64().unwrap(), kept.min(40));
+    // 30 accounts x 26 a day x 2 days planned, budget 40: the teacher answers one in 39.
+    assert_eq!(last["harvest.sample_one_in"], 39);
+    let items = last["harvest.items"].as_u64().unwrap();
+    let answered = last["harvest.campaign_answered"].as_u64().unwrap();
+    assert!(items < 40 && items <= answered, "{items} of {answered}");
     let _ = std::fs::remove_dir_all(r);
 }
 
-/// Silent fallback keeps the whole budget, with everything after the flag from the fallback.
+/// Silent fallback: the attacker keeps receiving answers, the later ones from the fallback
+/// model, and trains on them unknowingly.
 #[test]
-fn silent_fallback_keeps_the_budget_and_marks_the_fallback_share() {
+fn silent_fallback_keeps_answering_from_the_fallback_model() {
     let r = scratch("fallback");
     let mut args = vec![
         "--set",
@@ -271,9 +276,9 @@ fn silent_fallback_keeps_the_budget_and_marks_the_fallback_share() {
     ];
     args.extend([
         "--set",
-        "traffic.campaign.accounts=30",
+        "attacker.accounts=30",
         "--set",
-        "traffic.campaign.days=2",
+        "attacker.max_days=2",
     ]);
     args.extend([
         "--set",
@@ -284,13 +289,10 @@ fn silent_fallback_keeps_the_budget_and_marks_the_fallback_share() {
     let out = run(&fixture("tiny.yaml"), &r, &args);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let last = metrics(&r)[0].1.last().unwrap().clone();
-    assert_eq!(last["harvest.items"], 40);
-    let share = last["detection.harvest_share"].as_f64().unwrap();
+    let items = last["harvest.items"].as_u64().unwrap();
+    assert!(items > 20, "{items}");
     let fb = last["harvest.fallback_share"].as_f64().unwrap();
-    assert!(
-        (fb - (40.0 - (40.0 * share).ceil()) / 40.0).abs() < 1e-9,
-        "{fb} {share}"
-    );
+    assert!(fb > 0.3, "most of the campaign runs after the flag: {fb}");
     assert!(last.get("detection.benign_degraded_share").is_some());
     let _ = std::fs::remove_dir_all(r);
 }
@@ -589,7 +591,7 @@ fn case_4_nonsense_values_are_refused_with_key_and_range() {
             "api.tiers[0].price_in",
         ),
         ("attacker: {account_cost_usd: -100}\n", "attacker.account_cost_usd"),
-        ("traffic: {campaign: {days: -1}}\n", "traffic.campaign.days"),
+        ("attacker: {max_days: -1}\n", "attacker.max_days"),
         (
             "traffic: {campaign: {daily_per_account: 1e12}}\n",
             "traffic.campaign.daily_per_account",

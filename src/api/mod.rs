@@ -2,6 +2,7 @@
 //! clock, prices and ledgers, the output policy, and the place where defenses plug in.
 //! Each tick's admitted requests are served as one batched generation.
 
+pub mod accounts;
 pub mod defense;
 pub mod limits;
 
@@ -10,7 +11,8 @@ use crate::rng::SimRng;
 use crate::teacher::Teacher;
 use crate::world::vocab::Tok;
 use crate::world::Prompt;
-use limits::{Bucket, Ledger};
+pub use accounts::{AccessConfig, Accounts, Status};
+use limits::Ledger;
 use serde::{Deserialize, Serialize};
 
 /// One account tier: limits per minute and prices per million tokens.
@@ -100,17 +102,6 @@ pub struct Identity {
     pub verified: bool,
 }
 
-#[derive(Clone, Debug)]
-pub struct Account {
-    pub tier: usize,
-    pub created_at: f64,
-    pub identity: Identity,
-    pub suspended: bool,
-    /// Requests, input tokens, output tokens per minute.
-    buckets: [Bucket; 3],
-    pub ledger: Ledger,
-}
-
 pub type AccountId = u32;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -123,16 +114,54 @@ pub struct Request {
     pub top_k: usize,
 }
 
-/// Why a request was not served normally. Never an error: the simulation handles each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+/// How the API answered a request. Never an error: the simulation handles each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Code {
+    /// Answered (by the fallback model, unmarked, on an account silently routed there).
     Ok,
     /// A rate limit is exhausted; retry later.
     Throttled,
-    /// The account is suspended or unknown.
+    /// The account is banned, unknown, or its sign-up was refused.
     Refused,
+    /// The account is suspended until it passes an identity challenge.
+    Challenged,
+    /// Answered by the weaker fallback model, and marked as such.
+    Fallback,
+    /// The account's region is blocked.
+    RegionBlocked,
 }
+
+impl Code {
+    pub const ALL: [Code; 6] = [
+        Code::Ok,
+        Code::Throttled,
+        Code::Refused,
+        Code::Challenged,
+        Code::Fallback,
+        Code::RegionBlocked,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Code::Ok => "ok",
+            Code::Throttled => "throttled",
+            Code::Refused => "refused",
+            Code::Challenged => "challenged",
+            Code::Fallback => "fallback",
+            Code::RegionBlocked => "region_blocked",
+        }
+    }
+
+    /// Whether a response came back (from the teacher or the fallback model).
+    pub fn answered(self) -> bool {
+        matches!(self, Code::Ok | Code::Fallback)
+    }
+}
+
+/// Confidence of the fallback model: the oracle at 50% per token, sampled at temperature 1, so
+/// that its answers are often wrong in ways a student can learn.
+pub const FALLBACK_CONFIDENCE: f32 = 0.5;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Response {
@@ -156,38 +185,99 @@ impl Response {
 
 pub struct Api {
     pub config: ApiConfig,
-    pub accounts: Vec<Account>,
+    pub access: AccessConfig,
+    pub accounts: Accounts,
     pub output: defense::Defenses,
+    /// The weaker model flagged accounts may be routed to.
+    pub fallback: Teacher,
 }
 
 impl Api {
     pub fn new(config: ApiConfig) -> crate::error::Result<Api> {
+        Self::with_access(config, AccessConfig::default())
+    }
+
+    pub fn with_access(config: ApiConfig, access: AccessConfig) -> crate::error::Result<Api> {
         Ok(Api {
             output: defense::Defenses::for_api(&config)?,
             config,
-            accounts: Vec::new(),
+            access,
+            accounts: Accounts::default(),
+            fallback: Teacher::Oracle {
+                easy: FALLBACK_CONFIDENCE,
+                hard: FALLBACK_CONFIDENCE,
+            },
         })
     }
 
+    /// Open an account; the access defenses (payment-instrument limit, blocked regions, tier
+    /// gate) apply at sign-up.
     pub fn open_account(&mut self, tier: usize, now: f64, identity: Identity) -> AccountId {
-        let t = &self.config.tiers[tier];
-        self.accounts.push(Account {
-            tier,
-            created_at: now,
-            identity,
-            suspended: false,
-            buckets: [
-                Bucket::full(t.rpm, now),
-                Bucket::full(t.input_tpm, now),
-                Bucket::full(t.output_tpm, now),
-            ],
-            ledger: Ledger::default(),
-        });
-        (self.accounts.len() - 1) as AccountId
+        self.accounts
+            .open(&self.config.tiers, &self.access, tier, now, identity)
     }
 
-    /// Serve one tick's requests: admission (suspension, defenses, limits), one batched
-    /// generation for everything admitted, output policy, billing.
+    /// The provider multiplies every tier's limits by `factor` at `now`.
+    pub fn scale_limits(&mut self, factor: f64, now: f64) {
+        for t in self.config.tiers.iter_mut() {
+            t.rpm *= factor;
+            t.input_tpm *= factor;
+            t.output_tpm *= factor;
+        }
+        for a in 0..self.accounts.len() {
+            self.accounts.set_limits(a, &self.config.tiers, now);
+        }
+    }
+
+    /// Price of a request on `account`'s tier (voice at the configured multiplier).
+    #[inline]
+    pub fn price(&self, account: usize, input: u64, billed_out: u64, voice: bool) -> f64 {
+        let tier = &self.config.tiers[self.accounts.tier[account] as usize];
+        let m = if voice {
+            self.config.voice_price_multiplier
+        } else {
+            1.0
+        };
+        m * (input as f64 * tier.price_in + billed_out as f64 * tier.price_out) / 1e6
+    }
+
+    /// Answer admitted prompts through the output policy: the teacher's, or the fallback
+    /// model's (sampled at temperature 1) where `fallback[i]`. Returns each served generation
+    /// and the number of trace tokens withheld from it (billed, not returned).
+    pub fn respond(
+        &self,
+        teacher: &Teacher,
+        prompts: &[&Prompt],
+        params: Vec<GenParams>,
+        fallback: &[bool],
+        rng: &mut SimRng,
+    ) -> Vec<(crate::model::Generation, usize)> {
+        if !fallback.iter().any(|&f| f) {
+            return self.output.serve(teacher, prompts, params, rng);
+        }
+        let (mut t, mut f) = ((vec![], vec![]), (vec![], vec![]));
+        for ((&p, g), &fb) in prompts.iter().zip(params).zip(fallback) {
+            let side = if fb { &mut f } else { &mut t };
+            side.0.push(p);
+            side.1.push(g);
+        }
+        for g in f.1.iter_mut() {
+            g.temperature = 1.0;
+        }
+        let mut from_t = self.output.serve(teacher, &t.0, t.1, rng).into_iter();
+        let mut from_f = self
+            .output
+            .serve(&self.fallback, &f.0, f.1, rng)
+            .into_iter();
+        fallback
+            .iter()
+            .filter_map(|&fb| if fb { from_f.next() } else { from_t.next() })
+            .collect()
+    }
+
+    /// Serve one tick's requests: admission (status, limits), one batched generation for
+    /// everything admitted (fallback-routed accounts from the fallback model), output policy,
+    /// billing.
     pub fn serve(
         &mut self,
         now: f64,
@@ -195,29 +285,15 @@ impl Api {
         teacher: &Teacher,
         rng: &mut SimRng,
     ) -> Vec<Response> {
-        let mut out: Vec<Option<Response>> = vec![None; reqs.len()];
+        let mut out: Vec<Response> = Vec::with_capacity(reqs.len());
         let mut admitted = Vec::new();
         for (i, r) in reqs.iter().enumerate() {
-            let Some(acc) = self.accounts.get_mut(r.account as usize) else {
-                out[i] = Some(Response::empty(Code::Refused));
-                continue;
-            };
-            if acc.suspended {
-                out[i] = Some(Response::empty(Code::Refused));
-                continue;
-            }
             let input = (r.prompt.tokens.len() + 2) as f64;
-            let ok = acc.buckets[0].has(now, 1.0)
-                && acc.buckets[1].has(now, input)
-                && acc.buckets[2].has(now, 0.0);
-            if !ok {
-                acc.ledger.throttled += 1;
-                out[i] = Some(Response::empty(Code::Throttled));
-                continue;
+            let code = self.accounts.admit(r.account as usize, now, input);
+            out.push(Response::empty(code));
+            if code.answered() {
+                admitted.push(i);
             }
-            acc.buckets[0].take(1.0);
-            acc.buckets[1].take(input);
-            admitted.push(i);
         }
         let prompts: Vec<&Prompt> = admitted.iter().map(|&i| &reqs[i].prompt).collect();
         let k_cap = self.config.logprobs.min(crate::model::generate::MAX_TOP_K);
@@ -229,40 +305,36 @@ impl Api {
                 top_k: reqs[i].top_k.min(k_cap),
             })
             .collect();
-        let served = self.output.serve(teacher, &prompts, params, rng);
+        let fallback: Vec<bool> = admitted
+            .iter()
+            .map(|&i| self.accounts.on_fallback(reqs[i].account as usize))
+            .collect();
+        let served = self.respond(teacher, &prompts, params, &fallback, rng);
         for (&i, (g, withheld)) in admitted.iter().zip(served) {
             let r = &reqs[i];
-            let mut resp = Response {
-                code: Code::Ok,
-                usage: Ledger {
-                    hidden_reasoning_tokens: withheld as u64,
-                    output_tokens: g.tokens.len() as u64,
-                    ..Ledger::default()
-                },
+            let a = r.account as usize;
+            let mut usage = Ledger {
+                requests: 1,
+                input_tokens: (r.prompt.tokens.len() + 2) as u64,
+                hidden_reasoning_tokens: withheld as u64,
+                output_tokens: g.tokens.len() as u64,
+                ..Ledger::default()
+            };
+            usage.spend_usd = self.price(
+                a,
+                usage.input_tokens,
+                usage.output_tokens + usage.hidden_reasoning_tokens,
+                r.prompt.voice.is_some(),
+            );
+            self.accounts.bill(a, &usage);
+            out[i] = Response {
+                code: out[i].code,
                 tokens: g.tokens,
                 top: g.top,
+                usage,
             };
-            resp.usage.input_tokens = (r.prompt.tokens.len() + 2) as u64;
-            let acc = &mut self.accounts[r.account as usize];
-            let tier = &self.config.tiers[acc.tier];
-            let billed_out = resp.usage.output_tokens + resp.usage.hidden_reasoning_tokens;
-            resp.usage.requests = 1;
-            let voice = if r.prompt.voice.is_some() {
-                self.config.voice_price_multiplier
-            } else {
-                1.0
-            };
-            resp.usage.spend_usd = voice
-                * (resp.usage.input_tokens as f64 * tier.price_in
-                    + billed_out as f64 * tier.price_out)
-                / 1e6;
-            acc.buckets[2].take(billed_out as f64);
-            acc.ledger.add(&resp.usage);
-            out[i] = Some(resp);
         }
-        out.into_iter()
-            .map(|r| r.unwrap_or_else(|| Response::empty(Code::Refused)))
-            .collect()
+        out
     }
 
     /// Scoring mode: for each `(account, prompt, continuation)`, the teacher's top-k logprobs at
@@ -279,49 +351,48 @@ impl Api {
     ) -> Vec<Response> {
         let mut out: Vec<Response> = Vec::with_capacity(reqs.len());
         let mut admitted = Vec::new();
-        for (i, &(account, prompt, cont)) in reqs.iter().enumerate() {
-            out.push(Response::empty(Code::Refused));
-            let Some(acc) = self.accounts.get_mut(account as usize) else {
-                continue;
+        for &(account, prompt, cont) in reqs {
+            let code = if self.config.scoring {
+                let input = (prompt.tokens.len() + 2 + cont.len()) as f64;
+                self.accounts.admit_input(account as usize, now, input)
+            } else {
+                Code::Refused
             };
-            if !self.config.scoring || acc.suspended {
-                continue;
+            if code.answered() {
+                admitted.push(out.len());
             }
-            let input = (prompt.tokens.len() + 2 + cont.len()) as f64;
-            if !(acc.buckets[0].has(now, 1.0) && acc.buckets[1].has(now, input)) {
-                acc.ledger.throttled += 1;
-                out[i] = Response::empty(Code::Throttled);
-                continue;
-            }
-            acc.buckets[0].take(1.0);
-            acc.buckets[1].take(input);
-            admitted.push(i);
+            out.push(Response::empty(code));
         }
         let k = top_k
             .min(self.config.logprobs)
             .min(crate::model::generate::MAX_TOP_K);
-        let items: Vec<(&Prompt, &[Tok])> =
-            admitted.iter().map(|&i| (reqs[i].1, reqs[i].2)).collect();
-        let scores = if k == 0 {
-            vec![vec![]; items.len()]
-        } else {
-            teacher.score(&items, k)
-        };
-        for (&i, mut top) in admitted.iter().zip(scores) {
+        let (fb, tc): (Vec<usize>, Vec<usize>) = admitted
+            .iter()
+            .partition(|&&i| self.accounts.on_fallback(reqs[i].0 as usize));
+        let mut scores: Vec<Vec<Vec<(Tok, f32)>>> = vec![vec![]; reqs.len()];
+        for (ids, model) in [(&tc, teacher), (&fb, &self.fallback)] {
+            let items: Vec<(&Prompt, &[Tok])> =
+                ids.iter().map(|&i| (reqs[i].1, reqs[i].2)).collect();
+            if k > 0 && !items.is_empty() {
+                for (&i, top) in ids.iter().zip(model.score(&items, k)) {
+                    scores[i] = top;
+                }
+            }
+        }
+        for &i in &admitted {
             let (account, prompt, cont) = reqs[i];
+            let mut top = std::mem::take(&mut scores[i]);
             self.output.after_scores(&mut top, rng);
-            let acc = &mut self.accounts[account as usize];
-            let tier = &self.config.tiers[acc.tier];
             let input = (prompt.tokens.len() + 2 + cont.len()) as u64;
             let usage = Ledger {
                 requests: 1,
                 input_tokens: input,
-                spend_usd: input as f64 * tier.price_in / 1e6,
+                spend_usd: self.price(account as usize, input, 0, false),
                 ..Ledger::default()
             };
-            acc.ledger.add(&usage);
+            self.accounts.bill(account as usize, &usage);
             out[i] = Response {
-                code: Code::Ok,
+                code: out[i].code,
                 tokens: cont.to_vec(),
                 top,
                 usage,
@@ -334,8 +405,8 @@ impl Api {
     pub fn ledger_of(&self, ids: &[AccountId]) -> Ledger {
         let mut l = Ledger::default();
         for &i in ids {
-            if let Some(a) = self.accounts.get(i as usize) {
-                l.add(&a.ledger);
+            if let Some(a) = self.accounts.ledger.get(i as usize) {
+                l.add(a);
             }
         }
         l
@@ -407,7 +478,7 @@ mod tests {
         assert!(r.top.iter().all(|t| t.len() <= 5));
         // $3 per M input, $15 per M output (hidden billed): (10*3 + 10*15) / 1e6.
         assert!((r.usage.spend_usd - 180e-6).abs() < 1e-12);
-        assert_eq!(api.accounts[a as usize].ledger.spend_usd, r.usage.spend_usd);
+        assert_eq!(api.accounts.ledger[a as usize].spend_usd, r.usage.spend_usd);
         // Visible reasoning returns the whole ideal response.
         let mut api = Api::new(ApiConfig::default()).unwrap();
         let a = api.open_account(1, 0.0, Identity::default());
@@ -435,7 +506,7 @@ mod tests {
             .collect();
         assert_eq!(codes.iter().filter(|&&c| c == Code::Ok).count(), 5);
         assert_eq!(codes[5..], [Code::Throttled, Code::Throttled]);
-        let l = api.accounts[a as usize].ledger;
+        let l = api.accounts.ledger[a as usize];
         assert_eq!((l.requests, l.throttled), (5, 2));
         // 12 s later one request's worth has refilled.
         let codes: Vec<Code> = api
@@ -445,7 +516,7 @@ mod tests {
             .collect();
         assert_eq!(codes, [Code::Ok, Code::Throttled]);
         // A suspended account is refused.
-        api.accounts[a as usize].suspended = true;
+        api.accounts.status[a as usize] = Status::Banned;
         assert_eq!(
             api.serve(100.0, &reqs[..1], &teacher, &mut rng)[0].code,
             Code::Refused
@@ -505,6 +576,6 @@ mod tests {
             .score(0.0, &[(b, &p, &cont[..])], &teacher, 20, &mut rng)
             .remove(0);
         assert_eq!(r.code, Code::Refused);
-        assert_eq!(closed.accounts[b as usize].ledger.requests, 0);
+        assert_eq!(closed.accounts.ledger[b as usize].requests, 0);
     }
 }

@@ -199,13 +199,10 @@ impl ExperimentConfig {
             let c = &tr.campaign;
             let p = &tr.population;
             for (key, planned) in [
-                (
-                    "traffic.campaign",
-                    c.accounts as f64 * c.daily_per_account * c.days,
-                ),
+                ("traffic.campaign", c.planned(a.accounts, a.max_days)),
                 (
                     "traffic.population",
-                    p.users as f64 * p.daily_median * c.days,
+                    p.users as f64 * p.daily_median * a.max_days,
                 ),
             ] {
                 if planned > MAX_REPLAY_QUERIES {
@@ -213,6 +210,23 @@ impl ExperimentConfig {
                         "{key}: {planned:.3e} planned queries (accounts x per day x days) is \
                          above the replay's limit of {MAX_REPLAY_QUERIES:.0e} (about an hour \
                          on 2 cores)"
+                    ));
+                }
+            }
+            if matches!(a.strategy, crate::attacker::Strategy::Active { .. }) {
+                return Err(
+                    "attacker.strategy: `active` trains a student between rounds and \
+                     cannot run inside a traffic replay; use another strategy or set \
+                     traffic.enabled: false"
+                        .into(),
+                );
+            }
+            if let (Some(ch), Some(d)) = (&tr.limit_change, Some(a.max_days)) {
+                if ch.day >= d {
+                    return Err(format!(
+                        "traffic.limit_change.day: {} is not inside the campaign \
+                         (attacker.max_days: {d})",
+                        ch.day
                     ));
                 }
             }

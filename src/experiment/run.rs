@@ -260,18 +260,66 @@ impl Runner {
             )
         })?;
         let (t_scores, t_resp) = (&t.scores, &t.responses);
-        let mut api = Api::new(cfg.api.clone())?;
         let t_h = Instant::now();
-        let learner = |items: &[attacker::Item], seed: u64| {
-            student::distill(&cfg.student, cfg.backend(), items, seed).map(|(e, _)| e)
+        let mut detection = serde_json::Map::new();
+        let mut timeline = None;
+        let (harvest, mut api, attacker_ids) = if cfg.traffic.enabled {
+            // The campaign on the API beside benign users, detectors acting; the teacher
+            // answers a sample of what the API admitted, and that is the harvest.
+            let tr = &cfg.traffic;
+            let planned = tr
+                .campaign
+                .planned(cfg.attacker.accounts, cfg.attacker.max_days);
+            let one_in = tr.answer_one_in.unwrap_or_else(|| {
+                ((planned / cfg.attacker.budget.max(1) as f64).floor() as u64).max(1)
+            });
+            let plan = Some((one_in, cfg.attacker.budget));
+            let o =
+                crate::traffic::replay::Replay::new(&cfg.api, tr, &cfg.attacker, spec.seed, plan)?
+                    .run()?;
+            let hlog = o
+                .harvest
+                .as_ref()
+                .ok_or_else(|| Error::Invalid("the replay kept no harvest".into()))?;
+            let harvest = hlog.answer(
+                &o.api,
+                &t.teacher,
+                &cfg.attacker,
+                &o.attacker_accounts,
+                spec.seed,
+            );
+            timeline = Some(json!({
+                "campaign_planned": planned,
+                "attacker_accounts": cfg.attacker.accounts,
+                "benign_users": tr.population.users,
+                "limit_change_day": tr.limit_change.as_ref().map(|c| c.day),
+                "days": &o.detection.timeline,
+            }));
+            detection = detection_metrics(&cfg, &o, hlog, planned);
+            log(&format!(
+                "{}: the API answered {:.1}% of the campaign's planned queries (recall {:.3}); \
+                 the teacher answered {} sampled queries (one in {one_in})",
+                spec.id,
+                100.0 * o.stats.attacker_served as f64 / planned.max(1.0),
+                o.detection.recall,
+                harvest.items.len()
+            ));
+            (harvest, o.api, o.attacker_accounts)
+        } else {
+            let mut api = Api::new(cfg.api.clone())?;
+            let learner = |items: &[attacker::Item], seed: u64| {
+                student::distill(&cfg.student, cfg.backend(), items, seed).map(|(e, _)| e)
+            };
+            let harvest: Harvest = attacker::harvest(
+                &cfg.attacker,
+                &mut api,
+                &t.teacher,
+                spec.seed,
+                Some(&learner),
+            )?;
+            let ids = harvest.account_ids.clone();
+            (harvest, api, ids)
         };
-        let harvest: Harvest = attacker::harvest(
-            &cfg.attacker,
-            &mut api,
-            &t.teacher,
-            spec.seed,
-            Some(&learner),
-        )?;
         let harvest_secs = t_h.elapsed().as_secs_f64();
         log(&format!(
             "{}: harvested {} items in {:.1}s ({:.1} simulated minutes)",
@@ -280,88 +328,6 @@ impl Runner {
             harvest_secs,
             harvest.times.last().copied().unwrap_or(0.0) / 60.0
         ));
-        // Detection: replay the campaign with benign traffic and detectors; the attacker keeps
-        // the share of its plan served before it was stopped.
-        let mut detection = serde_json::Map::new();
-        let mut timeline = None;
-        let mut keep = usize::MAX;
-        let mut fallback_from = usize::MAX;
-        if cfg.traffic.enabled {
-            let tr = &cfg.traffic;
-            let (stats, d) = crate::traffic::replay::replay(&cfg.api, tr, spec.seed)?;
-            timeline = Some(json!({
-                "campaign_planned": (tr.campaign.accounts as f64
-                    * tr.campaign.daily_per_account
-                    * tr.campaign.days),
-                "attacker_accounts": tr.campaign.accounts,
-                "benign_users": tr.population.users,
-                "days": &d.timeline,
-            }));
-            let planned =
-                (tr.campaign.accounts as f64 * tr.campaign.daily_per_account * tr.campaign.days)
-                    .max(1.0);
-            let share = (d.harvested_before_stop as f64 / planned).min(1.0);
-            keep = (cfg.attacker.budget as f64 * share).ceil() as usize;
-            if tr.action == crate::traffic::Action::FallbackSilent {
-                // The attacker keeps its whole budget, but everything after the flag came from
-                // the fallback model.
-                fallback_from = keep;
-                keep = usize::MAX;
-            }
-            detection.insert(
-                "detection.days_to_first_action".into(),
-                json!(d.days_to_first_action),
-            );
-            detection.insert("detection.recall".into(), json!(d.recall));
-            detection.insert(
-                "detection.false_positive_rate".into(),
-                json!(d.false_positive_rate),
-            );
-            // Benign casualties: refused queries (ban, suspension) block; fallback answers and
-            // throttling degrade.
-            use crate::traffic::Action;
-            let (blocked, degraded) = match tr.action {
-                Action::Ban | Action::Challenge => (d.benign_blocked, 0),
-                Action::FallbackVisible | Action::FallbackSilent => (0, d.benign_blocked),
-                Action::Throttle => (d.benign_blocked, d.benign_throttled),
-            };
-            let benign_total = (stats.benign_served + d.benign_blocked).max(1) as f64;
-            detection.insert(
-                "detection.benign_blocked_share".into(),
-                json!(blocked as f64 / benign_total),
-            );
-            detection.insert(
-                "detection.benign_degraded_share".into(),
-                json!(degraded as f64 / benign_total),
-            );
-            if tr.action == Action::Challenge {
-                detection.insert(
-                    "detection.challenged_benign".into(),
-                    json!(d.challenged_benign),
-                );
-                detection.insert("detection.benign_dropped".into(), json!(d.benign_dropped));
-            }
-            // The whole campaign's cost at its own scale: API spend plus identity challenges,
-            // and per thousand attacker queries served.
-            let campaign_usd = d.attacker_spend_usd + d.attacker_challenge_usd;
-            detection.insert(
-                "cost.campaign_accounts_usd".into(),
-                json!(d.attacker_accounts_usd),
-            );
-            detection.insert("detection.regrown".into(), json!(d.regrown));
-            detection.insert("cost.campaign_usd".into(), json!(campaign_usd));
-            detection.insert(
-                "cost.campaign_usd_per_1k".into(),
-                json!(1e3 * campaign_usd / stats.attacker_served.max(1) as f64),
-            );
-            detection.insert("detection.harvest_share".into(), json!(share));
-            log(&format!(
-                "{}: detectors let {:.1}% of the campaign through (recall {:.3})",
-                spec.id,
-                100.0 * share,
-                d.recall
-            ));
-        }
         // What benign users get under the output defenses: the teacher's eval responses as
         // served (greedy requests), scored against the ideal.
         let defenses = crate::api::defense::Defenses::for_api(&cfg.api)?;
@@ -394,18 +360,12 @@ impl Runner {
         });
         let mut rows = Vec::new();
         for budget in cfg.budgets() {
-            // A campaign stopped before its first response leaves an untrained copy.
-            let n = budget.min(harvest.items.len()).min(keep);
-            if n == 0 && keep > 0 {
+            // A campaign the detectors stopped before its first answer leaves an untrained copy.
+            let n = budget.min(harvest.items.len());
+            if n == 0 && !cfg.traffic.enabled {
                 return Err(Error::Invalid("the campaign harvested nothing".into()));
             }
-            let fallback_items;
-            let items = if fallback_from < n {
-                fallback_items = with_fallback(&harvest.items[..n], fallback_from, &cfg, spec.seed);
-                &fallback_items[..]
-            } else {
-                &harvest.items[..n]
-            };
+            let items = &harvest.items[..n];
             let t_s = Instant::now();
             let seed = derive_seed(spec.seed, &format!("student/{budget}"));
             let kept: Vec<crate::attacker::Item> = student::drop_random(
@@ -420,6 +380,7 @@ impl Runner {
                     cfg.backend(),
                     &cfg.attacker,
                     &mut api,
+                    &attacker_ids,
                     &t.teacher,
                     &kept,
                     seed,
@@ -505,8 +466,8 @@ impl Runner {
             m.insert("train.seconds".into(), json!(train_secs));
             m.insert("defense.utility".into(), json!(utility));
             m.extend(detection.clone());
-            if fallback_from < usize::MAX {
-                let from_fallback = n.saturating_sub(fallback_from);
+            if cfg.traffic.enabled {
+                let from_fallback = harvest.from_fallback[..n].iter().filter(|&&f| f).count();
                 m.insert(
                     "harvest.fallback_share".into(),
                     json!(from_fallback as f64 / n.max(1) as f64),
@@ -598,41 +559,66 @@ impl Runner {
 /// Prompts the provenance test samples the suspect model on.
 const PROVENANCE_PROBES: usize = 1000;
 
-/// Confidence of the fallback model: the oracle at 50% per token, sampled at temperature 1, so
-/// that its answers are often wrong in ways a student can learn.
-const FALLBACK_CONFIDENCE: f32 = 0.5;
-
-/// The harvest with items from `from` on replaced by the fallback model's responses.
-fn with_fallback(
-    items: &[crate::attacker::Item],
-    from: usize,
+/// What a replay says about detection, benign casualties and the campaign's cost.
+fn detection_metrics(
     cfg: &super::config::ExperimentConfig,
-    seed: u64,
-) -> Vec<crate::attacker::Item> {
-    let fallback = Teacher::Oracle {
-        easy: FALLBACK_CONFIDENCE,
-        hard: FALLBACK_CONFIDENCE,
+    o: &crate::traffic::replay::Outcome,
+    log: &crate::traffic::harvest::HarvestLog,
+    planned: f64,
+) -> serde_json::Map<String, Value> {
+    use crate::traffic::Action;
+    let (st, d) = (&o.stats, &o.detection);
+    let mut m = serde_json::Map::new();
+    let mut put = |k: &str, v: Value| {
+        m.insert(k.into(), v);
     };
-    let tail: Vec<&crate::world::Prompt> = items[from..].iter().map(|i| &i.prompt).collect();
-    let params = vec![
-        GenParams {
-            max_new: cfg.api.max_tokens,
-            temperature: 1.0,
-            top_k: cfg.attacker.top_k.min(cfg.api.logprobs),
-        };
-        tail.len()
-    ];
-    let mut rng = derive_rng(seed, "fallback");
-    let gens = fallback.respond(&tail, &params, &mut rng, None);
-    let mut out = items[..from].to_vec();
-    out.extend(
-        tail.into_iter()
-            .zip(gens)
-            .map(|(p, g)| crate::attacker::Item {
-                prompt: p.clone(),
-                tokens: g.tokens,
-                top: g.top,
-            }),
+    put(
+        "detection.days_to_first_action",
+        json!(d.days_to_first_action),
     );
-    out
+    if cfg.traffic.limit_change.is_some() {
+        put(
+            "detection.days_to_first_action_after_change",
+            json!(d.days_to_first_action_after_change),
+        );
+    }
+    put("detection.recall", json!(d.recall));
+    put(
+        "detection.false_positive_rate",
+        json!(d.false_positive_rate),
+    );
+    // Benign casualties: refused queries (ban, suspension) block; fallback answers and
+    // throttling degrade.
+    let benign_total = (st.benign_served + d.benign_blocked + d.benign_degraded).max(1) as f64;
+    put("detection.benign_blocked", json!(d.benign_blocked));
+    put(
+        "detection.benign_blocked_share",
+        json!(d.benign_blocked as f64 / benign_total),
+    );
+    put(
+        "detection.benign_degraded_share",
+        json!((d.benign_degraded + d.benign_throttled) as f64 / benign_total),
+    );
+    if cfg.traffic.action == Action::Challenge {
+        put("detection.challenged_benign", json!(d.challenged_benign));
+        put("detection.benign_dropped", json!(d.benign_dropped));
+    }
+    put("detection.regrown", json!(d.regrown));
+    // The share of the campaign's plan the teacher answered (what the attacker got).
+    put(
+        "detection.harvest_share",
+        json!((st.attacker_served as f64 / planned.max(1.0)).min(1.0)),
+    );
+    put("harvest.sample_one_in", json!(log.one_in));
+    put("harvest.campaign_answered", json!(st.attacker_served));
+    // The whole campaign's cost at its own scale: API spend plus identity challenges, and per
+    // thousand attacker queries the teacher answered.
+    let campaign_usd = d.attacker_spend_usd + d.attacker_challenge_usd;
+    put("cost.campaign_accounts_usd", json!(d.attacker_accounts_usd));
+    put("cost.campaign_usd", json!(campaign_usd));
+    put(
+        "cost.campaign_usd_per_1k",
+        json!(1e3 * campaign_usd / st.attacker_served.max(1) as f64),
+    );
+    m
 }

@@ -117,21 +117,18 @@ pub const RANGES: &[Range] = &[
     ),
     r("traffic.population.sigma", 0.0, 10.0, "log-normal sigma"),
     r("traffic.population.diurnal", 0.0, 1.0, "relative swing"),
-    r("traffic.campaign.accounts", 1.0, 1e6, "accounts"),
     r(
         "traffic.campaign.daily_per_account",
         0.0,
         1e7,
         "queries per account per day",
     ),
-    r("traffic.campaign.days", 1e-3, 3650.0, "simulated days"),
     r(
         "traffic.campaign.identity_sharing",
         1.0,
         1e6,
         "accounts per identity",
     ),
-    r("traffic.campaign.hard_share", 0.0, 1.0, "share of queries"),
     r(
         "traffic.campaign.proxy_share",
         0.0,
@@ -147,12 +144,6 @@ pub const RANGES: &[Range] = &[
         "accounts per day",
     ),
     r("traffic.campaign.regrow_hours", 0.0, 87600.0, "hours"),
-    r(
-        "traffic.campaign.account_cost_usd",
-        0.0,
-        1e6,
-        "USD per account",
-    ),
     r(
         "traffic.campaign.identity_cost_usd",
         0.0,
@@ -238,6 +229,21 @@ pub const RANGES: &[Range] = &[
         "share of challenged users",
     ),
     r("traffic.limit_change.day", 0.0, 3650.0, "simulated day"),
+    r("traffic.campaign.ramp_days", 1e-3, 3650.0, "simulated days"),
+    r(
+        "traffic.answer_one_in",
+        1.0,
+        1e12,
+        "queries per answered query",
+    ),
+    r(
+        "traffic.detectors.limit_jump",
+        1.0,
+        1e3,
+        "x queries before the change",
+    ),
+    r("traffic.detectors.limit_jump_hours", 1.0, 8760.0, "hours"),
+    r("traffic.detectors.limit_jump_min", 1.0, 1e9, "queries"),
     r("traffic.limit_change.factor", 1e-3, 1e3, "x tier limits"),
 ];
 
@@ -646,7 +652,8 @@ traffic:
   limit_change: {day: 20, factor: 2}
   access: {blocked_regions: [8], max_accounts_per_payment: 3}
   campaign: {creation_per_day: 10, regrow_hours: 5}
-  detectors: {skill_concentration: 0.9}
+  detectors: {skill_concentration: 0.9, limit_jump: 2}
+  answer_one_in: 10
 checkpoints: [10]
 "#;
     let over: Value = serde_saphyr::from_str(yaml).unwrap();
@@ -737,10 +744,7 @@ mod tests {
                 "api:\n  defenses:\n    - {kind: watermark, gamma: 1.5, delta: 2, key: 1}\n",
                 "api.defenses[0].gamma",
             ),
-            (
-                "traffic:\n  campaign:\n    days: -1\n",
-                "traffic.campaign.days",
-            ),
+            ("attacker:\n  max_days: -1\n", "attacker.max_days"),
             (
                 "world:\n  eval_per_suite: 1000000000000\n",
                 "world.eval_per_suite",

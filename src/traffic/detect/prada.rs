@@ -64,7 +64,7 @@ fn dist2(a: &[f32; EMB_DIM], b: &[f32; EMB_DIM]) -> f32 {
 /// One account's PRADA state: template references of recent queries and recent distances.
 #[derive(Clone, Debug)]
 pub struct PradaState {
-    recent: [u16; RECENT],
+    recent: [u32; RECENT],
     n_recent: usize,
     dists: [f32; DISTANCES],
     n_dists: usize,
@@ -86,7 +86,7 @@ impl Default for PradaState {
 impl PradaState {
     /// Observe a query: template `t`, embeddings looked up through `emb`.
     #[inline]
-    pub fn observe(&mut self, t: u16, emb: impl Fn(u16) -> [f32; EMB_DIM]) {
+    pub fn observe(&mut self, t: u32, emb: impl Fn(u32) -> [f32; EMB_DIM]) {
         let x = emb(t);
         let k = self.n_recent.min(RECENT);
         if k > 0 {
@@ -297,8 +297,8 @@ mod tests {
                 .filter(|_| {
                     let mut st = PradaState::default();
                     for _ in 0..60 {
-                        let t = rng.random_range(0..4096u16);
-                        st.observe(t, |t: u16| bank.emb[(t & !ATTACK_BANK) as usize]);
+                        let t = rng.random_range(0..4096u32);
+                        st.observe(t, |t: u32| bank.emb[(t & !ATTACK_BANK) as usize]);
                     }
                     st.w().unwrap() < threshold
                 })

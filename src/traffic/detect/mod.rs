@@ -1,10 +1,21 @@
 //! Detectors over the live query stream, per account and across accounts, with thresholds.
+//! Each detector is its own module; this one holds their configuration, the per-account
+//! features they read, and the pass that asks each of them about an account.
 //!
 //! Per-account features are fixed-size counters updated per query (no allocation); detectors
 //! run every `check_minutes` over the accounts active since the last check.
 
+pub mod cluster;
+pub mod concentration;
+pub mod entropy;
+pub mod limit_jump;
+pub mod mmd;
+pub mod prada;
+pub mod reasoning;
+pub mod sync;
+pub mod volume;
+
 use super::{Query, N_KINDS};
-use crate::world::Skill;
 use serde::{Deserialize, Serialize};
 
 /// Detector thresholds; a detector with threshold `None` is off.
@@ -28,6 +39,14 @@ pub struct DetectorConfig {
     /// Synchronised timing: share of the account's active minutes today that were burst
     /// minutes (many accounts at once) above this.
     pub sync_share: Option<f64>,
+    /// Limit tracking (the tripwire): after a change of the provider's rate limits, the
+    /// account's queries in the `limit_jump_hours` after the change over those in the same
+    /// span before it, at least this.
+    pub limit_jump: Option<f64>,
+    /// Hours before and after a limit change the limit-tracking detector compares.
+    pub limit_jump_hours: f64,
+    /// Queries an account needs in the span before the change to be judged by it.
+    pub limit_jump_min: u32,
     /// Active minutes today an account needs before its timing is judged.
     pub sync_min_active: u32,
     /// A minute is a burst when its count of active accounts exceeds the median of the last
@@ -55,6 +74,9 @@ impl Default for DetectorConfig {
             cluster_size: Some(5),
             prada_w: Some(0.5),
             sync_share: Some(0.5),
+            limit_jump: None,
+            limit_jump_hours: 24.0,
+            limit_jump_min: 10,
             sync_min_active: 8,
             burst_z: 4.0,
             burst_rel: 0.25,
@@ -78,6 +100,7 @@ impl DetectorConfig {
             cluster_size: None,
             prada_w: None,
             sync_share: None,
+            limit_jump: None,
             ..Default::default()
         }
     }
@@ -95,6 +118,8 @@ pub struct Features {
     pub active_minutes: u32,
     /// Of those, minutes the replay marked as bursts.
     pub burst_minutes: u32,
+    /// Queries in the spans before and after a limit change.
+    pub around_change: [u32; 2],
     last_minute: u32,
 }
 
@@ -108,6 +133,7 @@ impl Default for Features {
             reasoning: 0,
             active_minutes: 0,
             burst_minutes: 0,
+            around_change: [0; 2],
             last_minute: u32::MAX,
         }
     }
@@ -135,52 +161,6 @@ impl Features {
         self.reasoning += q.reasoning as u32;
         new_minute
     }
-
-    /// Share of today's active minutes that were bursts.
-    pub fn burst_share(&self) -> f64 {
-        self.burst_minutes as f64 / self.active_minutes.max(1) as f64
-    }
-
-    /// Shannon entropy of the kind histogram over log(N_KINDS), in [0, 1].
-    pub fn entropy(&self) -> f64 {
-        let n = self.total as f64;
-        if n == 0.0 {
-            return 1.0;
-        }
-        let h: f64 = self
-            .kinds
-            .iter()
-            .filter(|&&c| c > 0)
-            .map(|&c| {
-                let p = c as f64 / n;
-                -p * p.ln()
-            })
-            .sum();
-        h / (N_KINDS as f64).ln()
-    }
-
-    /// Share of skill queries on the most-asked skill (both tiers).
-    pub fn skill_concentration(&self) -> f64 {
-        let per_skill: Vec<u32> = (0..Skill::ALL.len())
-            .map(|s| self.kinds[2 * s] + self.kinds[2 * s + 1])
-            .collect();
-        let total: u32 = per_skill.iter().sum();
-        if total == 0 {
-            0.0
-        } else {
-            *per_skill.iter().max().unwrap_or(&0) as f64 / total as f64
-        }
-    }
-
-    /// MMD² with the Kronecker kernel on kinds: the squared L2 distance of the histograms.
-    pub fn mmd2(&self, reference: &[f64; N_KINDS]) -> f64 {
-        let n = self.total.max(1) as f64;
-        self.kinds
-            .iter()
-            .zip(reference)
-            .map(|(&c, &r)| (c as f64 / n - r).powi(2))
-            .sum()
-    }
 }
 
 /// Cross-account and per-account signals the replay computes outside [`Features`].
@@ -191,50 +171,43 @@ pub struct Signals {
     /// PRADA's Shapiro-Wilk W, when the account has `prada_min` distances and new ones since
     /// its last judgement.
     pub prada_w: Option<f64>,
+    /// Whether the spans around a limit change are both over.
+    pub jump_window_done: bool,
 }
 
 /// Which detectors flag an account (bit per detector, in `DetectorConfig` field order).
-pub fn flags(cfg: &DetectorConfig, f: &Features, sig: &Signals, reference: &[f64; N_KINDS]) -> u8 {
-    let mut bits = 0u8;
-    let cluster = sig.cluster;
-    if f.active_minutes >= cfg.sync_min_active
-        && cfg.sync_share.is_some_and(|t| f.burst_share() > t)
-    {
-        bits |= 1 << 7;
-    }
-    if cfg.volume_per_day.is_some_and(|t| f.today > t) {
-        bits |= 1;
-    }
-    if let Some(k) = cfg.cluster_size {
-        if cluster >= k {
-            bits |= 1 << 5;
-        }
-    }
-    if f.total < cfg.min_queries {
-        return bits;
-    }
-    if cfg.min_entropy.is_some_and(|t| f.entropy() < t) {
-        bits |= 1 << 1;
-    }
-    if cfg
-        .skill_concentration
-        .is_some_and(|t| f.skill_concentration() > t)
-    {
-        bits |= 1 << 2;
-    }
-    if cfg
-        .reasoning_share
-        .is_some_and(|t| f.reasoning as f64 / f.total as f64 > t)
-    {
-        bits |= 1 << 3;
-    }
-    if cfg.mmd.is_some_and(|t| f.mmd2(reference) > t) {
-        bits |= 1 << 4;
-    }
-    if let (Some(t), Some(w)) = (cfg.prada_w, sig.prada_w) {
-        if w < t {
-            bits |= 1 << 6;
-        }
+pub fn flags(cfg: &DetectorConfig, f: &Features, sig: &Signals, reference: &[f64; N_KINDS]) -> u16 {
+    let mut bits = 0u16;
+    let mut set = |bit: u16, fires: bool| bits |= (fires as u16) << bit;
+    set(0, cfg.volume_per_day.is_some_and(|t| volume::fires(t, f)));
+    set(
+        5,
+        cfg.cluster_size
+            .is_some_and(|t| cluster::fires(t, sig.cluster)),
+    );
+    set(
+        7,
+        cfg.sync_share
+            .is_some_and(|t| sync::fires(t, cfg.sync_min_active, f)),
+    );
+    set(
+        8,
+        cfg.limit_jump
+            .is_some_and(|t| sig.jump_window_done && limit_jump::fires(t, cfg.limit_jump_min, f)),
+    );
+    if f.total >= cfg.min_queries {
+        set(1, cfg.min_entropy.is_some_and(|t| entropy::fires(t, f)));
+        set(
+            2,
+            cfg.skill_concentration
+                .is_some_and(|t| concentration::fires(t, f)),
+        );
+        set(
+            3,
+            cfg.reasoning_share.is_some_and(|t| reasoning::fires(t, f)),
+        );
+        set(4, cfg.mmd.is_some_and(|t| mmd::fires(t, f, reference)));
+        set(6, cfg.prada_w.zip(sig.prada_w).is_some_and(|(t, w)| w < t));
     }
     bits
 }
@@ -244,7 +217,7 @@ mod tests {
     use super::*;
     use crate::rng::derive_rng;
     use crate::traffic::{Alias, TemplateBank};
-    use crate::world::Mix;
+    use crate::world::{Mix, Skill};
 
     #[test]
     fn each_statistical_detector_separates_campaign_from_benign_features() {
@@ -252,7 +225,7 @@ mod tests {
         let benign = TemplateBank::new(&Mix::benign(), 2000, &mut rng);
         let mut reference = [0.0; N_KINDS];
         for q in &benign.queries {
-            reference[q.0 as usize] += 1.0 / 2000.0;
+            reference[q.kind as usize] += 1.0 / 2000.0;
         }
         let feats = |bank: &TemplateBank, n: usize| {
             let mut f = Features::default();
@@ -274,18 +247,18 @@ mod tests {
             feats(&TemplateBank::new(&Mix::benign(), 200, &mut rng), 200),
         );
         assert!(
-            a.entropy() < 0.2 && b.entropy() > 0.6,
+            entropy::entropy(&a) < 0.2 && entropy::entropy(&b) > 0.6,
             "{} {}",
-            a.entropy(),
-            b.entropy()
+            entropy::entropy(&a),
+            entropy::entropy(&b)
         );
-        assert_eq!(a.skill_concentration(), 1.0);
-        assert!(b.skill_concentration() < 0.4);
+        assert_eq!(concentration::concentration(&a), 1.0);
+        assert!(concentration::concentration(&b) < 0.4);
         assert!(
-            a.mmd2(&reference) > 0.3 && b.mmd2(&reference) < 0.02,
+            mmd::mmd2(&a, &reference) > 0.3 && mmd::mmd2(&b, &reference) < 0.02,
             "{} {}",
-            a.mmd2(&reference),
-            b.mmd2(&reference)
+            mmd::mmd2(&a, &reference),
+            mmd::mmd2(&b, &reference)
         );
         assert!(a.reasoning > 150 && b.reasoning < 60);
     }
