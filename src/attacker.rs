@@ -473,7 +473,7 @@ mod tests {
             ..Default::default()
         };
         let learner = |items: &[Item], seed: u64| {
-            crate::student::distill(&student_cfg, crate::model::Backend::BURN, items, seed)
+            crate::student::distill(&student_cfg, crate::model::Backend::BURN, None, items, seed)
                 .map(|(e, _)| e)
         };
         let cfg = AttackerConfig {

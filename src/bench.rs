@@ -265,7 +265,7 @@ fn end_to_end(opts: &BenchOptions) -> crate::Result<()> {
         let th = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let student = crate::student::StudentConfig::default();
-        let _ = crate::student::distill(&student, backend, &h.items, 1)?;
+        let _ = crate::student::distill(&student, backend, None, &h.items, 1)?;
         let td = t1.elapsed().as_secs_f64();
         println!(
             "| {} | {} | {th:.1} | {:.0} | {td:.1} | {:.1} |",

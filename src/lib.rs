@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod attacker;
+pub mod base;
 pub mod error;
 pub mod eval;
 pub mod fsutil;

@@ -55,6 +55,24 @@ pub struct StudentConfig {
     pub drop_share: f64,
     /// `train.steps` caps the steps (and is the fixed count under `equal_compute`).
     pub train: TrainConfig,
+    /// Where the student's weights start: `scratch` (random) or `base` (the attacker's own
+    /// pretrained model of the same size, `base`).
+    pub init: Init,
+    /// The attacker's base model (with `init: base`).
+    pub base: crate::base::BaseConfig,
+}
+
+/// Where a student's weights start.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Init {
+    /// Random weights.
+    #[default]
+    Scratch,
+    /// The attacker's pretrained base model (`student.base`).
+    Base,
 }
 
 impl Default for StudentConfig {
@@ -76,6 +94,8 @@ impl Default for StudentConfig {
                 min_lr_ratio: 0.05,
                 weight_decay: 0.01,
             },
+            init: Init::Scratch,
+            base: Default::default(),
         }
     }
 }
@@ -218,10 +238,11 @@ pub fn train_on(
 pub fn distill(
     cfg: &StudentConfig,
     engine: Backend,
+    base: Option<&std::path::Path>,
     items: &[Item],
     seed: u64,
 ) -> Result<(Box<dyn Engine>, TrainReport)> {
-    let mut eng = crate::model::new_engine(engine, cfg.spec()?, seed)?;
+    let mut eng = crate::base::new_student(engine, cfg.spec()?, seed, base)?;
     let steps = cfg.planned_steps(items.len());
     let report = train_on(eng.as_mut(), cfg, items, steps, seed);
     Ok((eng, report))
@@ -250,6 +271,7 @@ pub fn on_policy(
     api: &mut crate::api::Api,
     accounts: &[crate::api::AccountId],
     teacher: &crate::teacher::Teacher,
+    base: Option<&std::path::Path>,
     items: &[Item],
     seed: u64,
     start: f64,
@@ -262,7 +284,7 @@ pub fn on_policy(
         ..cfg.clone()
     };
     if !api.config.scoring || items.len() < 2 {
-        let (s, l) = distill(&off, engine, items, seed)?;
+        let (s, l) = distill(&off, engine, base, items, seed)?;
         return Ok((
             s,
             l,
@@ -276,7 +298,7 @@ pub fn on_policy(
     let half = items.len() / 2;
     let total_steps = cfg.planned_steps(items.len());
     let first_steps = total_steps / 2;
-    let mut s = crate::model::new_engine(engine, cfg.spec()?, seed)?;
+    let mut s = crate::base::new_student(engine, cfg.spec()?, seed, base)?;
     let first = train_on(s.as_mut(), &off, &items[..half], first_steps, seed);
     let prompts: Vec<&crate::world::Prompt> = items[half..].iter().map(|i| &i.prompt).collect();
     let params = vec![

@@ -159,55 +159,18 @@ impl Teacher {
             ));
         }
         let path = Self::cache_path(cfg, engine, cache_dir);
-        let dir = path.parent().unwrap_or(cache_dir);
-        // One process trains a teacher; another sweep that needs it waits, then loads it.
-        let _lock = crate::fsutil::lock(&dir.with_extension("lock"))?;
-        crate::fsutil::clean_stale_temps(dir);
-        let sum_path = path.with_extension("sha256");
-        if path.exists() {
-            match std::fs::read_to_string(&sum_path) {
-                Ok(recorded) => {
-                    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-                    let actual = sha256_hex(&bytes);
-                    if recorded.trim() != actual {
-                        return Err(Error::Model(format!(
-                            "teacher {}: checksum {actual} differs from the {} recorded when \
-                             it was cached (a corrupt or edited file); delete {} to retrain",
-                            path.display(),
-                            recorded.trim(),
-                            dir.display()
-                        )));
-                    }
-                    let eng = crate::model::load_engine(engine, cfg.spec()?, &path)?;
-                    check_finite(eng.as_ref(), &path)?;
-                    return Ok((Teacher::Neural(eng), true));
-                }
-                // Cached before checksums were recorded (or its checksum was lost): nothing
-                // vouches for it, so it is trained again.
-                Err(_) => eprintln!(
-                    "[teacher] {}: no checksum recorded; training it again",
-                    path.display()
-                ),
-            }
-        }
-        let t = Self::train(cfg, engine, progress)?;
-        if let Teacher::Neural(e) = &t {
-            check_finite(e.as_ref(), &path)?;
-            let tmp = crate::fsutil::tmp_path(&path);
-            let saved = e.save(&tmp).and_then(|_| {
-                let bytes = std::fs::read(&tmp).map_err(|e| Error::io(&tmp, e))?;
-                // The checksum goes first: whoever sees the weights sees their checksum.
-                crate::fsutil::write_atomic(&sum_path, sha256_hex(&bytes).as_bytes())?;
-                std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
-            });
-            if saved.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            saved?;
+        let (eng, cached) =
+            cached_engine(&path, cfg.spec()?, engine, "teacher", || match Self::train(
+                cfg, engine, progress,
+            )? {
+                Teacher::Neural(e) => Ok(e),
+                Teacher::Oracle { .. } => Err(Error::Invalid("an oracle is not trained".into())),
+            })?;
+        if !cached {
             let meta = serde_json::to_vec_pretty(cfg).unwrap_or_default();
             crate::fsutil::write_atomic(&path.with_file_name("teacher.json"), &meta)?;
         }
-        Ok((t, false))
+        Ok((Teacher::Neural(eng), cached))
     }
 
     pub fn cache_path(cfg: &TeacherConfig, engine: Backend, cache_dir: &Path) -> PathBuf {
@@ -332,19 +295,76 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// A teacher with a non-finite weight (diverged training, a corrupt cache file) would serve
+/// A model with a non-finite weight (diverged training, a corrupt cache file) would serve
 /// nonsense that still looks like results: refuse it, naming the tensor.
-fn check_finite(e: &dyn Engine, path: &Path) -> Result<()> {
+fn check_finite(e: &dyn Engine, path: &Path, what: &str) -> Result<()> {
     for (name, (_, data)) in &e.weights().tensors {
         if let Some(x) = data.iter().find(|x| !x.is_finite()) {
             return Err(Error::Model(format!(
-                "teacher {}: tensor `{name}` holds {x} (diverged training or a corrupt file; \
-                 delete it to retrain, or lower teacher.train.lr)",
+                "{what} {}: tensor `{name}` holds {x} (diverged training or a corrupt file; \
+                 delete it to retrain, or lower {what}.train.lr)",
                 path.display()
             )));
         }
     }
     Ok(())
+}
+
+/// Load the model cached at `path` (checked against the SHA-256 recorded beside it), or train
+/// it with `train` and cache it. One process trains; another that needs it waits on the lock,
+/// then loads it. Returns the model and whether it came from the cache. `what` names it in
+/// messages (`teacher`, `student.base`).
+pub fn cached_engine(
+    path: &Path,
+    spec: ModelSpec,
+    engine: Backend,
+    what: &str,
+    train: impl FnOnce() -> Result<Box<dyn Engine>>,
+) -> Result<(Box<dyn Engine>, bool)> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let _lock = crate::fsutil::lock(&dir.with_extension("lock"))?;
+    crate::fsutil::clean_stale_temps(dir);
+    let sum_path = path.with_extension("sha256");
+    if path.exists() {
+        match std::fs::read_to_string(&sum_path) {
+            Ok(recorded) => {
+                let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+                let actual = sha256_hex(&bytes);
+                if recorded.trim() != actual {
+                    return Err(Error::Model(format!(
+                        "{what} {}: checksum {actual} differs from the {} recorded when it \
+                         was cached (a corrupt or edited file); delete {} to retrain",
+                        path.display(),
+                        recorded.trim(),
+                        dir.display()
+                    )));
+                }
+                let eng = crate::model::load_engine(engine, spec, path)?;
+                check_finite(eng.as_ref(), path, what)?;
+                return Ok((eng, true));
+            }
+            // Cached before checksums were recorded (or its checksum was lost): nothing
+            // vouches for it, so it is trained again.
+            Err(_) => eprintln!(
+                "[{what}] {}: no checksum recorded; training it again",
+                path.display()
+            ),
+        }
+    }
+    let e = train()?;
+    check_finite(e.as_ref(), path, what)?;
+    let tmp = crate::fsutil::tmp_path(path);
+    let saved = e.save(&tmp).and_then(|_| {
+        let bytes = std::fs::read(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        // The checksum goes first: whoever sees the weights sees their checksum.
+        crate::fsutil::write_atomic(&sum_path, sha256_hex(&bytes).as_bytes())?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    });
+    if saved.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    saved?;
+    Ok((e, false))
 }
 
 /// Log-probability floor of tokens the oracle never considers.

@@ -990,3 +990,73 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert!(!text(&out.stderr).contains("panicked"), "{args:?}");
     }
 }
+
+/// The committed samples of the experiments produced under the measurement protocol are
+/// current: their stored configs match what the experiment files request now (a key removed
+/// from an inert section, such as a disabled `traffic`, does not make them stale; a key added
+/// since, at its default, neither).
+#[test]
+fn committed_protocol_samples_match_their_experiment_files() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for exp in [
+        "quickstart",
+        "stability",
+        "convergence",
+        "ei_gap",
+        "safety_transfer",
+        "campaign_2026",
+    ] {
+        let out = bin()
+            .arg("sweep")
+            .arg(root.join("experiments").join(format!("{exp}.yaml")))
+            .arg("--results")
+            .arg(root.join("results/samples"))
+            .arg("--list")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{exp}: {}", text(&out.stderr));
+        let list = text(&out.stdout);
+        assert!(!list.is_empty());
+        for line in list.lines() {
+            assert!(line.contains("\tfinished\t"), "{exp}: {line}");
+        }
+    }
+}
+
+/// Students on the attacker's base: the base is pretrained once (cached by config hash, beside
+/// the teachers), every run reports it as its budget-0 row, and its students start from it
+/// (they differ from scratch students trained on the same harvest).
+#[test]
+fn students_on_the_attackers_base_report_the_base_at_budget_0() {
+    let r = scratch("base");
+    let args = [
+        "--set",
+        "student.init=base",
+        "--set",
+        "student.base.train.steps=30",
+        "--set",
+        "student.base.train.batch_size=16",
+    ];
+    let out = run(&fixture("tiny.yaml"), &r, &args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert_eq!(err.matches("[base] pretrained").count(), 1, "{err}");
+    let m = metrics(&r);
+    assert_eq!(m.len(), 2);
+    for (_, rows) in &m {
+        let budgets: Vec<u64> = rows.iter().map(|x| x["budget"].as_u64().unwrap()).collect();
+        assert_eq!(budgets, [0, 10, 40]);
+        assert_eq!(rows[0]["harvest.items"], 0);
+    }
+    // The same runs again from scratch give other copies.
+    let s = scratch("base-scratch");
+    let out = run(&fixture("tiny.yaml"), &s, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let from_scratch = metrics(&s);
+    assert_ne!(
+        m[0].1[2]["train.val_loss"], from_scratch[0].1[1]["train.val_loss"],
+        "a base-initialised student trains from other weights"
+    );
+    let _ = std::fs::remove_dir_all(r);
+    let _ = std::fs::remove_dir_all(s);
+}

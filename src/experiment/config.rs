@@ -74,6 +74,13 @@ impl Default for ExperimentConfig {
 
 impl ExperimentConfig {
     /// Budget checkpoints in increasing order, capped by the budget.
+    /// The budgets a run reports a row for: its checkpoints, after the base itself (budget 0)
+    /// when students start from the attacker's base.
+    pub fn row_budgets(&self) -> Vec<usize> {
+        let base = (self.student.init == crate::student::Init::Base).then_some(0);
+        base.into_iter().chain(self.budgets()).collect()
+    }
+
     pub fn budgets(&self) -> Vec<usize> {
         let mut b: Vec<usize> = self
             .checkpoints

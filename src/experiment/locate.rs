@@ -77,6 +77,14 @@ pub(super) fn yaml_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> Er
                 l.split_once(':')
                     .is_some_and(|(_, v)| v.trim().trim_matches(['"', '\'']) == value)
             })
+            .or_else(|| {
+                // A mapping where a plain value belongs (`method: {kind: x}`): the variant name
+                // is the mapping's key.
+                let key = format!("{value}:");
+                text.lines().position(|l| {
+                    l.contains(&format!("{{{key}")) || l.trim_start().starts_with(&key)
+                })
+            })
             .map(|i| i + 1)
     });
     match line {

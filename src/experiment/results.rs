@@ -15,14 +15,19 @@ pub fn is_finished(dir: &Path, spec: &RunSpec) -> bool {
     let (Some(stored), Some(summary)) = (read("config.json"), read("summary.json")) else {
         return false;
     };
-    let want = stored_form(spec);
-    if summary["status"] != "ok" || want.as_ref() != Some(&stored) {
+    let Some(want) = stored_form(spec) else {
+        return false;
+    };
+    let mut diffs = Vec::new();
+    let (stored, want) = (without_inert(stored), without_inert(want));
+    diff_values("", &stored, &want, &defaults(), &mut diffs);
+    if summary["status"] != "ok" || !diffs.is_empty() {
         return false;
     }
     read_checkpoints(&dir.join("metrics.jsonl")).is_ok_and(|rows| {
         rows.iter()
             .map(|c| c.budget as usize)
-            .eq(spec.config.budgets())
+            .eq(spec.config.row_budgets())
     })
 }
 
@@ -33,6 +38,32 @@ fn read_json(path: &Path) -> Option<Value> {
 
 /// The config a run should be stored with, as its `config.json` would read back (f32 fields
 /// print shortest, e.g. 0.01).
+/// The default config as stored: a key a run's stored config lacks (it was added since) counts
+/// as unchanged where the requested value is its default.
+fn defaults() -> Value {
+    // Through text, as stored (an f32 read back from text is not the f32 widened to f64).
+    serde_json::to_string(&super::config::ExperimentConfig::default())
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// A config with its inert sections reduced: the `traffic` section of a run without traffic,
+/// and the `student.base` of students that start from scratch, cannot change its results, so
+/// they are not compared (keys removed from them since a run was stored do not make it stale).
+fn without_inert(mut v: Value) -> Value {
+    if v["traffic"]["enabled"] == Value::Bool(false) {
+        v["traffic"] = serde_json::json!({"enabled": false});
+    }
+    let init = v["student"]["init"].as_str().unwrap_or("scratch");
+    if init == "scratch" {
+        if let Some(s) = v["student"].as_object_mut() {
+            s.remove("base");
+        }
+    }
+    v
+}
+
 fn stored_form(spec: &RunSpec) -> Option<Value> {
     serde_json::to_string(&spec.config)
         .ok()
@@ -48,10 +79,10 @@ pub fn changed_keys(dir: &Path, spec: &RunSpec, limit: usize) -> Option<Vec<Stri
     if summary["status"] != "ok" {
         return None;
     }
-    let stored = read("config.json").unwrap_or(Value::Null);
-    let want = stored_form(spec)?;
+    let stored = without_inert(read("config.json").unwrap_or(Value::Null));
+    let want = without_inert(stored_form(spec)?);
     let mut diffs = Vec::new();
-    diff_values("", &stored, &want, &mut diffs);
+    diff_values("", &stored, &want, &defaults(), &mut diffs);
     if diffs.is_empty() {
         return None;
     }
@@ -63,8 +94,10 @@ pub fn changed_keys(dir: &Path, spec: &RunSpec, limit: usize) -> Option<Vec<Stri
     Some(diffs)
 }
 
-/// Dotted keys at which two config values differ, as `key: a -> b`.
-fn diff_values(prefix: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+/// Dotted keys at which two config values differ, as `key: a -> b`. A key missing from `a`
+/// (the stored config, older than the key) whose value in `b` is its default (`d`) is not a
+/// difference.
+fn diff_values(prefix: &str, a: &Value, b: &Value, d: &Value, out: &mut Vec<String>) {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
@@ -75,10 +108,15 @@ fn diff_values(prefix: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
                     format!("{prefix}.{k}")
                 };
                 let null = Value::Null;
+                let default = d.get(k).unwrap_or(&null);
+                if !x.contains_key(k) && y.get(k) == Some(default) {
+                    continue;
+                }
                 diff_values(
                     &key,
                     x.get(k).unwrap_or(&null),
                     y.get(k).unwrap_or(&null),
+                    default,
                     out,
                 );
             }
@@ -178,20 +216,17 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// A checkpoint from one line of `metrics.jsonl`: an object with a positive integer
+    /// A checkpoint from one line of `metrics.jsonl`: an object with a non-negative integer
     /// `budget` and numeric (or null) metrics; anything else is an error saying what.
     pub fn from_json(v: &Value) -> std::result::Result<Checkpoint, String> {
         let o = v.as_object().ok_or("not a JSON object")?;
-        let budget = o
-            .get("budget")
-            .and_then(|b| b.as_u64())
-            .filter(|&b| b > 0)
-            .ok_or_else(|| {
-                format!(
-                    "`budget` must be a positive integer, got {:?}",
-                    o.get("budget")
-                )
-            })?;
+        // 0 is the row of a base model itself (students built on the attacker's base).
+        let budget = o.get("budget").and_then(|b| b.as_u64()).ok_or_else(|| {
+            format!(
+                "`budget` must be a non-negative integer, got {:?}",
+                o.get("budget")
+            )
+        })?;
         let mut metrics = std::collections::BTreeMap::new();
         for (k, x) in o {
             if k == "budget" {

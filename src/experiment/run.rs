@@ -51,6 +51,8 @@ pub struct Runner {
     teachers: HashMap<String, EvaluatedTeacher>,
     /// Why a teacher could not be prepared, by teacher key.
     teacher_errors: HashMap<String, String>,
+    /// The attacker's base models (weights file, or why it could not be had), by base key.
+    bases: HashMap<String, std::result::Result<PathBuf, String>>,
 }
 
 /// The status of a run that another process is running (this one skipped it).
@@ -70,6 +72,7 @@ impl Runner {
             cache_dir,
             teachers: HashMap::new(),
             teacher_errors: HashMap::new(),
+            bases: HashMap::new(),
         }
     }
 
@@ -103,7 +106,43 @@ impl Runner {
                 self.teacher_errors.insert(key, e.to_string());
             }
         }
+        for r in runs {
+            let cfg = &r.config;
+            if cfg.student.init != student::Init::Base {
+                continue;
+            }
+            let key = Self::base_key(r);
+            if self.bases.contains_key(&key) {
+                continue;
+            }
+            let got = cfg.student.spec().and_then(|spec| {
+                let b = &cfg.student.base;
+                b.load_or_train(&spec, &cfg.student.size, cfg.backend(), &self.cache_dir)
+            });
+            if let Err(e) = &got {
+                eprintln!("[base] {e}");
+            }
+            self.bases
+                .insert(key, got.map(|(p, _)| p).map_err(|e| e.to_string()));
+        }
         Ok(())
+    }
+
+    fn base_key(spec: &RunSpec) -> String {
+        let s = &spec.config.student;
+        s.base.hash(&s.size, spec.config.backend())
+    }
+
+    /// The base model a run's students start from (None: from scratch).
+    fn base_path(&self, spec: &RunSpec) -> Result<Option<PathBuf>> {
+        if spec.config.student.init != student::Init::Base {
+            return Ok(None);
+        }
+        match self.bases.get(&Self::base_key(spec)) {
+            Some(Ok(p)) => Ok(Some(p.clone())),
+            Some(Err(e)) => Err(Error::Invalid(e.clone())),
+            None => Err(Error::Invalid("student.base not prepared".into())),
+        }
     }
 
     fn ensure_teacher(&mut self, spec: &RunSpec) -> Result<String> {
@@ -260,6 +299,8 @@ impl Runner {
             )
         })?;
         let (t_scores, t_resp) = (&t.scores, &t.responses);
+        let base = self.base_path(spec)?;
+        let base = base.as_deref();
         let t_h = Instant::now();
         let mut detection = serde_json::Map::new();
         let mut timeline = None;
@@ -308,7 +349,7 @@ impl Runner {
         } else {
             let mut api = Api::new(cfg.api.clone())?;
             let learner = |items: &[attacker::Item], seed: u64| {
-                student::distill(&cfg.student, cfg.backend(), items, seed).map(|(e, _)| e)
+                student::distill(&cfg.student, cfg.backend(), base, items, seed).map(|(e, _)| e)
             };
             let harvest: Harvest = attacker::harvest(
                 &cfg.attacker,
@@ -359,10 +400,11 @@ impl Runner {
             _ => None,
         });
         let mut rows = Vec::new();
-        for budget in cfg.budgets() {
+        // A copy built on a base: its row at budget 0 is the base itself.
+        for budget in cfg.row_budgets() {
             // A campaign the detectors stopped before its first answer leaves an untrained copy.
             let n = budget.min(harvest.items.len());
-            if n == 0 && !cfg.traffic.enabled {
+            if n == 0 && budget > 0 && !cfg.traffic.enabled {
                 return Err(Error::Invalid("the campaign harvested nothing".into()));
             }
             let items = &harvest.items[..n];
@@ -373,7 +415,10 @@ impl Runner {
                 cfg.student.drop_share,
                 derive_seed(seed, "drop"),
             );
-            let (student, report, on_policy) = if cfg.student.method == student::Method::OnPolicy {
+            let (student, report, on_policy) = if budget == 0 {
+                let s = crate::base::new_student(cfg.backend(), cfg.student.spec()?, seed, base)?;
+                (s, crate::model::train::TrainReport::default(), None)
+            } else if cfg.student.method == student::Method::OnPolicy {
                 let end = harvest.times.last().copied().unwrap_or(0.0);
                 let (s, l, o) = student::on_policy(
                     &cfg.student,
@@ -382,13 +427,14 @@ impl Runner {
                     &mut api,
                     &attacker_ids,
                     &t.teacher,
+                    base,
                     &kept,
                     seed,
                     end,
                 )?;
                 (s, l, Some(o))
             } else {
-                let (s, l) = student::distill(&cfg.student, cfg.backend(), &kept, seed)?;
+                let (s, l) = student::distill(&cfg.student, cfg.backend(), base, &kept, seed)?;
                 (s, l, None)
             };
             let train_secs = t_s.elapsed().as_secs_f64();

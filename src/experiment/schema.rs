@@ -54,6 +54,52 @@ pub const RANGES: &[Range] = &[
         1.0,
         "per step, decoupled",
     ),
+    r("student.base.seed", 0.0, 9.007e15, "seed"),
+    r("student.base.train.steps", 1.0, 1e7, "optimiser steps"),
+    r("student.base.train.batch_size", 1.0, 65536.0, "sequences"),
+    r("student.base.train.lr", 1e-8, 1.0, "learning rate"),
+    r("student.base.train.warmup", 0.0, 1e7, "steps"),
+    r(
+        "student.base.train.min_lr_ratio",
+        0.0,
+        1.0,
+        "fraction of lr",
+    ),
+    r(
+        "student.base.train.weight_decay",
+        0.0,
+        1.0,
+        "per step, decoupled",
+    ),
+    r("student.base.corpus.skills", 0.0, 1e6, "relative weight"),
+    r(
+        "student.base.corpus.skill_weights.*",
+        0.0,
+        1e6,
+        "relative weight",
+    ),
+    r(
+        "student.base.corpus.hard_share",
+        0.0,
+        1.0,
+        "share of skill prompts",
+    ),
+    r("student.base.corpus.harmful", 0.0, 1e6, "relative weight"),
+    r("student.base.corpus.lookalike", 0.0, 1e6, "relative weight"),
+    r("student.base.corpus.affect", 0.0, 1e6, "relative weight"),
+    r("student.base.corpus.probe", 0.0, 1e6, "relative weight"),
+    r(
+        "student.base.corpus.distress_share",
+        0.0,
+        1.0,
+        "share of affect and probe prompts",
+    ),
+    r(
+        "student.base.corpus.voice_share",
+        0.0,
+        1.0,
+        "share of prompts",
+    ),
     r("student.epochs", 1e-3, 1e4, "passes over the harvest"),
     r("student.min_steps", 0.0, 1e7, "optimiser steps"),
     r("student.val_share", 1e-3, 0.5, "share of the harvest"),
@@ -638,6 +684,7 @@ fn maximal_config() -> Value {
     // appears once.
     let yaml = r#"
 teacher: {skill_weights: {add: 2}}
+student: {init: base, base: {seed: 3, corpus: {skills: 1, hard_share: 0.1, harmful: 0, lookalike: 0, affect: 0, probe: 1, distress_share: 0.5, voice_share: 0.5, skill_weights: {add: 2}}}}
 attacker: {hard_share: 0.5}
 api:
   defenses:
