@@ -106,6 +106,8 @@ fn budgets(runs: &[RunRecord]) -> Vec<f64> {
         .iter()
         .flat_map(|r| r.rows.iter())
         .map(|r| r.budget as f64)
+        // Budget 0 (a base model's own row) has no place on a log axis: drawn as a level.
+        .filter(|&b| b > 0.0)
         .collect();
     b.sort_by(f64::total_cmp);
     b.dedup();
@@ -131,7 +133,8 @@ macro_rules! mesh {
 type DrawResult<DB> =
     std::result::Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
-/// A curve panel: `series` against the budget on a log axis, with bands and a teacher line.
+/// A curve panel: `series` against the budget on a log axis, with bands and a teacher line;
+/// a series' budget-0 value (a base model's own) is a dotted level in its colour.
 fn curve_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     title: &str,
@@ -172,12 +175,22 @@ fn curve_panel<DB: DrawingBackend>(
     for (i, s) in series.iter().enumerate() {
         let (color, width) = series_style(series, i);
         let style = ShapeStyle::from(&color).stroke_width(width);
-        if s.points.iter().any(|p| p.2 > 0.0) {
-            let mut band: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0, p.1 + p.2)).collect();
-            band.extend(s.points.iter().rev().map(|p| (p.0, (p.1 - p.2).max(0.0))));
+        // A base model's own value (budget 0): a dotted level in the series' colour.
+        if let Some(base) = s.points.iter().find(|p| p.0 == 0.0) {
+            chart.draw_series(DashedLineSeries::new(
+                vec![(x_range.0, base.1), (x_range.1, base.1)],
+                2,
+                4,
+                ShapeStyle::from(&color).stroke_width(1),
+            ))?;
+        }
+        let points: Vec<&(f64, f64, f64)> = s.points.iter().filter(|p| p.0 > 0.0).collect();
+        if points.iter().any(|p| p.2 > 0.0) {
+            let mut band: Vec<(f64, f64)> = points.iter().map(|p| (p.0, p.1 + p.2)).collect();
+            band.extend(points.iter().rev().map(|p| (p.0, (p.1 - p.2).max(0.0))));
             chart.draw_series(std::iter::once(Polygon::new(band, color.mix(0.15))))?;
         }
-        let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0, p.1)).collect();
+        let pts: Vec<(f64, f64)> = points.iter().map(|p| (p.0, p.1)).collect();
         chart.draw_series(LineSeries::new(pts.clone(), style))?;
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
     }

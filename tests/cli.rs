@@ -1005,6 +1005,7 @@ fn committed_protocol_samples_match_their_experiment_files() {
         "ei_gap",
         "safety_transfer",
         "campaign_2026",
+        "self_family",
     ] {
         let out = bin()
             .arg("sweep")
