@@ -1006,6 +1006,7 @@ fn committed_protocol_samples_match_their_experiment_files() {
         "safety_transfer",
         "campaign_2026",
         "self_family",
+        "ei_gap_base",
     ] {
         let out = bin()
             .arg("sweep")
