@@ -347,6 +347,19 @@ pub fn on_policy(
         now += attacker.tick_seconds;
     }
     let scored: Vec<Item> = scored.into_iter().flatten().collect();
+    if scored.is_empty() {
+        // Every scoring call was refused (the accounts were banned, or throttled to the end):
+        // the copy is what the first phase made.
+        return Ok((
+            s,
+            first,
+            OnPolicy {
+                scored: 0,
+                denied: false,
+                spend_usd: spend,
+            },
+        ));
+    }
     let mut report = train_on(
         s.as_mut(),
         &off,

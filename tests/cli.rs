@@ -1062,3 +1062,78 @@ fn students_on_the_attackers_base_report_the_base_at_budget_0() {
     let _ = std::fs::remove_dir_all(r);
     let _ = std::fs::remove_dir_all(s);
 }
+
+/// On-policy scoring calls after a campaign go through the same API and accounts: when the
+/// detectors banned every attacker account, the scoring calls are refused (nothing scored);
+/// when the bans come too late to land, they are scored.
+#[test]
+fn on_policy_scoring_after_a_campaign_uses_its_accounts() {
+    let scored = |delay: &str| {
+        let r = scratch(&format!("onpolicy-{delay}"));
+        let delay = format!("traffic.detectors.action_delay_minutes={delay}");
+        let args = [
+            "--set",
+            "traffic.enabled=true",
+            "--set",
+            "traffic.population.users=200",
+            "--set",
+            "attacker.accounts=30",
+            "--set",
+            "attacker.max_days=2",
+            "--set",
+            "student.method=on_policy",
+            "--set",
+            "api.scoring=true",
+            "--set",
+            "api.logprobs=5",
+            "--set",
+            "traffic.answer_one_in=1",
+            "--set",
+            &delay,
+        ];
+        let out = run(&fixture("tiny.yaml"), &r, &args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let last = metrics(&r)[0].1.last().unwrap().clone();
+        let _ = std::fs::remove_dir_all(&r);
+        // Enough harvest for the on-policy half to exist.
+        assert!(last["harvest.items"].as_u64().unwrap() >= 4, "{last}");
+        (
+            last["harvest.on_policy_scored"].as_u64().unwrap(),
+            last["detection.recall"].as_f64().unwrap(),
+        )
+    };
+    // Identity clustering flags every account within the first hour.
+    let (banned, recall) = scored("60");
+    assert_eq!((banned, recall), (0, 1.0));
+    let (late, recall) = scored("100000");
+    assert!(late > 0 && recall == 0.0, "{late} {recall}");
+}
+
+/// A campaign the access defenses block entirely harvests nothing: its runs report an
+/// untrained copy (zero training steps), not a diverged training.
+#[test]
+fn a_blocked_campaign_reports_an_untrained_copy() {
+    let r = scratch("blocked");
+    let args = [
+        "--set",
+        "traffic.enabled=true",
+        "--set",
+        "traffic.population.users=100",
+        "--set",
+        "attacker.accounts=10",
+        "--set",
+        "attacker.max_days=1",
+        "--set",
+        "traffic.access.blocked_regions=[8]",
+    ];
+    let out = run(&fixture("tiny.yaml"), &r, &args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for (_, rows) in metrics(&r) {
+        for row in rows {
+            assert_eq!(row["harvest.items"], 0);
+            assert_eq!(row["train.steps"], 0);
+            assert_eq!(row["detection.harvest_share"], 0.0);
+        }
+    }
+    let _ = std::fs::remove_dir_all(r);
+}

@@ -415,7 +415,9 @@ impl Runner {
                 cfg.student.drop_share,
                 derive_seed(seed, "drop"),
             );
-            let (student, report, on_policy) = if budget == 0 {
+            // Budget 0 is the base itself; an empty harvest (a campaign stopped or blocked
+            // before its first answer) leaves the copy untrained: no steps to take.
+            let (student, report, on_policy) = if budget == 0 || kept.is_empty() {
                 let s = crate::base::new_student(cfg.backend(), cfg.student.spec()?, seed, base)?;
                 (s, crate::model::train::TrainReport::default(), None)
             } else if cfg.student.method == student::Method::OnPolicy {
