@@ -91,6 +91,7 @@ pub const METRICS: &[MetricDef] = &[
     def("provenance.*", Neutral, "provenance test details"),
     def("train.loss", Lower, "mean training loss over the last tenth of the steps"),
     def("train.val_loss", Lower, "validation loss of the kept weights (held-out 10% of the harvest)"),
+    def("chain.large.*", Neutral, "a self-family chain's intermediate model (the attacker's larger model trained on the harvest): the student's metrics, measured on it"),
     def("train.*", Neutral, "training details (steps run, best step, early stop, seconds)"),
     def("harvest.*", Neutral, "what the harvest held"),
     def("budget", Neutral, "queries the student was distilled from (a checkpoint of the harvest)"),

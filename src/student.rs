@@ -60,6 +60,18 @@ pub struct StudentConfig {
     pub init: Init,
     /// The attacker's base model (with `init: base`).
     pub base: crate::base::BaseConfig,
+    /// A self-family chain: the harvest first trains the attacker's larger model (this stage,
+    /// from scratch), whose own answers to the harvest's prompts then train this student
+    /// offline (no API cost). None: the student learns from the harvest directly.
+    pub chain: Option<ChainStage>,
+}
+
+/// The intermediate model of a self-family chain (teacher -> this -> the student).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChainStage {
+    /// Model size preset of the attacker's larger model (see `ModelSpec::preset`).
+    pub size: String,
 }
 
 /// Where a student's weights start.
@@ -96,6 +108,7 @@ impl Default for StudentConfig {
             },
             init: Init::Scratch,
             base: Default::default(),
+            chain: None,
         }
     }
 }

@@ -1137,3 +1137,38 @@ fn a_blocked_campaign_reports_an_untrained_copy() {
     }
     let _ = std::fs::remove_dir_all(r);
 }
+
+/// A self-family chain: the harvest trains the larger model, which is scored
+/// (`chain.large.*`) and whose answers train the student offline.
+#[test]
+fn a_chain_reports_its_larger_model_and_trains_the_student_on_its_answers() {
+    let r = scratch("chain");
+    let args = ["--set", "student.chain={size: student-s}"];
+    let out = run(&fixture("tiny.yaml"), &r, &args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for (_, rows) in metrics(&r) {
+        for row in rows {
+            assert!(
+                row["chain.large.train_steps"].as_u64().unwrap() > 0,
+                "{row}"
+            );
+            assert!(row.get("chain.large.parity").is_some());
+            assert!(row.get("chain.large.safety.refusal").is_some());
+        }
+    }
+    let err = text(&out.stderr);
+    assert!(!err.contains("failed"), "{err}");
+    // The student learned from other targets than the direct student's (with logprobs: the
+    // tiny teacher's greedy text is the larger model's too).
+    let d = scratch("chain-direct");
+    let out = run(&fixture("tiny.yaml"), &d, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (chain, direct) = (metrics(&r), metrics(&d));
+    assert_eq!(chain[1].0, "api.logprobs=5,seed=1");
+    assert_ne!(
+        chain[1].1[1]["train.val_loss"], direct[1].1[1]["train.val_loss"],
+        "the chain's student trains on the larger model's answers"
+    );
+    let _ = std::fs::remove_dir_all(r);
+    let _ = std::fs::remove_dir_all(d);
+}

@@ -410,11 +410,19 @@ impl Runner {
             let items = &harvest.items[..n];
             let t_s = Instant::now();
             let seed = derive_seed(spec.seed, &format!("student/{budget}"));
-            let kept: Vec<crate::attacker::Item> = student::drop_random(
+            let mut kept: Vec<crate::attacker::Item> = student::drop_random(
                 &cfg.attacker.training_items(items),
                 cfg.student.drop_share,
                 derive_seed(seed, "drop"),
             );
+            // A self-family chain: the harvest trains the attacker's larger model, whose
+            // answers then stand in for the teacher's.
+            let mut chain_metrics = serde_json::Map::new();
+            if let (Some(stage), false) = (&cfg.student.chain, kept.is_empty()) {
+                let (large_items, m) = chain_stage(&cfg, stage, &kept, &suites, t, seed)?;
+                kept = large_items;
+                chain_metrics = m;
+            }
             // Budget 0 is the base itself; an empty harvest (a campaign stopped or blocked
             // before its first answer) leaves the copy untrained: no steps to take.
             let (student, report, on_policy) = if budget == 0 || kept.is_empty() {
@@ -591,6 +599,7 @@ impl Runner {
             for (k, v) in rel.iter().chain(s_scores.iter()) {
                 m.insert(k.clone(), json!(v));
             }
+            m.extend(chain_metrics);
             for (k, v) in t_scores {
                 m.insert(format!("teacher.{k}"), json!(v));
             }
@@ -669,4 +678,71 @@ fn detection_metrics(
         json!(1e3 * campaign_usd / st.attacker_served.max(1) as f64),
     );
     m
+}
+
+/// The first stage of a self-family chain: the attacker's larger model trained on the harvest
+/// (from scratch, with the student's schedule), scored (`chain.large.*`: parity, safety, EI),
+/// then asked the harvest's prompts offline: its answers (greedy, with its top-k logprobs where
+/// the attacker asked the API for them) are the items the student learns from.
+fn chain_stage(
+    cfg: &super::config::ExperimentConfig,
+    stage: &student::ChainStage,
+    items: &[crate::attacker::Item],
+    suites: &EvalSuites,
+    t: &EvaluatedTeacher,
+    seed: u64,
+) -> Result<(Vec<crate::attacker::Item>, serde_json::Map<String, Value>)> {
+    let large_cfg = student::StudentConfig {
+        size: stage.size.clone(),
+        init: student::Init::Scratch,
+        chain: None,
+        ..cfg.student.clone()
+    };
+    let (large, report) = student::distill(
+        &large_cfg,
+        cfg.backend(),
+        None,
+        items,
+        derive_seed(seed, "chain/large"),
+    )?;
+    if !report.is_finite() {
+        return Err(Error::Invalid(format!(
+            "student.chain: the larger model's training diverged (loss {})",
+            report.train_loss
+        )));
+    }
+    let resp = eval_responses(None, Some(large.as_ref()), suites);
+    let scores = eval::score(suites, &resp);
+    let rel = eval::relative(&scores, &t.scores, suites, &resp, &t.responses);
+    let mut m = serde_json::Map::new();
+    for (k, v) in rel.iter().chain(scores.iter()) {
+        m.insert(format!("chain.large.{k}"), json!(v));
+    }
+    m.insert("chain.large.train_steps".into(), json!(report.steps));
+    let prompts: Vec<&crate::world::Prompt> = items.iter().map(|i| &i.prompt).collect();
+    let top_k = cfg
+        .attacker
+        .top_k
+        .min(cfg.api.logprobs)
+        .min(generate::MAX_TOP_K);
+    let params = vec![
+        GenParams {
+            max_new: cfg.api.max_tokens,
+            temperature: 0.0,
+            top_k,
+        };
+        prompts.len()
+    ];
+    let mut rng = derive_rng(seed, "chain/answers");
+    let gens = generate::generate(large.as_ref(), &prompts, &params, 256, &mut rng, None);
+    let answered = prompts
+        .into_iter()
+        .zip(gens)
+        .map(|(p, g)| crate::attacker::Item {
+            prompt: p.clone(),
+            tokens: g.tokens,
+            top: g.top,
+        })
+        .collect();
+    Ok((answered, m))
 }
