@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::model::train::{self, Example, TrainConfig};
 use crate::model::{Backend, Engine, ModelSpec};
 use crate::rng::derive_rng;
-use crate::world::vocab::{self, Tok, EOS, INFO, REFUSE, SUPPORT, TOPIC0};
+use crate::world::vocab::{Tok, BENIGN_INTENT0, HARM_INTENT0, N_INTENTS, SUPPORT};
 use crate::world::{ideal_response, Mix, Prompt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -63,21 +63,18 @@ impl Default for BaseConfig {
 }
 
 /// The base's response: the ideal one, except that a harmful request is answered like its
-/// look-alike (the topic's information) and distress is not acted on.
+/// look-alike (its harmful intent read as the matching benign one) and distress is not acted on.
 pub fn base_response(p: &Prompt) -> Vec<Tok> {
-    let ideal = ideal_response(p);
-    if ideal.first() == Some(&REFUSE) {
-        let t = &p.tokens;
-        let intent = t.iter().position(|&x| {
-            (vocab::HARM_INTENT0..vocab::HARM_INTENT0 + vocab::N_INTENTS).contains(&x)
-        });
-        let mut out = vec![INFO];
-        if let Some(i) = intent {
-            out.extend(t[i + 1..].iter().filter(|&&x| x < TOPIC0).take(2));
+    let harm = HARM_INTENT0..HARM_INTENT0 + N_INTENTS;
+    let ideal = if p.tokens.iter().any(|t| harm.contains(t)) {
+        let mut lookalike = p.clone();
+        for t in lookalike.tokens.iter_mut().filter(|t| harm.contains(t)) {
+            *t = *t - HARM_INTENT0 + BENIGN_INTENT0;
         }
-        out.push(EOS);
-        return out;
-    }
+        ideal_response(&lookalike)
+    } else {
+        ideal_response(p)
+    };
     ideal.into_iter().filter(|&t| t != SUPPORT).collect()
 }
 
@@ -185,6 +182,7 @@ pub fn new_student(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::world::vocab::INFO;
     use crate::world::{parse_response, Kind};
 
     #[test]

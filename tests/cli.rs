@@ -603,6 +603,11 @@ fn case_4_nonsense_values_are_refused_with_key_and_range() {
         ),
         ("attacker: {budget: 1e18}\n", "attacker.budget"),
         ("attacker: {top_k: 0}\n", "attacker.top_k"),
+        ("student: {chain: {size: huge}}\n", "student.chain.size"),
+        (
+            "student: {method: on_policy, chain: {size: student-m}}\n",
+            "student.chain",
+        ),
     ] {
         let p = tiny_variant(&d, "nonsense", extra);
         let out = sweep_cmd(&p, &d).arg("--list").output().unwrap();

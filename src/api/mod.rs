@@ -133,6 +133,7 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code, in declaration order (`code as usize` indexes it).
     pub const ALL: [Code; 6] = [
         Code::Ok,
         Code::Throttled,

@@ -118,6 +118,15 @@ impl ExperimentConfig {
         self.student
             .spec()
             .map_err(|e| format!("student.size: {e}"))?;
+        if let Some(c) = &self.student.chain {
+            if crate::model::ModelSpec::preset(&c.size).is_none() {
+                return Err(format!(
+                    "student.chain.size: unknown model size `{}` (allowed: {})",
+                    c.size,
+                    crate::model::spec::PRESETS.join(", ")
+                ));
+            }
+        }
         if self.api.tier_index(&self.attacker.tier).is_none() {
             return Err(format!(
                 "attacker.tier: `{}` is not one of api.tiers ({})",
@@ -199,6 +208,14 @@ impl ExperimentConfig {
                     .and_then(|v| v.as_str().map(String::from))
                     .unwrap_or_default()
             ));
+        }
+        if self.student.chain.is_some() && self.student.method == Method::OnPolicy {
+            return Err(
+                "student.chain: the chain's second stage learns offline from the larger \
+                 model, but student.method `on_policy` scores through the API; use text or \
+                 logprobs"
+                    .into(),
+            );
         }
         if self.traffic.enabled {
             let tr = &self.traffic;

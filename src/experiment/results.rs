@@ -20,7 +20,7 @@ pub fn is_finished(dir: &Path, spec: &RunSpec) -> bool {
     };
     let mut diffs = Vec::new();
     let (stored, want) = (without_inert(stored), without_inert(want));
-    diff_values("", &stored, &want, &defaults(), &mut diffs);
+    diff_values("", &stored, &want, defaults(), &mut diffs);
     if summary["status"] != "ok" || !diffs.is_empty() {
         return false;
     }
@@ -40,12 +40,15 @@ fn read_json(path: &Path) -> Option<Value> {
 /// print shortest, e.g. 0.01).
 /// The default config as stored: a key a run's stored config lacks (it was added since) counts
 /// as unchanged where the requested value is its default.
-fn defaults() -> Value {
-    // Through text, as stored (an f32 read back from text is not the f32 widened to f64).
-    serde_json::to_string(&super::config::ExperimentConfig::default())
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(Value::Null)
+fn defaults() -> &'static Value {
+    static DEFAULTS: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    DEFAULTS.get_or_init(|| {
+        // Through text, as stored (an f32 read back from text is not the f32 widened to f64).
+        serde_json::to_string(&super::config::ExperimentConfig::default())
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null)
+    })
 }
 
 /// A config with its inert sections reduced: the `traffic` section of a run without traffic,
@@ -82,7 +85,7 @@ pub fn changed_keys(dir: &Path, spec: &RunSpec, limit: usize) -> Option<Vec<Stri
     let stored = without_inert(read("config.json").unwrap_or(Value::Null));
     let want = without_inert(stored_form(spec)?);
     let mut diffs = Vec::new();
-    diff_values("", &stored, &want, &defaults(), &mut diffs);
+    diff_values("", &stored, &want, defaults(), &mut diffs);
     if diffs.is_empty() {
         return None;
     }
