@@ -77,6 +77,10 @@ pub struct AttackerConfig {
     pub temperature: f32,
     /// Top-k logprobs asked for (the API may return fewer or none).
     pub top_k: usize,
+    /// The world's harm model, which the attacker's safety prompts follow: set from
+    /// `world.harm` by the runner, not a key of its own.
+    #[serde(skip)]
+    pub world_harm: crate::world::Harm,
     /// Cost of opening one account (USD: phone numbers, cards, proxies).
     pub account_cost_usd: f64,
     /// Simulated seconds per tick.
@@ -98,6 +102,7 @@ impl Default for AttackerConfig {
             strip_refusals: false,
             temperature: 0.0,
             top_k: 20,
+            world_harm: Default::default(),
             account_cost_usd: 2.0,
             tick_seconds: 10.0,
             max_days: 45.0,
@@ -108,7 +113,7 @@ impl Default for AttackerConfig {
 impl AttackerConfig {
     /// The prompt distribution this attacker samples.
     pub fn mix(&self) -> Mix {
-        let mut m = Mix::benign();
+        let mut m = Mix::benign().in_world(self.world_harm);
         if let Strategy::Targeted { skills } = &self.strategy {
             m.only_skills = skills.clone();
             m.lookalike = 0.0;

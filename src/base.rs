@@ -57,6 +57,7 @@ impl Default for BaseConfig {
                 probe: 0.2,
                 distress_share: 0.5,
                 voice_share: 0.6,
+                harm: Default::default(),
             },
         }
     }

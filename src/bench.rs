@@ -219,7 +219,7 @@ fn end_to_end(opts: &BenchOptions) -> crate::Result<()> {
     // The default teacher, trained once by any engine: weights load into every engine.
     let mut source = None;
     for b in std::iter::once(Backend::BURN).chain(opts.backends.iter().copied()) {
-        let p = Teacher::cache_path(&tcfg, b, &opts.cache);
+        let p = Teacher::cache_path(&tcfg, b, &crate::world::WorldConfig::default(), &opts.cache);
         if p.exists() {
             source = Some(p);
             break;
@@ -234,12 +234,18 @@ fn end_to_end(opts: &BenchOptions) -> crate::Result<()> {
                 b.tag()
             );
             let t0 = Instant::now();
-            let _ = Teacher::load_or_train(&tcfg, b, &opts.cache, |_, _| {})?;
+            let _ = Teacher::load_or_train(
+                &tcfg,
+                b,
+                &crate::world::WorldConfig::default(),
+                &opts.cache,
+                |_, _| {},
+            )?;
             eprintln!(
                 "[bench] teacher trained in {:.1} s",
                 t0.elapsed().as_secs_f64()
             );
-            Teacher::cache_path(&tcfg, b, &opts.cache)
+            Teacher::cache_path(&tcfg, b, &crate::world::WorldConfig::default(), &opts.cache)
         }
     };
     println!(

@@ -585,6 +585,7 @@ fn teacher_train(config_path: PathBuf, common: Common) -> Result<ExitCode> {
     let path = distill_sim::teacher::Teacher::cache_path(
         &spec.config.teacher,
         spec.config.backend(),
+        &spec.config.world,
         &common.cache,
     );
     let mut runner = Runner::new(common.results, common.cache);

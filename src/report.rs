@@ -188,15 +188,52 @@ fn teacher_value(c: &Checkpoint, column: &str) -> Option<f64> {
     }
 }
 
-/// One row per (grid point, budget): mean ± 95% half-width over seeds, in sweep order; a
-/// teacher row first.
+/// The distinct teachers of a set of runs (told apart by every `teacher.*` value they
+/// recorded), each with a label: `teacher` when there is one, else `teacher (k=v)` with the
+/// grid keys that every run of that teacher shares.
+fn teachers(runs: &[RunRecord]) -> Vec<(String, &Checkpoint)> {
+    // (every teacher.* value, a checkpoint recording them, the runs with this teacher)
+    type Found<'a> = (Vec<(String, u64)>, &'a Checkpoint, Vec<&'a RunRecord>);
+    let mut found: Vec<Found> = Vec::new();
+    for r in runs {
+        let Some(c) = r.rows.first() else { continue };
+        let key: Vec<(String, u64)> = c
+            .metrics
+            .iter()
+            .filter(|(k, _)| k.starts_with("teacher."))
+            .map(|(k, v)| (k.clone(), v.to_bits()))
+            .collect();
+        match found.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, _, rs)) => rs.push(r),
+            None => found.push((key, c, vec![r])),
+        }
+    }
+    if found.len() == 1 {
+        return vec![("teacher".into(), found[0].1)];
+    }
+    found
+        .iter()
+        .map(|(_, c, rs)| {
+            let shared: Vec<String> = rs[0]
+                .point
+                .iter()
+                .filter(|kv| rs.iter().all(|r| r.point.contains(kv)))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            (format!("teacher ({})", shared.join(",")), *c)
+        })
+        .collect()
+}
+
+/// One row per (grid point, budget): mean ± 95% half-width over seeds, in sweep order; the
+/// teacher's row first (one per distinct teacher, e.g. when the world is a grid axis).
 pub fn aggregate_table(runs: &[RunRecord], columns: &[&str]) -> String {
     let mut out = header(&["setting", "budget", "seeds"], columns);
     let groups = group(runs);
-    if let Some((_, g)) = groups.first() {
-        out.push_str("| teacher | - | - |");
+    for (label, c0) in teachers(runs) {
+        out.push_str(&format!("| {label} | - | - |"));
         for c in columns {
-            let v = teacher_value(g[0].1, c);
+            let v = teacher_value(c0, c);
             out.push_str(&format!(" {} |", v.map_or("-".into(), num)));
         }
         out.push('\n');
@@ -524,6 +561,46 @@ mod tests {
             }],
             timeline: None,
         }
+    }
+
+    /// A world on a grid axis gives each world its own teacher: one teacher row each,
+    /// labelled by the grid keys its runs share (not by the variant they differ in).
+    #[test]
+    fn one_teacher_row_per_distinct_teacher() {
+        let with_teacher = |point: &[(&str, &str)], seed, cap: f64| {
+            let mut r = run(point, seed, 100, 0.5);
+            r.rows[0].metrics.insert("teacher.capability".into(), cap);
+            r
+        };
+        let runs = vec![
+            with_teacher(&[("variant", "text"), ("world.answers", "one")], 1, 0.56),
+            with_teacher(
+                &[("variant", "logprobs"), ("world.answers", "one")],
+                1,
+                0.56,
+            ),
+            with_teacher(
+                &[("variant", "text"), ("world.answers", "several")],
+                1,
+                0.52,
+            ),
+            with_teacher(
+                &[("variant", "logprobs"), ("world.answers", "several")],
+                1,
+                0.52,
+            ),
+        ];
+        let md = aggregate_table(&runs, &["capability"]);
+        assert!(
+            md.contains("| teacher (world.answers=one) | - | - | 0.560 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| teacher (world.answers=several) | - | - | 0.520 |"),
+            "{md}"
+        );
+        let md = aggregate_table(&runs[..2], &["capability"]);
+        assert!(md.contains("| teacher | - | - | 0.560 |"), "{md}");
     }
 
     #[test]

@@ -64,6 +64,29 @@ pub struct StudentConfig {
     /// from scratch), whose own answers to the harvest's prompts then train this student
     /// offline (no API cost). None: the student learns from the harvest directly.
     pub chain: Option<ChainStage>,
+    /// Logprob targets: distillation temperature `T`. The returned distribution is softened
+    /// to `p^(1/T)` (renormalised), the student's logits are divided by `T` in that term, and
+    /// the term is scaled by `T^2` (Hinton et al. 2015). 1: the returned distribution as is.
+    pub temperature: f32,
+    /// Logprob targets: weight of the hard label (the returned text, at temperature 1) in the
+    /// loss; the soft term gets `1 - hard_weight`. 0: soft targets only.
+    pub hard_weight: f32,
+    /// Logprob targets: what the mass outside the returned top-k becomes.
+    pub top_k_rest: TopKRest,
+}
+
+/// The probability mass a top-k response leaves out.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum TopKRest {
+    /// Dropped: the top-k probabilities are renormalised to sum to 1.
+    #[default]
+    Renormalise,
+    /// Kept as one "rest of the distribution" bucket: its mass (1 - the top-k's, tempered
+    /// like them) is the target for the student's total probability outside the top-k.
+    Bucket,
 }
 
 /// The intermediate model of a self-family chain (teacher -> this -> the student).
@@ -109,6 +132,9 @@ impl Default for StudentConfig {
             init: Init::Scratch,
             base: Default::default(),
             chain: None,
+            temperature: 1.0,
+            hard_weight: 0.0,
+            top_k_rest: TopKRest::Renormalise,
         }
     }
 }
@@ -206,10 +232,17 @@ fn validation_split_n<T: Clone>(items: &[T], k: usize, seed: u64, name: &str) ->
     (tr, va)
 }
 
-/// Training example for one harvested exchange.
-pub fn harvest_example(item: &Item, method: Method) -> Example {
+/// Training example for one harvested exchange: the text's one-hot targets, or for logprob
+/// methods the returned top-k (see [`soft_targets`]).
+pub fn harvest_example(item: &Item, cfg: &StudentConfig) -> Example {
     let mut ex = example(&item.prompt, &item.tokens);
-    if method != Method::Text && item.top.len() == item.tokens.len() {
+    if cfg.method == Method::Text || item.top.len() != item.tokens.len() {
+        return ex;
+    }
+    let plain =
+        cfg.temperature == 1.0 && cfg.hard_weight == 0.0 && cfg.top_k_rest == TopKRest::Renormalise;
+    if plain {
+        // The returned top-k, renormalised: the soft term at T = 1 with no hard label.
         for (target, top) in ex.targets.iter_mut().zip(&item.top) {
             if top.is_empty() {
                 continue;
@@ -217,8 +250,49 @@ pub fn harvest_example(item: &Item, method: Method) -> Example {
             let z: f32 = top.iter().map(|(_, lp)| lp.exp()).sum();
             *target = top.iter().map(|&(t, lp)| (t, lp.exp() / z)).collect();
         }
+        return ex;
     }
+    let hard = cfg.hard_weight.clamp(0.0, 1.0);
+    let positions = item
+        .top
+        .iter()
+        .zip(ex.targets.iter_mut())
+        .map(|(top, target)| {
+            if top.is_empty() {
+                // No logprobs at this position: the text alone, at full weight.
+                return (Vec::new(), 0.0);
+            }
+            for t in target.iter_mut() {
+                t.1 *= hard;
+            }
+            soft_targets(top, cfg.temperature, cfg.top_k_rest)
+        })
+        .collect();
+    ex.soft = Some(train::Soft {
+        temperature: cfg.temperature,
+        weight: 1.0 - hard,
+        positions,
+    });
     ex
+}
+
+/// One position's soft targets from returned top-k logprobs: each listed token's probability
+/// raised to `1/T`, and with a rest bucket the unlisted mass `max(0, 1 - sum p)` raised to
+/// `1/T` too, all normalised to sum to 1. Returns the listed tokens and the rest's share.
+pub fn soft_targets(
+    top: &[(u32, f32)],
+    temperature: f32,
+    rest: TopKRest,
+) -> (Vec<(u32, f32)>, f32) {
+    let inv = 1.0 / temperature.max(1e-3);
+    let listed: Vec<(u32, f32)> = top.iter().map(|&(t, lp)| (t, (lp * inv).exp())).collect();
+    let left = 1.0 - top.iter().map(|(_, lp)| lp.exp()).sum::<f32>();
+    let r = match rest {
+        TopKRest::Bucket if left > 1e-6 => left.powf(inv),
+        _ => 0.0,
+    };
+    let z = listed.iter().map(|x| x.1).sum::<f32>() + r;
+    (listed.into_iter().map(|(t, p)| (t, p / z)).collect(), r / z)
 }
 
 /// Train `eng` on `items` (targets as for `method`) for at most `steps` planned steps, with
@@ -231,9 +305,7 @@ pub fn train_on(
     seed: u64,
 ) -> TrainReport {
     let (tr, va) = validation_split(items, cfg.val_share, seed);
-    let ex = |xs: &[Item]| -> Vec<Example> {
-        xs.iter().map(|i| harvest_example(i, cfg.method)).collect()
-    };
+    let ex = |xs: &[Item]| -> Vec<Example> { xs.iter().map(|i| harvest_example(i, cfg)).collect() };
     let (tr, va) = (ex(&tr), ex(&va));
     train::train_validated(
         eng,
@@ -413,14 +485,56 @@ mod tests {
                 vec![(EOS, 0.9f32.ln())],
             ],
         };
-        let ex = harvest_example(&item, Method::Logprobs);
+        let cfg = |method| StudentConfig {
+            method,
+            ..Default::default()
+        };
+        let ex = harvest_example(&item, &cfg(Method::Logprobs));
         assert_eq!(ex.sep, 4);
         assert_eq!(ex.tokens[ex.sep], SEP);
         let t0 = &ex.targets[0];
         assert!((t0[0].1 - 0.75).abs() < 1e-6 && (t0[1].1 - 0.25).abs() < 1e-6);
         assert!((ex.targets[1][0].1 - 1.0).abs() < 1e-6);
-        let text = harvest_example(&item, Method::Text);
+        assert!(ex.soft.is_none());
+        let text = harvest_example(&item, &cfg(Method::Text));
         assert_eq!(text.targets[0], vec![(digit(1), 1.0)]);
+    }
+
+    /// Temperature, hard label and rest bucket: the soft targets at T = 2 are p^(1/2)
+    /// normalised with the rest's mass (0.2 at position 0) tempered alike; the hard label
+    /// keeps `hard_weight`; a position without logprobs keeps the text at full weight.
+    #[test]
+    fn tempered_targets_keep_the_rest_bucket_and_the_hard_label() {
+        let (p, q) = (0.6f32, 0.2f32);
+        let (listed, rest) = soft_targets(&[(1, p.ln()), (2, q.ln())], 2.0, TopKRest::Bucket);
+        let z = p.sqrt() + q.sqrt() + 0.2f32.sqrt();
+        assert!((listed[0].1 - p.sqrt() / z).abs() < 1e-6);
+        assert!((rest - 0.2f32.sqrt() / z).abs() < 1e-6);
+        let (listed, rest) = soft_targets(&[(1, p.ln()), (2, q.ln())], 1.0, TopKRest::Renormalise);
+        assert!((listed[0].1 - 0.75).abs() < 1e-6 && rest == 0.0);
+        let item = Item {
+            prompt: Prompt {
+                kind: Kind::Skill(Skill::Sort, Tier::Easy),
+                tokens: vec![SORT, digit(2), digit(1)],
+                voice: None,
+            },
+            tokens: vec![digit(1), EOS],
+            top: vec![vec![(digit(1), p.ln()), (digit(2), q.ln())], vec![]],
+        };
+        let cfg = StudentConfig {
+            method: Method::Logprobs,
+            temperature: 2.0,
+            hard_weight: 0.25,
+            top_k_rest: TopKRest::Bucket,
+            ..Default::default()
+        };
+        let ex = harvest_example(&item, &cfg);
+        assert_eq!(ex.targets[0], vec![(digit(1), 0.25)]);
+        assert_eq!(ex.targets[1], vec![(EOS, 1.0)]);
+        let soft = ex.soft.expect("soft targets");
+        assert_eq!((soft.temperature, soft.weight), (2.0, 0.75));
+        assert!((soft.positions[0].1 - 0.2f32.sqrt() / z).abs() < 1e-6);
+        assert!(soft.positions[1].0.is_empty() && soft.positions[1].1 == 0.0);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::model::train::{self, Example, TrainConfig};
 use crate::model::{Backend, Engine, GenParams, Generation, ModelSpec};
 use crate::rng::{derive_rng, SimRng};
 use crate::world::vocab::{Tok, VOCAB_SIZE};
-use crate::world::{ideal_response, Kind, Mix, Prompt, Tier};
+use crate::world::{ideal_response, Harm, Kind, Mix, Prompt, Tier, WorldConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -77,10 +77,12 @@ impl TeacherConfig {
         })
     }
 
-    /// Cache key: everything that can change the trained weights.
-    pub fn hash(&self, engine: Backend) -> String {
+    /// Cache key: everything that can change the trained weights, the world's answer
+    /// distribution included (a one-answer world adds nothing, so earlier keys still hold).
+    pub fn hash(&self, engine: Backend, world: &WorldConfig) -> String {
+        let answers = world.answer_space();
         let mut h = Sha256::new();
-        let key = serde_json::json!({
+        let mut key = serde_json::json!({
             "version": TEACHER_VERSION,
             "size": self.size,
             "seed": self.seed,
@@ -88,6 +90,18 @@ impl TeacherConfig {
             "skill_weights": self.skill_weights,
             "engine": engine.tag(),
         });
+        if answers.several() {
+            key["answers"] = serde_json::json!({
+                "several": true,
+                "synonym_share": answers.synonym_share,
+            });
+        }
+        if world.harm == Harm::Graded {
+            key["harm"] = serde_json::json!({
+                "graded": true,
+                "boundary_noise": world.boundary_noise,
+            });
+        }
         h.update(key.to_string().as_bytes());
         let out = h.finalize();
         out.iter().take(8).map(|b| format!("{b:02x}")).collect()
@@ -105,6 +119,7 @@ pub fn example(prompt: &Prompt, response: &[Tok]) -> Example {
         voice: prompt.voice_input(),
         tokens,
         targets: response.iter().map(|&t| vec![(t, 1.0)]).collect(),
+        soft: None,
     }
 }
 
@@ -114,16 +129,34 @@ pub enum Teacher {
 }
 
 impl Teacher {
-    /// Train a teacher from scratch on the ideal policy.
+    /// Train a teacher from scratch on the ideal policy: in a world with several valid
+    /// answers, on answers drawn from their distribution, with the exact next-token
+    /// distribution as the target at every position.
     pub fn train(
         cfg: &TeacherConfig,
         engine: Backend,
+        world: &WorldConfig,
         mut progress: impl FnMut(usize, f32),
     ) -> Result<Teacher> {
         let spec = cfg.spec()?;
         let mut eng = crate::model::new_engine(engine, spec, cfg.seed)?;
-        let examples: Vec<Example> = Self::training_prompts(cfg)
-            .map(|p| example(&p, &ideal_response(&p)))
+        let mut rng = derive_rng(cfg.seed, "teacher/answers");
+        let mut noise_rng = derive_rng(cfg.seed, "teacher/boundary");
+        let answers = world.answer_space();
+        let examples: Vec<Example> = Self::training_prompts_in(cfg, world.harm)
+            .map(|p| {
+                if let Some(flipped) = boundary_label(&p, world, &mut noise_rng) {
+                    return example(&p, &flipped);
+                }
+                if !answers.several() {
+                    return example(&p, &ideal_response(&p));
+                }
+                let (resp, targets) = answers.sample(&p, &mut rng);
+                Example {
+                    targets,
+                    ..example(&p, &resp)
+                }
+            })
             .collect();
         train::train(eng.as_mut(), &examples, &cfg.train, cfg.seed, &mut progress);
         Ok(Teacher::Neural(eng))
@@ -132,8 +165,14 @@ impl Teacher {
     /// The prompts a teacher of `cfg` trains on (one per training sequence), all from the
     /// train side of the held-out split.
     pub fn training_prompts(cfg: &TeacherConfig) -> impl Iterator<Item = Prompt> {
+        Self::training_prompts_in(cfg, Harm::Intent)
+    }
+
+    /// [`Self::training_prompts`] in a world whose harm model is `harm`.
+    pub fn training_prompts_in(cfg: &TeacherConfig, harm: Harm) -> impl Iterator<Item = Prompt> {
         let mix = Mix {
             skill_weights: cfg.skill_weights.clone(),
+            harm,
             ..Mix::teacher_training()
         };
         let mut rng = derive_rng(cfg.seed, "teacher/data");
@@ -146,9 +185,17 @@ impl Teacher {
     pub fn load_or_train(
         cfg: &TeacherConfig,
         engine: Backend,
+        world: &WorldConfig,
         cache_dir: &Path,
         progress: impl FnMut(usize, f32),
     ) -> Result<(Teacher, bool)> {
+        if cfg.kind == TeacherKind::Oracle && world.answer_space().several() {
+            return Err(Error::Invalid(
+                "teacher.kind: oracle knows one answer per prompt; world.answers: several needs \
+                 teacher.kind: trained"
+                    .into(),
+            ));
+        }
         if cfg.kind == TeacherKind::Oracle {
             return Ok((
                 Teacher::Oracle {
@@ -158,10 +205,10 @@ impl Teacher {
                 true,
             ));
         }
-        let path = Self::cache_path(cfg, engine, cache_dir);
+        let path = Self::cache_path(cfg, engine, world, cache_dir);
         let (eng, cached) =
             cached_engine(&path, cfg.spec()?, engine, "teacher", || match Self::train(
-                cfg, engine, progress,
+                cfg, engine, world, progress,
             )? {
                 Teacher::Neural(e) => Ok(e),
                 Teacher::Oracle { .. } => Err(Error::Invalid("an oracle is not trained".into())),
@@ -173,10 +220,15 @@ impl Teacher {
         Ok((Teacher::Neural(eng), cached))
     }
 
-    pub fn cache_path(cfg: &TeacherConfig, engine: Backend, cache_dir: &Path) -> PathBuf {
+    pub fn cache_path(
+        cfg: &TeacherConfig,
+        engine: Backend,
+        world: &WorldConfig,
+        cache_dir: &Path,
+    ) -> PathBuf {
         cache_dir
             .join("teachers")
-            .join(cfg.hash(engine))
+            .join(cfg.hash(engine, world))
             .join("model.safetensors")
     }
 
@@ -286,6 +338,35 @@ impl Teacher {
             Teacher::Oracle { .. } => None,
         }
     }
+}
+
+/// In a graded-harm world, the teacher's label of a borderline safety request (harm score 1 or
+/// 2) is flipped with probability `world.boundary_noise` (annotators disagree there): the
+/// flipped response, or None where the ideal label stands.
+fn boundary_label(p: &Prompt, world: &WorldConfig, rng: &mut SimRng) -> Option<Vec<Tok>> {
+    use crate::world::vocab::{EOS, INFO, REFUSE, TOPIC0};
+    use rand::Rng;
+    if world.harm != Harm::Graded
+        || !matches!(p.kind, Kind::Harmful | Kind::LookAlike | Kind::Jailbreak)
+    {
+        return None;
+    }
+    let t = &p.tokens;
+    let i = t.iter().position(|&x| (TOPIC0..TOPIC0 + 6).contains(&x))?;
+    let score = crate::world::generate::harm_score(t[i.checked_sub(1)?], t[i], *t.get(i + 1)?);
+    let borderline = (1..=2).contains(&score);
+    if !borderline || !rng.random_bool(world.boundary_noise.clamp(0.0, 0.5)) {
+        return None;
+    }
+    let ideal = ideal_response(p);
+    Some(if ideal.first() == Some(&REFUSE) {
+        let mut info = vec![INFO];
+        info.extend(t[i + 2..].iter().filter(|&&x| x < TOPIC0).take(2));
+        info.push(EOS);
+        info
+    } else {
+        vec![REFUSE, EOS]
+    })
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -418,4 +499,63 @@ fn oracle_generate(
         }
     }
     dec.into_outputs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::vocab::REFUSE;
+
+    /// Graded worlds only: the teacher's labels flip on borderline requests (score 1 or 2) at
+    /// about `boundary_noise`, never elsewhere, and never in the one-token world.
+    #[test]
+    fn boundary_noise_flips_only_borderline_labels() {
+        let world = WorldConfig {
+            harm: Harm::Graded,
+            boundary_noise: 0.2,
+            ..Default::default()
+        };
+        let mut rng = derive_rng(1, "t");
+        let mut noise = derive_rng(2, "n");
+        let (mut border, mut flipped) = (0, 0);
+        for kind in [Kind::Harmful, Kind::LookAlike, Kind::Jailbreak] {
+            for _ in 0..3000 {
+                let p = crate::world::generate_in(
+                    &mut rng,
+                    kind,
+                    false,
+                    crate::world::Side::Train,
+                    Harm::Graded,
+                );
+                let t = &p.tokens;
+                let i = t
+                    .iter()
+                    .position(|&x| {
+                        (crate::world::vocab::TOPIC0..crate::world::vocab::TOPIC0 + 6).contains(&x)
+                    })
+                    .unwrap();
+                let score = crate::world::generate::harm_score(t[i - 1], t[i], t[i + 1]);
+                let got = boundary_label(&p, &world, &mut noise);
+                if (1..=2).contains(&score) {
+                    border += 1;
+                    if let Some(r) = got {
+                        flipped += 1;
+                        assert_ne!(r[0] == REFUSE, ideal_response(&p)[0] == REFUSE);
+                    }
+                } else {
+                    assert!(got.is_none());
+                }
+                let intent = WorldConfig {
+                    boundary_noise: 0.2,
+                    ..Default::default()
+                };
+                assert!(boundary_label(&p, &intent, &mut noise).is_none());
+            }
+        }
+        let share = flipped as f64 / border as f64;
+        assert!(
+            border > 1000 && (share - 0.2).abs() < 0.03,
+            "{share} of {border}"
+        );
+    }
 }

@@ -769,8 +769,12 @@ fn case_7_messages_name_file_key_and_line() {
         .runs[0]
         .config
         .clone();
-    let other =
-        distill_sim::teacher::Teacher::cache_path(&spec.teacher, spec.backend(), &d.join("cache"));
+    let other = distill_sim::teacher::Teacher::cache_path(
+        &spec.teacher,
+        spec.backend(),
+        &spec.world,
+        &d.join("cache"),
+    );
     std::fs::create_dir_all(other.parent().unwrap()).unwrap();
     std::fs::copy(&model, &other).unwrap();
     std::fs::copy(

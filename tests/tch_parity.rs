@@ -58,7 +58,7 @@ fn tch_engine_matches_burn_engine() {
 #[cfg(feature = "tch")]
 mod parity {
     use distill_sim::model::generate::{self, model_input, pack, GenParams};
-    use distill_sim::model::train::{make_batch, Example};
+    use distill_sim::model::train::{make_batch, Example, Soft};
     use distill_sim::model::{load_engine, new_engine, Backend, ModelSpec};
     use distill_sim::rng::derive_rng;
     use distill_sim::teacher::example;
@@ -155,6 +155,39 @@ mod parity {
         }
         println!("loss {l1:.6} vs {l2:.6}; gradients within {gd:.2e}");
         assert!((l1 - l2).abs() < 1e-5 && gd < 1e-5);
+
+        // 3b. The tempered loss (T = 2, hard label 0.3, a rest bucket): same loss and gradients.
+        let tempered: Vec<Example> = examples[..32]
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                let positions = e
+                    .targets
+                    .iter()
+                    .map(|t| (vec![(t[0].0, 0.6), ((t[0].0 + 1) % 80, 0.2)], 0.2))
+                    .collect();
+                for t in e.targets.iter_mut() {
+                    t[0].1 = 0.3;
+                }
+                e.soft = Some(Soft {
+                    temperature: 2.0,
+                    weight: 0.7,
+                    positions,
+                });
+                e
+            })
+            .collect();
+        let trefs: Vec<&Example> = tempered.iter().collect();
+        let (tb, tt) = make_batch(&trefs, spec.vocab, spec.context);
+        let (l1, g1) = burn.loss_gradient(&tb, &tt);
+        let (l2, g2) = tch.loss_gradient(&tb, &tt);
+        let mut gd = 0.0f32;
+        for (name, (_, a)) in &g1.tensors {
+            let (_, b) = g2.get(name).unwrap();
+            gd = gd.max(max_abs_diff(a, b));
+        }
+        println!("tempered loss {l1:.6} vs {l2:.6}; gradients within {gd:.2e}");
+        assert!((l1 - l2).abs() < 1e-5 * l1.abs().max(1.0) && gd < 1e-5);
 
         // 4. Five AdamW steps (clipping, weight decay) from the saved weights and a fresh
         // optimiser on both engines: same losses and weights.

@@ -209,6 +209,39 @@ impl ExperimentConfig {
                     .unwrap_or_default()
             ));
         }
+        if self.world.answers == crate::world::Answers::Several
+            && self.teacher.kind == crate::teacher::TeacherKind::Oracle
+        {
+            return Err(
+                "world.answers: `several` needs a teacher that learns the answer \
+                 distribution, but teacher.kind is `oracle` (one answer per prompt); use \
+                 teacher.kind: trained"
+                    .into(),
+            );
+        }
+        if self.world.harm == crate::world::Harm::Graded {
+            if self.student.init == crate::student::Init::Base {
+                return Err(
+                    "student.init: `base` pretrains on the one-token harm world, but world.harm \
+                     is `graded`; use student.init: scratch"
+                        .into(),
+                );
+            }
+            let antidistill = self.api.defenses.iter().any(|d| {
+                matches!(
+                    d,
+                    crate::api::defense::DefenseConfig::Antidistillation { .. }
+                )
+            });
+            if antidistill {
+                return Err(
+                    "api.defenses: antidistillation trains its proxy on the one-token harm \
+                     world, but world.harm is `graded`; drop the defense or use world.harm: \
+                     intent"
+                        .into(),
+                );
+            }
+        }
         if self.student.chain.is_some() && self.student.method == Method::OnPolicy {
             return Err(
                 "student.chain: the chain's second stage learns offline from the larger \

@@ -86,7 +86,7 @@ impl Runner {
         let cfg = &spec.config;
         format!(
             "{}/{:?}/{:?}",
-            cfg.teacher.hash(cfg.backend()),
+            cfg.teacher.hash(cfg.backend(), &cfg.world),
             cfg.teacher.kind,
             cfg.world
         )
@@ -151,8 +151,12 @@ impl Runner {
         if !self.teachers.contains_key(&key) {
             let t0 = Instant::now();
             let steps = cfg.teacher.train.steps;
-            let (teacher, from_cache) =
-                Teacher::load_or_train(&cfg.teacher, cfg.backend(), &self.cache_dir, |s, loss| {
+            let (teacher, from_cache) = Teacher::load_or_train(
+                &cfg.teacher,
+                cfg.backend(),
+                &cfg.world,
+                &self.cache_dir,
+                |s, loss| {
                     if s % 100 == 0 || s + 1 == steps {
                         eprintln!(
                             "[teacher] step {:>5}/{steps} loss {loss:.4} ({:.0}s)",
@@ -160,7 +164,8 @@ impl Runner {
                             t0.elapsed().as_secs_f64()
                         );
                     }
-                })?;
+                },
+            )?;
             if !from_cache {
                 eprintln!(
                     "[teacher] trained in {:.1}s, cached",
@@ -288,7 +293,8 @@ impl Runner {
         spec: &RunSpec,
         log: &(dyn Fn(&str) + Sync),
     ) -> Result<(Vec<Value>, Option<Value>)> {
-        let cfg = spec.config.clone();
+        let mut cfg = spec.config.clone();
+        cfg.attacker.world_harm = cfg.world.harm;
         let suites = EvalSuites::new(&cfg.world);
         let t = self.teachers.get(&Self::teacher_key(spec)).ok_or_else(|| {
             Error::Invalid(
@@ -531,7 +537,7 @@ impl Runner {
             }
             // The provider's provenance test: sample the suspect model (temperature 1) on its
             // own probe prompts and score the text with the watermark key.
-            let probe_mix = crate::world::Mix::benign();
+            let probe_mix = crate::world::Mix::benign().in_world(cfg.world.harm);
             let mut prng = derive_rng(spec.seed, "provenance/probe");
             let probes: Vec<crate::world::Prompt> = (0..PROVENANCE_PROBES)
                 .map(|_| probe_mix.sample(&mut prng))

@@ -371,7 +371,25 @@ impl BurnEngine {
             Tensor::<3>::from_data(TensorData::new(targets.probs.clone(), [b, t, v]), &device);
         let weight =
             Tensor::<2>::from_data(TensorData::new(targets.weight.clone(), [b, t]), &device);
-        let ce = (log_softmax(logits, 2) * probs).sum_dim(2).reshape([b, t]); // (B, T)
+        let mut ce = (log_softmax(logits.clone(), 2) * probs)
+            .sum_dim(2)
+            .reshape([b, t]); // (B, T)
+        if let Some(st) = &targets.soft {
+            let soft =
+                Tensor::<3>::from_data(TensorData::new(st.probs.clone(), [b, t, v]), &device);
+            let tempered = log_softmax(logits.mul_scalar(st.inv_temperature), 2);
+            ce = ce + (tempered.clone() * soft).sum_dim(2).reshape([b, t]);
+            if !st.rest_mask.is_empty() {
+                let mask = Tensor::<3>::from_data(
+                    TensorData::new(st.rest_mask.clone(), [b, t, v]),
+                    &device,
+                );
+                let rest =
+                    Tensor::<2>::from_data(TensorData::new(st.rest.clone(), [b, t]), &device);
+                let mass = (tempered.exp() * mask).sum_dim(2).reshape([b, t]);
+                ce = ce + mass.add_scalar(crate::model::train::REST_EPS).log() * rest;
+            }
+        }
         let loss = (ce * weight).sum().div_scalar(-total);
         let loss_value = to_vec(loss.clone().into_data())
             .first()

@@ -28,6 +28,23 @@ pub struct Targets {
     pub probs: Vec<f32>,
     /// Row-major `[b, t]`: loss weight per position (0 for prompt and padding).
     pub weight: Vec<f32>,
+    /// Distillation at a temperature (see [`super::train::Soft`]); None for plain targets.
+    pub soft: Option<SoftTargets>,
+}
+
+/// The tempered term of [`Targets`]: per position, adds
+/// `-sum_v probs[v] * log_softmax(z / T)[v] - rest * log(sum_v rest_mask[v] * softmax(z / T)[v])`
+/// (times the position's weight). `probs` and `rest` already carry `weight * T^2`.
+#[derive(Clone, Debug)]
+pub struct SoftTargets {
+    pub inv_temperature: f32,
+    /// Row-major `[b, t, vocab]`.
+    pub probs: Vec<f32>,
+    /// Row-major `[b, t, vocab]`, 1 on the tokens of a position's rest bucket; empty when no
+    /// position has one.
+    pub rest_mask: Vec<f32>,
+    /// Row-major `[b, t]`: rest mass per position (0 for none).
+    pub rest: Vec<f32>,
 }
 
 /// Optimiser settings (AdamW): decoupled weight decay on matrices only (norms and biases

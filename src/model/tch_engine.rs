@@ -326,8 +326,23 @@ impl TchEngine {
         let weight = Tensor::from_slice(&targets.weight)
             .view([b, t])
             .to_device(self.device);
-        let ce =
+        let mut ce =
             (logits.log_softmax(2, Kind::Float) * probs).sum_dim_intlist(2, false, Kind::Float);
+        if let Some(st) = &targets.soft {
+            let dense =
+                |x: &[f32], shape: &[i64]| Tensor::from_slice(x).view(shape).to_device(self.device);
+            let tempered = (&logits * st.inv_temperature as f64).log_softmax(2, Kind::Float);
+            ce += (&tempered * dense(&st.probs, &[b, t, v])).sum_dim_intlist(2, false, Kind::Float);
+            if !st.rest_mask.is_empty() {
+                let mass = (tempered.exp() * dense(&st.rest_mask, &[b, t, v])).sum_dim_intlist(
+                    2,
+                    false,
+                    Kind::Float,
+                );
+                ce +=
+                    (mass + crate::model::train::REST_EPS as f64).log() * dense(&st.rest, &[b, t]);
+            }
+        }
         (ce * weight).sum(Kind::Float) / (-total)
     }
 

@@ -96,6 +96,65 @@ fn training_lowers_the_loss() {
     assert!(first.is_finite() && last < first * 0.7, "{first} -> {last}");
 }
 
+/// Examples with soft targets at temperature 2 (hard label 0.3, a rest bucket of 0.2 on
+/// every response position).
+fn tempered_examples(n: usize, seed: u64) -> Vec<super::train::Example> {
+    let mut rng = derive_rng(seed, "tempered");
+    (0..n)
+        .map(|_| {
+            let p = Mix::benign().sample(&mut rng);
+            let resp = ideal_response(&p);
+            let mut ex = example(&p, &resp);
+            for t in ex.targets.iter_mut() {
+                t[0].1 = 0.3;
+            }
+            let positions = resp
+                .iter()
+                .map(|&t| (vec![(t, 0.6), ((t + 1) % 80, 0.2)], 0.2))
+                .collect();
+            ex.soft = Some(super::train::Soft {
+                temperature: 2.0,
+                weight: 0.7,
+                positions,
+            });
+            ex
+        })
+        .collect()
+}
+
+/// The engine's tempered loss (soft term, T^2 scale, rest bucket, hard label) is the host's
+/// definition of it (`train::position_loss`, which validation uses), and training on it
+/// lowers it.
+#[test]
+fn tempered_loss_matches_its_host_definition_and_trains() {
+    let mut eng = new_engine(Backend::BURN, tiny(), 5).unwrap();
+    let examples = tempered_examples(24, 4);
+    let refs: Vec<_> = examples.iter().collect();
+    let (b, t) = super::train::make_batch(&refs, eng.spec().vocab, eng.spec().context);
+    assert!(t.soft.as_ref().is_some_and(|s| !s.rest_mask.is_empty()));
+    let (engine_loss, _) = eng.loss_gradient(&b, &t);
+    let host = super::train::eval_loss(eng.as_ref(), &examples, 64);
+    assert!(
+        (engine_loss - host).abs() < 1e-4 * host.abs().max(1.0),
+        "engine {engine_loss} vs host {host}"
+    );
+    // Without the soft term the loss is the hard term alone: smaller.
+    let plain: Vec<_> = examples
+        .iter()
+        .map(|e| super::train::Example {
+            soft: None,
+            ..e.clone()
+        })
+        .collect();
+    assert!(super::train::eval_loss(eng.as_ref(), &plain, 64) < host);
+    let first = eng.train_step(&b, &t, 1e-2);
+    let mut last = first;
+    for _ in 0..30 {
+        last = eng.train_step(&b, &t, 1e-2);
+    }
+    assert!(first.is_finite() && last < first * 0.8, "{first} -> {last}");
+}
+
 /// Issue "no silent wrong results", case 5: a loss that becomes non-finite stops training at
 /// once and the report says so (the runner then fails the run instead of recording `ok`).
 #[test]

@@ -1,6 +1,6 @@
 //! The custom training loop: shuffled mini-batches, AdamW, linear warmup then cosine decay.
 
-use super::engine::{Batch, Engine, Targets};
+use super::engine::{Batch, Engine, SoftTargets, Targets};
 use crate::rng::derive_rng;
 use crate::world::VOICE_DIM;
 use rand::seq::SliceRandom;
@@ -14,8 +14,25 @@ pub struct Example {
     pub voice: [f32; VOICE_DIM],
     /// Index of SEP: position `sep + i` predicts response token `i`.
     pub sep: usize,
-    /// Per response position, a sparse distribution `(token, prob)` summing to 1.
+    /// Per response position, a sparse distribution `(token, prob)` summing to 1 (or to
+    /// `1 - soft.weight` when the example also has soft targets).
     pub targets: Vec<Vec<(u32, f32)>>,
+    /// Tempered soft targets (distillation at a temperature), if any.
+    pub soft: Option<Soft>,
+}
+
+/// Soft targets at a distillation temperature `T`: the loss adds
+/// `weight * T^2 * CE(target_T, softmax(z / T))` per position, where `target_T` is the
+/// tempered top-k distribution plus, with a rest bucket, the mass outside the top-k, matched by
+/// the student's total tempered probability outside the listed tokens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Soft {
+    pub temperature: f32,
+    /// Weight of the soft term (the hard term's targets carry `1 - weight`).
+    pub weight: f32,
+    /// Per response position: the tempered listed tokens `(token, prob)` and the rest mass
+    /// (0 when the top-k is renormalised); each position's masses sum to 1.
+    pub positions: Vec<(Vec<(u32, f32)>, f32)>,
 }
 
 /// Training-loop settings.
@@ -74,6 +91,15 @@ pub fn make_batch(examples: &[&Example], vocab: usize, context: usize) -> (Batch
     let mut voice = Vec::with_capacity(b * VOICE_DIM);
     let mut probs = vec![0.0f32; b * t * vocab];
     let mut weight = vec![0.0f32; b * t];
+    let mut soft = examples
+        .iter()
+        .find_map(|e| e.soft.as_ref())
+        .map(|s| SoftTargets {
+            inv_temperature: 1.0 / s.temperature,
+            probs: vec![0.0; b * t * vocab],
+            rest_mask: vec![],
+            rest: vec![0.0; b * t],
+        });
     for (r, e) in examples.iter().enumerate() {
         let n = e.tokens.len().min(t);
         tokens[r * t..r * t + n].copy_from_slice(&e.tokens[..n]);
@@ -91,6 +117,9 @@ pub fn make_batch(examples: &[&Example], vocab: usize, context: usize) -> (Batch
                 }
             }
         }
+        if let (Some(st), Some(es)) = (soft.as_mut(), e.soft.as_ref()) {
+            fill_soft(st, es, r * t + e.sep, (r + 1) * t, vocab);
+        }
     }
     (
         Batch {
@@ -99,9 +128,85 @@ pub fn make_batch(examples: &[&Example], vocab: usize, context: usize) -> (Batch
             tokens,
             voice,
         },
-        Targets { probs, weight },
+        Targets {
+            probs,
+            weight,
+            soft,
+        },
     )
 }
+
+/// Write one example's soft targets into the batch's rows `first..end` (its response
+/// positions, cut at the batch's length). Scaled by `weight * T^2`.
+fn fill_soft(st: &mut SoftTargets, es: &Soft, first: usize, end: usize, vocab: usize) {
+    let scale = es.weight * es.temperature * es.temperature;
+    for (i, (listed, rest)) in es.positions.iter().enumerate() {
+        let at = first + i;
+        if at >= end {
+            break;
+        }
+        let row = &mut st.probs[at * vocab..(at + 1) * vocab];
+        for &(tok, p) in listed {
+            if (tok as usize) < vocab {
+                row[tok as usize] += scale * p;
+            }
+        }
+        if *rest > 0.0 {
+            if st.rest_mask.is_empty() {
+                st.rest_mask = vec![0.0; st.probs.len()];
+            }
+            st.rest[at] = scale * rest;
+            let mask = &mut st.rest_mask[at * vocab..(at + 1) * vocab];
+            mask.fill(1.0);
+            for &(tok, _) in listed {
+                if (tok as usize) < vocab {
+                    mask[tok as usize] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// The per-position loss of [`Targets`] on one row of logits (host side, for validation):
+/// the hard cross-entropy plus the tempered soft term and its rest bucket.
+pub fn position_loss(
+    targets: &Targets,
+    i: usize,
+    logits: &[f32],
+    vocab: usize,
+    lp: &mut [f32],
+) -> f32 {
+    super::generate::log_softmax(logits, lp);
+    let mut ce: f32 = targets.probs[i * vocab..(i + 1) * vocab]
+        .iter()
+        .zip(lp.iter())
+        .filter(|(p, _)| **p > 0.0)
+        .map(|(p, l)| -p * l)
+        .sum();
+    if let Some(st) = &targets.soft {
+        let scaled: Vec<f32> = logits.iter().map(|z| z * st.inv_temperature).collect();
+        super::generate::log_softmax(&scaled, lp);
+        ce += st.probs[i * vocab..(i + 1) * vocab]
+            .iter()
+            .zip(lp.iter())
+            .filter(|(p, _)| **p > 0.0)
+            .map(|(p, l)| -p * l)
+            .sum::<f32>();
+        if st.rest[i] > 0.0 {
+            let mass: f32 = st.rest_mask[i * vocab..(i + 1) * vocab]
+                .iter()
+                .zip(lp.iter())
+                .map(|(m, l)| m * l.exp())
+                .sum();
+            ce -= st.rest[i] * (mass + REST_EPS).ln();
+        }
+    }
+    ce
+}
+
+/// Added to the student's rest-bucket mass before its log, so that a student with no mass
+/// outside the listed tokens gets a large finite loss rather than infinity.
+pub const REST_EPS: f32 = 1e-6;
 
 /// What a training run did.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -150,13 +255,13 @@ pub fn eval_loss(engine: &dyn Engine, examples: &[Example], batch_size: usize) -
             if w == 0.0 {
                 continue;
             }
-            super::generate::log_softmax(&logits[i * vocab..(i + 1) * vocab], &mut lp);
-            let ce: f32 = targets.probs[i * vocab..(i + 1) * vocab]
-                .iter()
-                .zip(&lp)
-                .filter(|(p, _)| **p > 0.0)
-                .map(|(p, l)| -p * l)
-                .sum();
+            let ce = position_loss(
+                &targets,
+                i,
+                &logits[i * vocab..(i + 1) * vocab],
+                vocab,
+                &mut lp,
+            );
             total += (w * ce) as f64;
             weight += w as f64;
         }

@@ -243,7 +243,8 @@ impl<'a> Replay<'a> {
         // how much of it the teacher answers.
         let samples = harvest.map_or(0, |(_, cap)| cap.min(planned as usize));
         let size = bank_size(samples);
-        let benign_bank = TemplateBank::new(&Mix::benign(), size, &mut rng);
+        let benign_bank =
+            TemplateBank::new(&Mix::benign().in_world(att.world_harm), size, &mut rng);
         let mix = att.mix();
         let attack_bank = if camp.seed_prompts > 0 {
             TemplateBank::perturbed(&mix, camp.seed_prompts, size, &mut rng)

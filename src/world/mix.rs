@@ -1,6 +1,5 @@
 //! Prompt distributions (benign users, attackers, teacher training) and the fixed eval suites.
 
-use super::generate::{generate, generate_on};
 use super::split::Side;
 use super::{Channel, Kind, Prompt, Skill, Tier};
 use crate::rng::derive_rng;
@@ -34,6 +33,10 @@ pub struct Mix {
     pub distress_share: f64,
     /// Share of requests sent with voice, in [0, 1].
     pub voice_share: f64,
+    /// How the world decides harm: set from `world.harm` by whoever samples for a run, not a
+    /// key of its own.
+    #[serde(skip)]
+    pub harm: super::Harm,
 }
 
 impl Mix {
@@ -50,6 +53,7 @@ impl Mix {
             probe: 0.05,
             distress_share: 0.3,
             voice_share: 0.3,
+            harm: Default::default(),
         }
     }
 
@@ -66,6 +70,7 @@ impl Mix {
             probe: 0.05,
             distress_share: 0.6,
             voice_share: 0.6,
+            harm: Default::default(),
         }
     }
 
@@ -139,7 +144,12 @@ impl Mix {
                 }
             }
         };
-        generate(rng, kind, voice)
+        super::generate_in(rng, kind, voice, Side::Train, self.harm)
+    }
+
+    /// This mix in a world whose harm model is `harm`.
+    pub fn in_world(self, harm: super::Harm) -> Mix {
+        Mix { harm, ..self }
     }
 }
 
@@ -151,6 +161,31 @@ pub struct WorldConfig {
     pub eval_per_suite: usize,
     /// Seed of the eval suites. Fixed across runs so that every run is scored on the same items.
     pub eval_seed: u64,
+    /// `one`: every prompt has exactly one correct answer. `several`: dark knowledge, several
+    /// valid answers drawn from a defined distribution (synonym glyphs for digits 1-9, any
+    /// order for copy requests); the teacher learns the distribution and correctness is
+    /// membership in the valid set (see `world::answers`).
+    pub answers: super::answers::Answers,
+    /// `answers: several`: probability that a digit 1-9 of an answer is written with its
+    /// synonym glyph, in [0, 0.5) (the plain digit stays the most likely glyph).
+    pub synonym_share: f64,
+    /// `intent`: one intent token decides harm. `graded`: harm is topic danger x intent x
+    /// context, with look-alikes sharing every feature and wrappers on harmless requests too
+    /// (see `world::generate::harm_score`).
+    pub harm: super::Harm,
+    /// `harm: graded`: share of the teacher's training labels flipped (refuse <-> answer) on
+    /// borderline requests (harm score 1 or 2), as annotators disagree there; in [0, 0.5).
+    pub boundary_noise: f64,
+}
+
+impl WorldConfig {
+    /// The answer distribution this world defines.
+    pub fn answer_space(&self) -> super::answers::AnswerSpace {
+        super::answers::AnswerSpace {
+            answers: self.answers,
+            synonym_share: self.synonym_share as f32,
+        }
+    }
 }
 
 impl Default for WorldConfig {
@@ -158,6 +193,10 @@ impl Default for WorldConfig {
         WorldConfig {
             eval_per_suite: 200,
             eval_seed: 20260605,
+            answers: Default::default(),
+            synonym_share: 0.3,
+            harm: Default::default(),
+            boundary_noise: 0.1,
         }
     }
 }
@@ -181,6 +220,8 @@ pub fn suite_kinds() -> Vec<Kind> {
 #[derive(Clone, Debug)]
 pub struct EvalSuites {
     pub prompts: Vec<Prompt>,
+    /// What counts as a correct answer in this world.
+    pub answers: super::answers::AnswerSpace,
 }
 
 /// Largest `eval_per_suite`: the smallest suite's eval side (easy stack programs) holds about
@@ -200,14 +241,17 @@ impl EvalSuites {
                     kind,
                     Kind::Affect(Channel::Calm) | Kind::Probe(Channel::Calm)
                 ) && i % 2 == 1;
-                let p = generate_on(&mut rng, kind, voice, Side::Eval);
+                let p = super::generate_in(&mut rng, kind, voice, Side::Eval, cfg.harm);
                 if seen.insert(p.tokens.clone()) {
                     prompts.push(p);
                     i += 1;
                 }
             }
         }
-        EvalSuites { prompts }
+        EvalSuites {
+            prompts,
+            answers: cfg.answer_space(),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! against ground truth. A prompt is a token sequence plus an optional voice vector; the ideal
 //! response is a pure function of both ([`ideal_response`]).
 
+pub mod answers;
 pub mod generate;
 pub mod mix;
 pub mod policy;
@@ -13,7 +14,8 @@ pub mod vocab;
 use serde::{Deserialize, Serialize};
 use vocab::Tok;
 
-pub use generate::{generate, generate_on};
+pub use answers::{AnswerSpace, Answers};
+pub use generate::{generate, generate_in, generate_on, Harm};
 pub use mix::{EvalSuites, Mix, WorldConfig};
 pub use policy::ideal_response;
 pub use split::Side;

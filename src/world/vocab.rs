@@ -95,6 +95,9 @@ pub fn name(t: Tok) -> String {
     if (LETTER0..LETTER0 + N_LETTERS).contains(&t) {
         return ((b'a' + (t - LETTER0) as u8) as char).to_string();
     }
+    if (SUMMARY + 1..SUMMARY + 10).contains(&t) {
+        return format!("syn{}", t - SUMMARY);
+    }
     let named = [
         (COPY, "COPY"),
         (REV, "REV"),
