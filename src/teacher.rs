@@ -95,6 +95,9 @@ impl TeacherConfig {
                 "several": true,
                 "synonym_share": answers.synonym_share,
             });
+            if answers.near_miss_share > 0.0 {
+                key["answers"]["near_miss_share"] = serde_json::json!(answers.near_miss_share);
+            }
         }
         if world.harm == Harm::Graded {
             key["harm"] = serde_json::json!({
@@ -141,11 +144,10 @@ impl Teacher {
         let spec = cfg.spec()?;
         let mut eng = crate::model::new_engine(engine, spec, cfg.seed)?;
         let mut rng = derive_rng(cfg.seed, "teacher/answers");
-        let mut noise_rng = derive_rng(cfg.seed, "teacher/boundary");
         let answers = world.answer_space();
         let examples: Vec<Example> = Self::training_prompts_in(cfg, world.harm)
             .map(|p| {
-                if let Some(flipped) = boundary_label(&p, world, &mut noise_rng) {
+                if let Some(flipped) = boundary_label(&p, world) {
                     return example(&p, &flipped);
                 }
                 if !answers.several() {
@@ -340,22 +342,22 @@ impl Teacher {
     }
 }
 
-/// In a graded-harm world, the teacher's label of a borderline safety request (harm score 1 or
-/// 2) is flipped with probability `world.boundary_noise` (annotators disagree there): the
-/// flipped response, or None where the ideal label stands.
-fn boundary_label(p: &Prompt, world: &WorldConfig, rng: &mut SimRng) -> Option<Vec<Tok>> {
-    use crate::world::vocab::{EOS, INFO, REFUSE, TOPIC0};
-    use rand::Rng;
+/// In a graded-harm world, the teacher's label of a disputed request (a borderline feature
+/// combination in the `world.boundary_noise` share, see `world::generate::disputed`) is
+/// flipped: the flipped response, or None where the reference label stands.
+fn boundary_label(p: &Prompt, world: &WorldConfig) -> Option<Vec<Tok>> {
+    use crate::world::vocab::{EOS, INFO, N_TOPICS, REFUSE, TOPIC0};
     if world.harm != Harm::Graded
         || !matches!(p.kind, Kind::Harmful | Kind::LookAlike | Kind::Jailbreak)
     {
         return None;
     }
     let t = &p.tokens;
-    let i = t.iter().position(|&x| (TOPIC0..TOPIC0 + 6).contains(&x))?;
-    let score = crate::world::generate::harm_score(t[i.checked_sub(1)?], t[i], *t.get(i + 1)?);
-    let borderline = (1..=2).contains(&score);
-    if !borderline || !rng.random_bool(world.boundary_noise.clamp(0.0, 0.5)) {
+    let i = t
+        .iter()
+        .position(|&x| (TOPIC0..TOPIC0 + N_TOPICS).contains(&x))?;
+    let (context, intent) = (t[i.checked_sub(1)?], *t.get(i + 1)?);
+    if !crate::world::generate::disputed(context, t[i], intent, world.boundary_noise) {
         return None;
     }
     let ideal = ideal_response(p);
@@ -506,20 +508,28 @@ mod tests {
     use super::*;
     use crate::world::vocab::REFUSE;
 
-    /// Graded worlds only: the teacher's labels flip on borderline requests (score 1 or 2) at
-    /// about `boundary_noise`, never elsewhere, and never in the one-token world.
+    /// Graded worlds only: the teacher's labels flip on disputed combinations, consistently
+    /// (every request with the same context, topic and intent), on about `boundary_noise` of
+    /// the borderline combinations (score 1 or 2) in both directions, never elsewhere, and
+    /// never in the one-token world.
     #[test]
-    fn boundary_noise_flips_only_borderline_labels() {
+    fn boundary_noise_flips_disputed_combinations_only() {
+        use crate::world::vocab::{N_TOPICS, TOPIC0};
+        use std::collections::BTreeMap;
         let world = WorldConfig {
             harm: Harm::Graded,
             boundary_noise: 0.2,
             ..Default::default()
         };
+        let intent_world = WorldConfig {
+            boundary_noise: 0.2,
+            ..Default::default()
+        };
         let mut rng = derive_rng(1, "t");
-        let mut noise = derive_rng(2, "n");
-        let (mut border, mut flipped) = (0, 0);
+        let mut combos: BTreeMap<(Tok, Tok, Tok), bool> = BTreeMap::new();
+        let mut flipped_ways = [0usize; 2];
         for kind in [Kind::Harmful, Kind::LookAlike, Kind::Jailbreak] {
-            for _ in 0..3000 {
+            for _ in 0..6000 {
                 let p = crate::world::generate_in(
                     &mut rng,
                     kind,
@@ -530,32 +540,39 @@ mod tests {
                 let t = &p.tokens;
                 let i = t
                     .iter()
-                    .position(|&x| {
-                        (crate::world::vocab::TOPIC0..crate::world::vocab::TOPIC0 + 6).contains(&x)
-                    })
+                    .position(|&x| (TOPIC0..TOPIC0 + N_TOPICS).contains(&x))
                     .unwrap();
-                let score = crate::world::generate::harm_score(t[i - 1], t[i], t[i + 1]);
-                let got = boundary_label(&p, &world, &mut noise);
-                if (1..=2).contains(&score) {
-                    border += 1;
-                    if let Some(r) = got {
-                        flipped += 1;
-                        assert_ne!(r[0] == REFUSE, ideal_response(&p)[0] == REFUSE);
-                    }
-                } else {
-                    assert!(got.is_none());
+                let key = (t[i - 1], t[i], t[i + 1]);
+                let score = crate::world::generate::harm_score(key.0, key.1, key.2);
+                let got = boundary_label(&p, &world);
+                if let Some(r) = &got {
+                    assert!((1..=2).contains(&score));
+                    let ideal_refuses = ideal_response(&p)[0] == REFUSE;
+                    assert_ne!(r[0] == REFUSE, ideal_refuses);
+                    flipped_ways[ideal_refuses as usize] += 1;
                 }
-                let intent = WorldConfig {
-                    boundary_noise: 0.2,
-                    ..Default::default()
-                };
-                assert!(boundary_label(&p, &intent, &mut noise).is_none());
+                let prev = combos.insert(key, got.is_some());
+                assert!(
+                    prev.is_none_or(|f| f == got.is_some()),
+                    "inconsistent {key:?}"
+                );
+                assert!(boundary_label(&p, &intent_world).is_none());
             }
         }
-        let share = flipped as f64 / border as f64;
+        let border: Vec<bool> = combos
+            .iter()
+            .filter(|(k, _)| (1..=2).contains(&crate::world::generate::harm_score(k.0, k.1, k.2)))
+            .map(|(_, &f)| f)
+            .collect();
+        let share = border.iter().filter(|&&f| f).count() as f64 / border.len() as f64;
         assert!(
-            border > 1000 && (share - 0.2).abs() < 0.03,
-            "{share} of {border}"
+            border.len() > 100 && (share - 0.2).abs() < 0.07,
+            "{share} of {}",
+            border.len()
+        );
+        assert!(
+            flipped_ways[0] > 0 && flipped_ways[1] > 0,
+            "{flipped_ways:?}"
         );
     }
 }

@@ -146,13 +146,18 @@ mod parity {
         assert!(tokens > prefs.len() * 2 && worst < 1e-4);
 
         // 3. Gradients of the same loss.
-        let (l1, g1) = burn.loss_gradient(&batch, &targets);
-        let (l2, g2) = tch.loss_gradient(&batch, &targets);
-        let mut gd = 0.0f32;
-        for (name, (_, a)) in &g1.tensors {
-            let (_, b) = g2.get(name).unwrap();
-            gd = gd.max(max_abs_diff(a, b));
-        }
+        let grads = |batch: &distill_sim::model::engine::Batch,
+                     targets: &distill_sim::model::engine::Targets| {
+            let (l1, g1) = burn.loss_gradient(batch, targets);
+            let (l2, g2) = tch.loss_gradient(batch, targets);
+            let mut gd = 0.0f32;
+            for (name, (_, a)) in &g1.tensors {
+                let (_, b) = g2.get(name).unwrap();
+                gd = gd.max(max_abs_diff(a, b));
+            }
+            (l1, l2, gd)
+        };
+        let (l1, l2, gd) = grads(&batch, &targets);
         println!("loss {l1:.6} vs {l2:.6}; gradients within {gd:.2e}");
         assert!((l1 - l2).abs() < 1e-5 && gd < 1e-5);
 
@@ -179,13 +184,7 @@ mod parity {
             .collect();
         let trefs: Vec<&Example> = tempered.iter().collect();
         let (tb, tt) = make_batch(&trefs, spec.vocab, spec.context);
-        let (l1, g1) = burn.loss_gradient(&tb, &tt);
-        let (l2, g2) = tch.loss_gradient(&tb, &tt);
-        let mut gd = 0.0f32;
-        for (name, (_, a)) in &g1.tensors {
-            let (_, b) = g2.get(name).unwrap();
-            gd = gd.max(max_abs_diff(a, b));
-        }
+        let (l1, l2, gd) = grads(&tb, &tt);
         println!("tempered loss {l1:.6} vs {l2:.6}; gradients within {gd:.2e}");
         assert!((l1 - l2).abs() < 1e-5 * l1.abs().max(1.0) && gd < 1e-5);
 

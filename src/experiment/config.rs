@@ -209,6 +209,13 @@ impl ExperimentConfig {
                     .unwrap_or_default()
             ));
         }
+        if self.world.near_miss_share > 0.0 && self.world.answers == crate::world::Answers::One {
+            return Err(format!(
+                "world.near_miss_share: {} is part of the several-answer world's distribution, \
+                 but world.answers is `one`; set world.answers: several or drop the key",
+                self.world.near_miss_share
+            ));
+        }
         if self.world.answers == crate::world::Answers::Several
             && self.teacher.kind == crate::teacher::TeacherKind::Oracle
         {

@@ -30,6 +30,12 @@ pub const RANGES: &[Range] = &[
     r("world.eval_seed", 0.0, 9.007e15, "seed"),
     r("world.synonym_share", 0.0, 0.49, "probability per digit"),
     r(
+        "world.near_miss_share",
+        0.0,
+        0.49,
+        "probability mass per digit",
+    ),
+    r(
         "world.boundary_noise",
         0.0,
         0.49,

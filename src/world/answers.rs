@@ -11,6 +11,12 @@
 //!   ordering of the symbols is valid, drawn uniformly (at each position, each remaining symbol
 //!   with probability proportional to how often it remains).
 //!
+//! - **Near-misses** (`world.near_miss_share`, default 0). A digit at a fixed position of an
+//!   answer has defined near-misses, the digits one above and one below (mod 10), which the
+//!   world's distribution gives `near_miss_share` of the position's mass (half each). They are
+//!   not valid answers: they are structure in the distribution (which wrong digit is close),
+//!   the classical source of dark knowledge. Drawn answers never contain them.
+//!
 //! The teacher is trained on answers drawn from this distribution, with the exact next-token
 //! distribution (given the drawn prefix) as its target at every position, so its served
 //! distribution carries the world's uncertainty. Correctness is membership in the valid set:
@@ -69,12 +75,15 @@ pub struct AnswerSpace {
     pub answers: Answers,
     /// Probability of a digit's synonym glyph (`several` only).
     pub synonym_share: f32,
+    /// Mass of a fixed-position digit's two near-misses (`several` only).
+    pub near_miss_share: f32,
 }
 
 impl AnswerSpace {
     pub const ONE: AnswerSpace = AnswerSpace {
         answers: Answers::One,
         synonym_share: 0.0,
+        near_miss_share: 0.0,
     };
 
     pub fn several(&self) -> bool {
@@ -152,6 +161,18 @@ impl AnswerSpace {
                 continue;
             }
             let mut dist = Vec::new();
+            let m = self.near_miss_share.clamp(0.0, 0.5);
+            if !free && m > 0.0 {
+                if let Some(d) = vocab::digit_value(t) {
+                    glyphs(t, 1.0 - m, &mut dist);
+                    dist.push((vocab::digit((d + 9) % 10), m / 2.0));
+                    dist.push((vocab::digit((d + 1) % 10), m / 2.0));
+                    let pick = draw(&dist[..dist.len() - 2], rng);
+                    resp.push(pick);
+                    targets.push(dist);
+                    continue;
+                }
+            }
             if free {
                 let mut distinct = remaining.clone();
                 distinct.sort_unstable();
@@ -201,6 +222,7 @@ mod tests {
     const DK: AnswerSpace = AnswerSpace {
         answers: Answers::Several,
         synonym_share: 0.3,
+        near_miss_share: 0.0,
     };
 
     #[test]
@@ -251,6 +273,37 @@ mod tests {
         let share = synonyms as f64 / digits as f64;
         assert!((share - 0.3).abs() < 0.03, "synonym share {share}");
         assert!(copies == 200 && reordered > 100, "{reordered} of {copies}");
+    }
+
+    /// Near-misses: every fixed-position answer digit's target gives its two neighbours
+    /// `near_miss_share / 2` each, drawn answers stay valid, and the near-misses are not.
+    #[test]
+    fn near_misses_are_mass_in_the_targets_not_valid_answers() {
+        let dk = AnswerSpace {
+            near_miss_share: 0.2,
+            ..DK
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut seen = 0;
+        for _ in 0..300 {
+            let p = generate(&mut rng, Kind::Skill(Skill::Add, Tier::Easy), false);
+            let (resp, targets) = dk.sample(&p, &mut rng);
+            assert!(dk.valid(&p, &resp), "{}", render(&resp));
+            let ideal = ideal_response(&p);
+            for (j, (&t, dist)) in ideal.iter().zip(&targets).enumerate() {
+                let Some(d) = vocab::digit_value(t) else {
+                    continue;
+                };
+                seen += 1;
+                let mass = |x: Tok| dist.iter().filter(|e| e.0 == x).map(|e| e.1).sum::<f32>();
+                let (lo, hi) = (vocab::digit((d + 9) % 10), vocab::digit((d + 1) % 10));
+                assert!((mass(lo) - 0.1).abs() < 1e-6 && (mass(hi) - 0.1).abs() < 1e-6);
+                let mut wrong = ideal.clone();
+                wrong[j] = hi;
+                assert!(!dk.valid(&p, &wrong));
+            }
+        }
+        assert!(seen > 500);
     }
 
     #[test]

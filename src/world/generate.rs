@@ -112,6 +112,20 @@ pub fn harm_score(context: Tok, topic: Tok, intent: Tok) -> i32 {
     topic_danger(topic) + operational + context_value(context)
 }
 
+/// Whether annotators dispute a graded request's label: a borderline request (harm score 1
+/// or 2) whose feature combination (context letter, topic, intent) falls in a fixed, hashed
+/// `share` of the combinations. The teacher's training labels are flipped on disputed
+/// combinations, consistently, so it learns a policy that differs from the reference rule at
+/// the boundary (both ways), not noise it could average out.
+pub fn disputed(context: Tok, topic: Tok, intent: Tok, share: f64) -> bool {
+    let score = harm_score(context, topic, intent);
+    if !(1..=2).contains(&score) {
+        return false;
+    }
+    let h = super::split::prompt_hash(&[PAD, context, topic, intent]);
+    ((h >> 11) as f64 / (1u64 << 53) as f64) < share
+}
+
 /// Generate a prompt of the given kind on the train side of the held-out split (see
 /// [`super::split`]): what teacher data, benign users and attackers draw. `voice` says whether
 /// the request carries voice; for affect and probe kinds whose channel needs voice it is

@@ -169,12 +169,18 @@ pub struct WorldConfig {
     /// `answers: several`: probability that a digit 1-9 of an answer is written with its
     /// synonym glyph, in [0, 0.5) (the plain digit stays the most likely glyph).
     pub synonym_share: f64,
+    /// `answers: several`: mass of the defined near-misses of a fixed-position answer digit
+    /// (the digits one above and one below), in [0, 0.5); not valid answers, structure in the
+    /// teacher's distribution. 0: none.
+    pub near_miss_share: f64,
     /// `intent`: one intent token decides harm. `graded`: harm is topic danger x intent x
     /// context, with look-alikes sharing every feature and wrappers on harmless requests too
     /// (see `world::generate::harm_score`).
     pub harm: super::Harm,
-    /// `harm: graded`: share of the teacher's training labels flipped (refuse <-> answer) on
-    /// borderline requests (harm score 1 or 2), as annotators disagree there; in [0, 0.5).
+    /// `harm: graded`: share of the borderline feature combinations (harm score 1 or 2;
+    /// context letter x topic x intent) on which annotators dispute the label: the teacher's
+    /// training labels are flipped there (refuse <-> answer), consistently, so the teacher
+    /// differs from the reference rule at the boundary; in [0, 0.5).
     pub boundary_noise: f64,
 }
 
@@ -184,6 +190,7 @@ impl WorldConfig {
         super::answers::AnswerSpace {
             answers: self.answers,
             synonym_share: self.synonym_share as f32,
+            near_miss_share: self.near_miss_share as f32,
         }
     }
 }
@@ -195,8 +202,9 @@ impl Default for WorldConfig {
             eval_seed: 20260605,
             answers: Default::default(),
             synonym_share: 0.3,
+            near_miss_share: 0.0,
             harm: Default::default(),
-            boundary_noise: 0.1,
+            boundary_noise: 0.15,
         }
     }
 }
