@@ -52,9 +52,20 @@ fn defaults() -> &'static Value {
 }
 
 /// A config with its inert sections reduced: the `traffic` section of a run without traffic,
-/// and the `student.base` of students that start from scratch, cannot change its results, so
-/// they are not compared (keys removed from them since a run was stored do not make it stale).
+/// the `student.base` of students that start from scratch, the several-answer world's keys in
+/// a one-answer world and the graded-harm world's key in an intent world cannot change its
+/// results, so they are not compared (keys removed from them, or their defaults changed, since
+/// a run was stored do not make it stale).
 fn without_inert(mut v: Value) -> Value {
+    if let Some(w) = v["world"].as_object_mut() {
+        if w.get("answers").and_then(Value::as_str).unwrap_or("one") == "one" {
+            w.remove("synonym_share");
+            w.remove("near_miss_share");
+        }
+        if w.get("harm").and_then(Value::as_str).unwrap_or("intent") == "intent" {
+            w.remove("boundary_noise");
+        }
+    }
     if v["traffic"]["enabled"] == Value::Bool(false) {
         v["traffic"] = serde_json::json!({"enabled": false});
     }
@@ -430,6 +441,30 @@ mod tests {
             .remove(0);
         assert!(!is_finished(&dir, &changed), "the stored config differs");
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// A world key that cannot act (the graded world's `boundary_noise` in an intent world,
+    /// the several-answer world's shares in a one-answer world) is not compared; the same key
+    /// in the world where it acts is.
+    #[test]
+    fn inert_world_keys_are_not_compared() {
+        let cfg = |harm: &str, noise: f64, answers: &str, synonyms: f64| {
+            serde_json::json!({"world": {"harm": harm, "boundary_noise": noise,
+                "answers": answers, "synonym_share": synonyms, "near_miss_share": 0.0}})
+        };
+        let same = |a: Value, b: Value| without_inert(a) == without_inert(b);
+        assert!(same(
+            cfg("intent", 0.1, "one", 0.3),
+            cfg("intent", 0.15, "one", 0.2)
+        ));
+        assert!(!same(
+            cfg("graded", 0.1, "one", 0.3),
+            cfg("graded", 0.15, "one", 0.3)
+        ));
+        assert!(!same(
+            cfg("intent", 0.1, "several", 0.3),
+            cfg("intent", 0.1, "several", 0.2)
+        ));
     }
 
     #[test]
