@@ -1016,6 +1016,9 @@ fn committed_protocol_samples_match_their_experiment_files() {
         "campaign_2026",
         "self_family",
         "ei_gap_base",
+        "soft_vs_hard",
+        "soft_vs_hard_near_miss",
+        "compare_defenses_dk",
     ] {
         let out = bin()
             .arg("sweep")
