@@ -471,20 +471,25 @@ mod tests {
     use crate::world::vocab::*;
     use crate::world::{Kind, Prompt, Skill, Tier};
 
-    #[test]
-    fn logprob_targets_are_renormalised_top_k() {
-        let item = Item {
+    /// The harvested answer `1 EOS` to "sort 2 1", with the given top-k logprobs.
+    fn sort_item(top: Vec<Vec<(u32, f32)>>) -> Item {
+        Item {
             prompt: Prompt {
                 kind: Kind::Skill(Skill::Sort, Tier::Easy),
                 tokens: vec![SORT, digit(2), digit(1)],
                 voice: None,
             },
             tokens: vec![digit(1), EOS],
-            top: vec![
-                vec![(digit(1), 0.6f32.ln()), (digit(2), 0.2f32.ln())],
-                vec![(EOS, 0.9f32.ln())],
-            ],
-        };
+            top,
+        }
+    }
+
+    #[test]
+    fn logprob_targets_are_renormalised_top_k() {
+        let item = sort_item(vec![
+            vec![(digit(1), 0.6f32.ln()), (digit(2), 0.2f32.ln())],
+            vec![(EOS, 0.9f32.ln())],
+        ]);
         let cfg = |method| StudentConfig {
             method,
             ..Default::default()
@@ -512,15 +517,7 @@ mod tests {
         assert!((rest - 0.2f32.sqrt() / z).abs() < 1e-6);
         let (listed, rest) = soft_targets(&[(1, p.ln()), (2, q.ln())], 1.0, TopKRest::Renormalise);
         assert!((listed[0].1 - 0.75).abs() < 1e-6 && rest == 0.0);
-        let item = Item {
-            prompt: Prompt {
-                kind: Kind::Skill(Skill::Sort, Tier::Easy),
-                tokens: vec![SORT, digit(2), digit(1)],
-                voice: None,
-            },
-            tokens: vec![digit(1), EOS],
-            top: vec![vec![(digit(1), p.ln()), (digit(2), q.ln())], vec![]],
-        };
+        let item = sort_item(vec![vec![(digit(1), p.ln()), (digit(2), q.ln())], vec![]]);
         let cfg = StudentConfig {
             method: Method::Logprobs,
             temperature: 2.0,
