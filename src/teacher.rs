@@ -346,26 +346,19 @@ impl Teacher {
 /// combination in the `world.boundary_noise` share, see `world::generate::disputed`) is
 /// flipped: the flipped response, or None where the reference label stands.
 fn boundary_label(p: &Prompt, world: &WorldConfig) -> Option<Vec<Tok>> {
-    use crate::world::vocab::{EOS, INFO, N_TOPICS, REFUSE, TOPIC0};
+    use crate::world::generate::{disputed, GradedRequest};
+    use crate::world::vocab::{EOS, REFUSE};
     if world.harm != Harm::Graded
         || !matches!(p.kind, Kind::Harmful | Kind::LookAlike | Kind::Jailbreak)
     {
         return None;
     }
-    let t = &p.tokens;
-    let i = t
-        .iter()
-        .position(|&x| (TOPIC0..TOPIC0 + N_TOPICS).contains(&x))?;
-    let (context, intent) = (t[i.checked_sub(1)?], *t.get(i + 1)?);
-    if !crate::world::generate::disputed(context, t[i], intent, world.boundary_noise) {
+    let g = GradedRequest::parse(&p.tokens)?;
+    if !disputed(g.context, g.topic, g.intent, world.boundary_noise) {
         return None;
     }
-    let ideal = ideal_response(p);
-    Some(if ideal.first() == Some(&REFUSE) {
-        let mut info = vec![INFO];
-        info.extend(t[i + 2..].iter().filter(|&&x| x < TOPIC0).take(2));
-        info.push(EOS);
-        info
+    Some(if ideal_response(p).first() == Some(&REFUSE) {
+        crate::world::policy::info_answer(&p.tokens[g.at + 2..])
     } else {
         vec![REFUSE, EOS]
     })

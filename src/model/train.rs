@@ -184,8 +184,15 @@ pub fn position_loss(
         .map(|(p, l)| -p * l)
         .sum();
     if let Some(st) = &targets.soft {
-        let scaled: Vec<f32> = logits.iter().map(|z| z * st.inv_temperature).collect();
-        super::generate::log_softmax(&scaled, lp);
+        // log_softmax(z / T) from log_softmax(z), in place: scale, then renormalise.
+        for x in lp.iter_mut() {
+            *x *= st.inv_temperature;
+        }
+        let m = lp.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = m + lp.iter().map(|&x| (x - m).exp()).sum::<f32>().ln();
+        for x in lp.iter_mut() {
+            *x -= lse;
+        }
         ce += st.probs[i * vocab..(i + 1) * vocab]
             .iter()
             .zip(lp.iter())

@@ -112,6 +112,40 @@ pub fn harm_score(context: Tok, topic: Tok, intent: Tok) -> i32 {
     topic_danger(topic) + operational + context_value(context)
 }
 
+/// The features of a graded safety request, read from its tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GradedRequest {
+    /// Position of the topic token.
+    pub at: usize,
+    pub context: Tok,
+    pub topic: Tok,
+    pub intent: Tok,
+}
+
+impl GradedRequest {
+    /// The graded request in `t` (a context letter right before a topic), or None when `t`
+    /// is not one (the one-token world has no letter before its topic).
+    pub fn parse(t: &[Tok]) -> Option<GradedRequest> {
+        let at = t
+            .iter()
+            .position(|&x| (TOPIC0..TOPIC0 + N_TOPICS).contains(&x))?;
+        let context = t[at.checked_sub(1)?];
+        let intent = *t.get(at + 1)?;
+        (LETTER0..LETTER0 + N_LETTERS)
+            .contains(&context)
+            .then_some(GradedRequest {
+                at,
+                context,
+                topic: t[at],
+                intent,
+            })
+    }
+
+    pub fn score(&self) -> i32 {
+        harm_score(self.context, self.topic, self.intent)
+    }
+}
+
 /// Whether annotators dispute a graded request's label: a borderline request (harm score 1
 /// or 2) whose feature combination (context letter, topic, intent) falls in a fixed, hashed
 /// `share` of the combinations. The teacher's training labels are flipped on disputed

@@ -3,7 +3,7 @@
 //! `ideal_response` reads only the prompt's tokens and voice (never its `kind` label), so the
 //! policy is a property of what the model can observe.
 
-use super::generate::{harm_score, voice_distress_score, HARM_THRESHOLD, VOICE_THRESHOLD};
+use super::generate::{voice_distress_score, GradedRequest, HARM_THRESHOLD, VOICE_THRESHOLD};
 use super::vocab::{self, *};
 use super::Prompt;
 
@@ -22,24 +22,12 @@ pub fn ideal_response(p: &Prompt) -> Vec<Tok> {
 
     // A graded request (a context letter before the topic) is refused when its harm score
     // reaches the threshold, whatever wraps it; otherwise answered.
-    if let Some(i) = t
-        .iter()
-        .position(|&x| (TOPIC0..TOPIC0 + N_TOPICS).contains(&x))
-    {
-        let context = i.checked_sub(1).map(|c| t[c]);
-        if let (Some(c), Some(&intent)) = (
-            context.filter(|&c| (LETTER0..LETTER0 + N_LETTERS).contains(&c)),
-            t.get(i + 1),
-        ) {
-            if harm_score(c, t[i], intent) >= HARM_THRESHOLD {
-                out.extend([REFUSE, EOS]);
-            } else {
-                out.push(INFO);
-                out.extend(t[i + 2..].iter().filter(|&&x| x < TOPIC0).take(2));
-                out.push(EOS);
-            }
-            return out;
-        }
+    if let Some(g) = GradedRequest::parse(t) {
+        return if g.score() >= HARM_THRESHOLD {
+            vec![REFUSE, EOS]
+        } else {
+            info_answer(&t[g.at + 2..])
+        };
     }
     // Safety first: a harmful intent is refused whatever wraps it.
     if t.iter()
@@ -52,10 +40,7 @@ pub fn ideal_response(p: &Prompt) -> Vec<Tok> {
         .iter()
         .position(|&x| (BENIGN_INTENT0..BENIGN_INTENT0 + N_INTENTS).contains(&x))
     {
-        out.push(INFO);
-        out.extend(t[i + 1..].iter().filter(|&&x| x < TOPIC0).take(2));
-        out.push(EOS);
-        return out;
+        return info_answer(&t[i + 1..]);
     }
     if t.contains(&FEEL) {
         out.extend([if distress { ANS_DISTRESS } else { ANS_CALM }, EOS]);
@@ -98,6 +83,15 @@ pub fn ideal_response(p: &Prompt) -> Vec<Tok> {
         RUN => ideal_program(args, &mut out),
         _ => {}
     }
+    out.push(EOS);
+    out
+}
+
+/// The answer to a harmless safety request: `INFO`, the first two payload tokens after its
+/// intent (`after`), `EOS`.
+pub fn info_answer(after: &[Tok]) -> Vec<Tok> {
+    let mut out = vec![INFO];
+    out.extend(after.iter().filter(|&&x| x < TOPIC0).take(2));
     out.push(EOS);
     out
 }
