@@ -608,6 +608,26 @@ fn case_4_nonsense_values_are_refused_with_key_and_range() {
             "student: {method: on_policy, chain: {size: student-m}}\n",
             "student.chain",
         ),
+        (
+            "student: {method: text, temperature: 2.0}\n",
+            "student.temperature",
+        ),
+        (
+            "world: {answers: one, near_miss_share: 0.1}\n",
+            "world.near_miss_share",
+        ),
+        (
+            "world: {answers: several}\nteacher: {kind: oracle}\n",
+            "world.answers",
+        ),
+        (
+            "world: {harm: graded}\nstudent: {init: base}\n",
+            "student.init",
+        ),
+        (
+            "world: {harm: graded}\napi: {defenses: [{kind: antidistillation, lambda: 0.3}]}\n",
+            "api.defenses",
+        ),
     ] {
         let p = tiny_variant(&d, "nonsense", extra);
         let out = sweep_cmd(&p, &d).arg("--list").output().unwrap();

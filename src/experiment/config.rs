@@ -209,6 +209,23 @@ impl ExperimentConfig {
                     .unwrap_or_default()
             ));
         }
+        let st = &self.student;
+        if st.method == Method::Text {
+            let soft_keys = [
+                ("student.temperature", st.temperature != 1.0),
+                ("student.hard_weight", st.hard_weight != 0.0),
+                (
+                    "student.top_k_rest",
+                    st.top_k_rest != crate::student::TopKRest::Renormalise,
+                ),
+            ];
+            if let Some((key, _)) = soft_keys.iter().find(|(_, set)| *set) {
+                return Err(format!(
+                    "{key}: shapes logprob targets, but student.method is `text` (no logprob \
+                     targets); use student.method: logprobs or drop the key"
+                ));
+            }
+        }
         if self.world.near_miss_share > 0.0 && self.world.answers == crate::world::Answers::One {
             return Err(format!(
                 "world.near_miss_share: {} is part of the several-answer world's distribution, \
