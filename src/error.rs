@@ -8,12 +8,10 @@ pub enum Error {
     /// A config file that does not parse or does not fit the schema.
     #[error("{file}: {msg}")]
     Config { file: PathBuf, msg: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The OS error is part of the message, not a separate cause (a cause would be printed a
+    /// second time by `{:#}`).
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("model: {0}")]
     Model(String),
     #[error("{0}")]
@@ -26,7 +24,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io {
             path: path.into(),
-            source,
+            err: source,
         }
     }
 }

@@ -96,6 +96,13 @@ pub const METRICS: &[MetricDef] = &[
     def("harvest.*", Neutral, "what the harvest held"),
     def("budget", Neutral, "queries the student was distilled from (a checkpoint of the harvest)"),
     def("sim.*", Neutral, "simulated time"),
+    def(
+        "teacher.*",
+        Neutral,
+        "the teacher's own value of the metric named after `teacher.` (every absolute metric \
+         above, on the same held-out eval prompts), recorded in every row; relative metrics \
+         are against it",
+    ),
 ];
 
 /// The declaration of a metric: an exact entry, else the longest matching family.

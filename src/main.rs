@@ -41,7 +41,7 @@ struct Common {
     #[arg(long)]
     jobs: Option<usize>,
     /// Run only the i-th of n deterministic slices of the runs, e.g. `--shard 0/2`.
-    #[arg(long, value_name = "I/N")]
+    #[arg(long, value_name = "I/N", allow_hyphen_values = true)]
     shard: Option<String>,
     /// Neural engine: burn (default; pure-Rust flex CPU backend) or tch (LibTorch; a build with
     /// `--features tch`). The same as `--set engine=...`.
@@ -197,11 +197,30 @@ fn overrides(set: &[String]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-/// `i/n`: the i-th of n deterministic slices (runs whose index is i mod n).
-fn parse_slice(s: &str) -> Result<(usize, usize)> {
-    let (i, n) = s.split_once('/').context("expected i/n, e.g. 0/2")?;
-    let (i, n): (usize, usize) = (i.trim().parse()?, n.trim().parse()?);
-    anyhow::ensure!(n > 0 && i < n, "slice {i}/{n}: need 0 <= i < n");
+/// `i/n`: the i-th of n deterministic slices (runs whose index is i mod n). `flag` names the
+/// option in errors.
+fn parse_slice(flag: &str, s: &str) -> Result<(usize, usize)> {
+    let bad = |why: &str| {
+        anyhow::anyhow!(
+            "{flag} `{s}`: {why}; expected I/N with whole numbers 0 <= I < N, e.g. `{flag} 0/2`"
+        )
+    };
+    let (i, n) = s.split_once('/').ok_or_else(|| bad("no `/`"))?;
+    if n.contains('/') {
+        return Err(bad("more than one `/`"));
+    }
+    let num = |x: &str, what: &str| -> Result<usize> {
+        let x = x.trim();
+        if x.is_empty() || !x.chars().all(|c| c.is_ascii_digit()) {
+            return Err(bad(&format!("{what} `{x}` is not a whole number")));
+        }
+        x.parse()
+            .map_err(|_| bad(&format!("{what} `{x}` is too large")))
+    };
+    let (i, n) = (num(i, "I")?, num(n, "N")?);
+    if n == 0 || i >= n {
+        return Err(bad(&format!("{i}/{n} is not a slice (need 0 <= I < N)")));
+    }
     Ok((i, n))
 }
 
@@ -246,8 +265,9 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
         distill_sim::model::set_threads(1);
     }
     let mut runs: Vec<(usize, &config::RunSpec)> = exp.runs.iter().enumerate().collect();
-    for slice in [&common.shard, &common.worker].into_iter().flatten() {
-        let (i, n) = parse_slice(slice)?;
+    for (flag, slice) in [("--shard", &common.shard), ("--worker", &common.worker)] {
+        let Some(slice) = slice else { continue };
+        let (i, n) = parse_slice(flag, slice)?;
         runs = runs
             .into_iter()
             .enumerate()
@@ -302,6 +322,10 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
         }
     }
     if common.worker.is_none() {
+        // One experiment directory holds one config (varied by its grid, variants and seeds),
+        // and the results and cache must be writable, before any run starts.
+        distill_sim::experiment::results::check_one_config(&exp_dir, &exp, common.replace_changed)
+            .with_context(|| format!("--results {}", common.results.display()))?;
         let cleaned = runner.clean_temps(&exp);
         if cleaned > 0 {
             eprintln!("[run] removed {cleaned} temporary file(s) left by interrupted writes");
@@ -449,10 +473,7 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
     let records: Vec<_> = if ids.is_empty() {
         vec![]
     } else {
-        distill_sim::experiment::results::load_dir(&exp_dir)?
-            .into_iter()
-            .filter(|r| ids.contains(r.id.as_str()))
-            .collect()
+        distill_sim::experiment::results::load_runs(&exp_dir, &ids)?
     };
     let columns: &[&str] = if exp.config.traffic.enabled {
         &report::DETECTION_COLUMNS
@@ -478,8 +499,16 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
                 .ok()
                 .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
                 .and_then(|v| v["error"].as_str().map(String::from));
+            let exists = dir.join("summary.json").exists();
             match recorded {
                 Some(e) => eprintln!("  {}: {e}", spec.id),
+                None if exists => eprintln!(
+                    "  {}: {} holds a run this sweep cannot use (a damaged file, or another \
+                     config written by another process); `distill-sim sweep --list` shows its \
+                     state",
+                    spec.id,
+                    dir.display()
+                ),
                 None => eprintln!(
                     "  {}: not finished, and no summary.json in {} (if this sweep ran it, the \
                      error is in the log above; run the sweep again to finish it)",

@@ -468,6 +468,7 @@ fn render(fig: &Figure, base: &Path, size: (u32, u32)) -> Result<Vec<PathBuf>> {
 pub fn plot_dir(dir: &Path, out: Option<&Path>) -> Result<Vec<PathBuf>> {
     register_font()?;
     let runs = load_dir(dir)?;
+    crate::experiment::results::check_records_one_config(dir, &runs)?;
     let out = out.map_or_else(|| dir.join("figures"), Path::to_path_buf);
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     crate::fsutil::clean_stale_temps(&out);

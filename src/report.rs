@@ -510,6 +510,7 @@ pub fn report_dir(
     baseline: Option<&str>,
 ) -> crate::Result<String> {
     let runs = load_dir(dir)?;
+    crate::experiment::results::check_records_one_config(dir, &runs)?;
     let cols: Vec<String> = match columns {
         Some(c) => {
             let known = metric_names(&runs);
@@ -560,6 +561,7 @@ mod tests {
                 metrics: [("parity".to_string(), parity)].into_iter().collect(),
             }],
             timeline: None,
+            config: None,
         }
     }
 

@@ -19,7 +19,8 @@ pub enum Method {
     /// On-policy: half the budget harvested and learned as `logprobs`, the other half spent
     /// on the API's scoring mode: the student samples its own answers and the teacher's top-k
     /// logprobs at every position of them are the targets. Where the API offers no scoring
-    /// (`api.scoring: false`) the whole budget is harvested and learned off-policy.
+    /// (`api.scoring: false`, or `api.logprobs: 0`: a scoring call would return no logprobs)
+    /// the whole budget is harvested and learned off-policy.
     OnPolicy,
 }
 
@@ -368,14 +369,17 @@ pub fn on_policy(
         method: Method::Logprobs,
         ..cfg.clone()
     };
-    if !api.config.scoring || items.len() < 2 {
+    // An API that returns no logprobs (`api.logprobs: 0`) has nothing to score with: a scoring
+    // call would be billed and return no targets, so its scoring counts as not offered.
+    let scoring = api.config.scoring && api.config.logprobs > 0;
+    if !scoring || items.len() < 2 {
         let (s, l) = distill(&off, engine, base, items, seed)?;
         return Ok((
             s,
             l,
             OnPolicy {
                 scored: 0,
-                denied: !api.config.scoring,
+                denied: !scoring,
                 spend_usd: 0.0,
             },
         ));

@@ -398,27 +398,41 @@ pub fn cached_engine(
     train: impl FnOnce() -> Result<Box<dyn Engine>>,
 ) -> Result<(Box<dyn Engine>, bool)> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let _lock = crate::fsutil::lock(&dir.with_extension("lock"))?;
-    crate::fsutil::clean_stale_temps(dir);
     let sum_path = path.with_extension("sha256");
+    let load_checked = |recorded: &str| -> Result<Box<dyn Engine>> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let actual = sha256_hex(&bytes);
+        if recorded.trim() != actual {
+            return Err(Error::Model(format!(
+                "{what} {}: checksum {actual} differs from the {} recorded when it was cached \
+                 (a corrupt or edited file); delete {} to retrain",
+                path.display(),
+                recorded.trim(),
+                dir.display()
+            )));
+        }
+        let eng = crate::model::load_engine(engine, spec.clone(), path)?;
+        check_finite(eng.as_ref(), path, what)?;
+        Ok(eng)
+    };
+    // A cached model is read without the lock: its checksum is written before the weights are
+    // renamed into place, so weights seen are whole and vouched for, and a read-only cache
+    // that holds the model serves it.
+    if let (true, Ok(recorded)) = (path.exists(), std::fs::read_to_string(&sum_path)) {
+        return Ok((load_checked(&recorded)?, true));
+    }
+    let lock_path = dir.with_extension("lock");
+    let _lock = crate::fsutil::lock(&lock_path).map_err(|e| {
+        Error::Invalid(format!(
+            "{what} cache: {e}; the cache (--cache) must be writable to train and store this \
+             {what} (it does not hold it yet: {})",
+            path.display()
+        ))
+    })?;
+    crate::fsutil::clean_stale_temps(dir);
     if path.exists() {
         match std::fs::read_to_string(&sum_path) {
-            Ok(recorded) => {
-                let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-                let actual = sha256_hex(&bytes);
-                if recorded.trim() != actual {
-                    return Err(Error::Model(format!(
-                        "{what} {}: checksum {actual} differs from the {} recorded when it \
-                         was cached (a corrupt or edited file); delete {} to retrain",
-                        path.display(),
-                        recorded.trim(),
-                        dir.display()
-                    )));
-                }
-                let eng = crate::model::load_engine(engine, spec, path)?;
-                check_finite(eng.as_ref(), path, what)?;
-                return Ok((eng, true));
-            }
+            Ok(recorded) => return Ok((load_checked(&recorded)?, true)),
             // Cached before checksums were recorded (or its checksum was lost): nothing
             // vouches for it, so it is trained again.
             Err(_) => eprintln!(

@@ -220,7 +220,13 @@ fn stale_temporary_run_directories_are_cleaned_up() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+    // Hidden: only the directory's record of its config and its lock.
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.starts_with('.') || n.starts_with(".experiment.")),
+        "{names:?}"
+    );
     let _ = std::fs::remove_dir_all(r);
 }
 
@@ -363,8 +369,9 @@ fn killed_sweep_resumes_to_the_same_results_and_reports_and_plots() {
     let hidden: Vec<String> = std::fs::read_dir(&exp)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
+        .filter(|n| n.starts_with('.') && !n.starts_with(".experiment."))
         .collect();
+    // Only the directory's record of its config and its lock stay hidden there.
     assert!(hidden.is_empty(), "{hidden:?}");
 
     // Report: Markdown with mean ± stderr, a CSV line per run and checkpoint.
@@ -514,7 +521,7 @@ fn case_2_grid_points_and_seeds_sharing_a_run_id_are_errors() {
             "grid: {description: [\"a/b\", \"a_b\"]}\n",
             "would share the run directory",
         ),
-        ("seeds: [1, 1]\n", "seeds: 1 is listed twice"),
+        ("seeds: [1, 1]\n", "key `seeds`: 1 is listed twice"),
     ] {
         let p = tiny_variant(&d, "collide", extra);
         let out = sweep_cmd(&p, &d).arg("--list").output().unwrap();
@@ -1202,5 +1209,531 @@ fn a_chain_reports_its_larger_model_and_trains_the_student_on_its_answers() {
         "the chain's student trains on the larger model's answers"
     );
     let _ = std::fs::remove_dir_all(r);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+// Issue "No silent wrong results, round two": one regression test per numbered case of its
+// "Why" (`round2_case_N_...`).
+
+/// `distill-sim <args>` in `dir`: (exit code, stdout, stderr).
+fn cli(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = bin().current_dir(dir).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// Case 1: a NUL (or another control byte) is refused at its line and column, never read as
+/// the end of the file.
+#[test]
+fn round2_case_1_control_bytes_are_refused_not_truncating() {
+    let d = scratch("r2c1");
+    std::fs::write(
+        d.join("nul.yaml"),
+        "seeds: [7]\0\nbogus: 1\nattacker: {budget: 0}\n",
+    )
+    .unwrap();
+    let (code, out, err) = cli(&d, &["sweep", "nul.yaml", "--list"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains("nul.yaml: line 1, column 11: control character U+0000 (NUL)"),
+        "{err}"
+    );
+    std::fs::write(d.join("mid.yaml"), "attacker:\n  budget: 2\x0000\n").unwrap();
+    let (code, _, err) = cli(&d, &["config", "mid.yaml"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("line 2, column 12: control character"),
+        "{err}"
+    );
+    std::fs::write(d.join("esc.yaml"), "name: a\x1bb\n").unwrap();
+    let (code, _, err) = cli(&d, &["config", "esc.yaml"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("line 1, column 8: control character U+001B"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// A finished-looking run directory written by hand: the resolved config of run `index` of
+/// `config` (with `set` overrides) as config.json, a summary and one checkpoint.
+fn fake_run(exp_dir: &Path, config: &Path, set: &[(&str, &str)], index: usize, parity: f64) {
+    let set: Vec<(String, String)> = set
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let spec = distill_sim::experiment::config::load(config, &set)
+        .unwrap()
+        .runs
+        .remove(index);
+    let d = exp_dir.join(&spec.id);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        serde_json::to_vec_pretty(&spec.config).unwrap(),
+    )
+    .unwrap();
+    let point: serde_json::Map<String, Value> = spec.point.iter().cloned().collect();
+    std::fs::write(
+        d.join("summary.json"),
+        serde_json::json!({"status": "ok", "seed": spec.seed, "index": spec.index,
+            "point": point})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("metrics.jsonl"),
+        format!("{{\"budget\": 40, \"parity\": {parity}}}\n"),
+    )
+    .unwrap();
+}
+
+/// Case 2: `report` refuses to average runs of different configs under one label.
+#[test]
+fn round2_case_2_report_refuses_runs_of_different_configs() {
+    let d = scratch("r2c2");
+    let cfg = d.join("exp.yaml");
+    std::fs::write(&cfg, "seeds: [1, 2]\nattacker: {budget: 40}\n").unwrap();
+    let exp_dir = d.join("results/exp");
+    fake_run(&exp_dir, &cfg, &[], 0, 0.1);
+    fake_run(&exp_dir, &cfg, &[], 1, 0.2);
+    let (code, _, err) = cli(&d, &["report", "results/exp"]);
+    assert_eq!(code, 0, "one config reports: {err}");
+    let other = [("seeds", "[3, 4]"), ("attacker.harmful_share", "0.9")];
+    fake_run(&exp_dir, &cfg, &other, 0, 0.5);
+    fake_run(&exp_dir, &cfg, &other, 1, 0.6);
+    for cmd in ["report", "plot"] {
+        let (code, _, err) = cli(&d, &[cmd, "results/exp"]);
+        assert_eq!(code, 1, "{cmd}: {err}");
+        assert!(
+            err.contains("different configs outside the grid")
+                && err.contains("attacker.harmful_share: 0.02 vs 0.9"),
+            "{cmd}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Case 3: a sweep of another config into a directory that holds (or is being filled with)
+/// runs of one config is refused before it starts; the first sweep finishes its own runs.
+#[test]
+fn round2_case_3_two_configs_never_share_a_results_directory() {
+    let r = scratch("r2c3");
+    let cfg = fixture("tiny.yaml");
+    let mut a = sweep_cmd(&cfg, &r)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The first sweep records its config before its first run.
+    let manifest = r.join("tiny/.experiment.json");
+    let t0 = std::time::Instant::now();
+    while !manifest.exists() {
+        assert!(t0.elapsed().as_secs() < 120, "no .experiment.json");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = sweep_cmd(&cfg, &r)
+        .args([
+            "--set",
+            "attacker.budget=30",
+            "--set",
+            "checkpoints=[10, 30]",
+        ])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("holds runs of another config") && err.contains("attacker.budget: 40 vs 30"),
+        "{err}"
+    );
+    assert!(a.wait().unwrap().success());
+    for (_, rows) in metrics(&r) {
+        assert_eq!(rows.last().unwrap()["budget"], 40);
+    }
+    // After it, too; the grid's own axis may differ, and the same config may add seeds.
+    let out = sweep_cmd(&cfg, &r)
+        .args([
+            "--set",
+            "attacker.budget=30",
+            "--set",
+            "checkpoints=[10, 30]",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = sweep_cmd(&cfg, &r)
+        .args(["--set", "seeds=[2]", "--set", "api.logprobs=3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let _ = std::fs::remove_dir_all(r);
+}
+
+/// Case 4: no key is accepted and ignored: `--set base=` chooses the base, a missing one is
+/// an error, and keys that shape the sweep cannot be grid axes.
+#[test]
+fn round2_case_4_base_by_set_and_unsweepable_grid_keys() {
+    let d = scratch("r2c4");
+    std::fs::write(d.join("b.yaml"), "attacker: {budget: 150}\n").unwrap();
+    std::fs::write(d.join("exp.yaml"), "seeds: [1]\n").unwrap();
+    let set = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+    let exp =
+        distill_sim::experiment::config::load(&d.join("exp.yaml"), &set("base", "b.yaml")).unwrap();
+    assert_eq!(exp.runs[0].config.attacker.budget, 150);
+    assert_eq!(exp.runs[0].config.base.as_deref(), Some("b.yaml"));
+    let (code, _, err) = cli(&d, &["config", "exp.yaml", "--set", "base=missing.yaml"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--set base=missing.yaml: `missing.yaml` is not a file"),
+        "{err}"
+    );
+    for (grid, want) in [
+        (
+            "grid: {name: [a, b]}\n",
+            "line 2: key `grid.name`: `name` cannot be swept",
+        ),
+        (
+            "grid:\n  seeds: [[1], [2]]\n",
+            "line 3: key `grid.seeds`: `seeds` cannot be swept: list the seeds in `seeds:`",
+        ),
+    ] {
+        std::fs::write(d.join("g.yaml"), format!("seeds: [1]\n{grid}")).unwrap();
+        let (code, _, err) = cli(&d, &["sweep", "g.yaml", "--list"]);
+        assert_eq!(code, 1, "{grid}");
+        assert!(err.contains(want), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Case 5: on-policy distillation from an API that returns no logprobs does not pay for
+/// scoring calls that return nothing: its scoring counts as not offered.
+#[test]
+fn round2_case_5_on_policy_without_logprobs_is_scoring_denied() {
+    let r = scratch("r2c5");
+    let p = tiny_variant(&r, "onpol", "student: {method: on_policy}\n");
+    let out = run(
+        &p,
+        &r,
+        &[
+            "--jobs",
+            "1",
+            "--set",
+            "api.logprobs=0",
+            "--set",
+            "api.scoring=true",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let runs = metrics_of(&r, "onpol");
+    assert_eq!(runs.len(), 1);
+    for row in &runs[0].1 {
+        assert_eq!(row["harvest.on_policy_denied"], 1, "{row}");
+        assert_eq!(row["harvest.on_policy_scored"], 0, "{row}");
+        assert_eq!(row["cost.scoring_usd"], 0.0, "{row}");
+    }
+    let _ = std::fs::remove_dir_all(r);
+}
+
+/// Case 6: `report` refuses a summary.json of the wrong shape, naming the file.
+#[test]
+fn round2_case_6_report_refuses_malformed_summaries() {
+    let d = scratch("r2c6");
+    let cfg = d.join("exp.yaml");
+    std::fs::write(&cfg, "seeds: [1]\nattacker: {budget: 40}\n").unwrap();
+    let exp_dir = d.join("results/exp");
+    fake_run(&exp_dir, &cfg, &[], 0, 0.1);
+    let summary = exp_dir.join("seed=1/summary.json");
+    for (bad, want) in [
+        ("[1,2]", "expected a JSON object"),
+        (
+            r#"{"status": "ok", "seed": "x", "index": 0, "point": {}}"#,
+            "`seed` must be a non-negative integer, got \"x\"",
+        ),
+        (
+            r#"{"status": "done", "seed": 1}"#,
+            "`status` must be \"ok\" or \"failed\"",
+        ),
+        (
+            r#"{"status": "ok", "seed": 1, "point": [1]}"#,
+            "`point` must be a mapping",
+        ),
+    ] {
+        std::fs::write(&summary, bad).unwrap();
+        let (code, _, err) = cli(&d, &["report", "results/exp"]);
+        assert_eq!(code, 1, "{bad}");
+        assert!(
+            err.contains("summary.json: ") && err.contains(want),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Cases 7 and 8: the size of a sweep is bounded before it is expanded (a clear error past
+/// `MAX_RUNS`), and expanding a large seed list is linear (64,000 seeds took 27.8 s before).
+#[test]
+fn round2_case_7_8_huge_grids_and_seed_lists_are_refused_quickly() {
+    let d = scratch("r2c7");
+    let values: Vec<String> = (1..=100).map(|i| i.to_string()).collect();
+    let list = format!("[{}]", values.join(", "));
+    let grid = format!(
+        "grid:\n  attacker.budget: {list}\n  attacker.accounts: {list}\n  api.logprobs: [0]\n  \
+         student.train.steps: {list}\n  student.min_steps: [1, 2]\n"
+    );
+    std::fs::write(d.join("grid.yaml"), grid).unwrap();
+    let seeds: Vec<String> = (0..64_000).map(|i| i.to_string()).collect();
+    std::fs::write(
+        d.join("seeds.yaml"),
+        format!("seeds: [{}]\n", seeds.join(", ")),
+    )
+    .unwrap();
+    for (file, want) in [
+        ("grid.yaml", "the sweep has 2000000 runs"),
+        ("seeds.yaml", "the sweep has 64000 runs"),
+    ] {
+        let t0 = std::time::Instant::now();
+        let (code, _, err) = cli(&d, &["sweep", file, "--list"]);
+        assert_eq!(code, 1, "{file}");
+        assert!(
+            err.contains(want) && err.contains("above the limit of 10000 runs"),
+            "{err}"
+        );
+        // Generous: a hang guard, not a speed target.
+        assert!(t0.elapsed().as_secs() < 20, "{file}: {:?}", t0.elapsed());
+    }
+    // At the limit it expands, every seed its own run.
+    let seeds: Vec<String> = (0..10_000).map(|i| i.to_string()).collect();
+    std::fs::write(
+        d.join("max.yaml"),
+        format!("seeds: [{}]\n", seeds.join(", ")),
+    )
+    .unwrap();
+    let exp = distill_sim::experiment::config::load(&d.join("max.yaml"), &[]).unwrap();
+    assert_eq!(exp.runs.len(), 10_000);
+    assert_eq!(exp.runs[9_999].seed, 9_999);
+    assert_eq!(exp.runs[9_999].config.seeds, vec![9_999]);
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Case 9: a name or a grid value too long for a directory name is refused at load, with its
+/// key and line.
+#[test]
+fn round2_case_9_names_too_long_for_a_directory_are_refused_at_load() {
+    let d = scratch("r2c9");
+    let long = "a".repeat(300);
+    for (yaml, want) in [
+        (format!("name: {long}\n"), "line 1: key `name`: 300 bytes"),
+        (
+            format!("grid:\n  api.logprobs: [0]\n  teacher.size: [\"{long}\"]\n"),
+            "line 3: key `grid.teacher.size`: the run id",
+        ),
+    ] {
+        std::fs::write(d.join("long.yaml"), &yaml).unwrap();
+        let (code, _, err) = cli(&d, &["sweep", "long.yaml", "--list"]);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains(want) && err.contains("above the limit of 200"),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Case 10: an unwritable `--results` is refused before any run starts (exit 1, naming the
+/// flag); a cache that holds the teacher serves it even where no lock can be made beside it.
+#[test]
+fn round2_case_10_unwritable_results_and_a_cache_without_locks() {
+    let r = scratch("r2c10");
+    let cfg = fixture("tiny.yaml");
+    std::fs::write(r.join("plain"), "x").unwrap();
+    for results in [r.join("plain"), PathBuf::from("/dev/null")] {
+        let out = bin()
+            .arg("sweep")
+            .arg(&cfg)
+            .arg("--results")
+            .arg(&results)
+            .arg("--cache")
+            .arg(r.join("cache"))
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("--results {}", results.display()))
+                && !err.contains("run the sweep again"),
+            "{err}"
+        );
+        assert!(!r.join("cache").exists(), "no teacher was trained");
+    }
+    assert!(run(&cfg, &r, &["--jobs", "1"]).status.success());
+    // No lock can be created where the cache keeps it (a read-only cache behaves so).
+    let model = cached_teacher(&r);
+    let lock = model.parent().unwrap().with_extension("lock");
+    let _ = std::fs::remove_file(&lock);
+    std::fs::create_dir_all(&lock).unwrap();
+    let out = bin()
+        .arg("sweep")
+        .arg(&cfg)
+        .arg("--results")
+        .arg(r.join("other"))
+        .arg("--cache")
+        .arg(r.join("cache"))
+        .args(["--jobs", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let _ = std::fs::remove_dir_all(r);
+}
+
+/// Case 11: a damaged run the sweep does not touch does not stop it, and a truncated
+/// config.json is a damaged run (redone), not a config change.
+#[test]
+fn round2_case_11_damaged_runs_elsewhere_and_truncated_configs() {
+    let r = scratch("r2c11");
+    let cfg = fixture("tiny.yaml");
+    assert!(run(&cfg, &r, &["--jobs", "1"]).status.success());
+    let exp = r.join("tiny");
+    std::fs::write(exp.join("api.logprobs=5,seed=1/metrics.jsonl"), "{\"budg").unwrap();
+    let out = run(&cfg, &r, &["--jobs", "1", "--shard", "0/2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let conf = exp.join("api.logprobs=0,seed=1/config.json");
+    let full = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, &full[..full.len() / 2]).unwrap();
+    let out = sweep_cmd(&cfg, &r).arg("--list").output().unwrap();
+    let listed = text(&out.stdout);
+    assert!(!listed.contains("changed"), "{listed}");
+    let out = run(&cfg, &r, &["--jobs", "1"]);
+    let err = text(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("--replace-changed"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&conf).unwrap().len(), full.len());
+    let _ = std::fs::remove_dir_all(r);
+}
+
+/// Cases 12 and 13: an unknown field is placed at its own key's line (not the first line
+/// with a field of that name), a moved key says where it went, and an error in a grid value
+/// points at the grid.
+#[test]
+fn round2_case_12_13_errors_at_the_right_line() {
+    let d = scratch("r2c12");
+    for (yaml, want) in [
+        (
+            "attacker:\n  budget: 200\ntraffic:\n  campaign:\n    budget: 5\n",
+            "line 5: key `traffic.campaign.budget`: unknown field `budget`",
+        ),
+        (
+            "attacker:\n  accounts: 20\ntraffic:\n  campaign: {accounts: 200}\n",
+            "line 4: key `traffic.campaign.accounts`: unknown field `accounts`",
+        ),
+        (
+            "attacker: {budget: 200}\ngrid: {attacker.budget: [100, x]}\n",
+            "line 2: key `grid.attacker.budget`",
+        ),
+        (
+            "attacker:\n  budget: 200\ngrid:\n  attacker.budget:\n    - 100\n    - x\n",
+            "line 4: key `grid.attacker.budget`",
+        ),
+    ] {
+        std::fs::write(d.join("m.yaml"), yaml).unwrap();
+        let (code, _, err) = cli(&d, &["config", "m.yaml"]);
+        assert_eq!(code, 1, "{yaml}");
+        assert!(err.contains(want), "{yaml}\n{err}");
+    }
+    std::fs::write(d.join("m.yaml"), "traffic:\n  campaign: {accounts: 200}\n").unwrap();
+    let (_, _, err) = cli(&d, &["config", "m.yaml"]);
+    assert!(err.contains("moved to `attacker.accounts`"), "{err}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Case 14: every message names the file, line and key (or the flag), once, in the tool's
+/// words.
+#[test]
+fn round2_case_14_messages_name_their_place() {
+    let d = scratch("r2c14");
+    std::fs::write(d.join("utf.yaml"), b"seeds: [1]\nname: ab\xffc\n").unwrap();
+    let (code, _, err) = cli(&d, &["config", "utf.yaml"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("line 2, byte 9") && err.contains("invalid UTF-8"),
+        "{err}"
+    );
+    for (yaml, want) in [
+        (
+            "api: {defenses: [{kind: nope}]}\n",
+            "line 1: key `api.defenses",
+        ),
+        (
+            "api:\n  tiers:\n    - {name: t}\n",
+            "line 2: key `api.tiers",
+        ),
+        ("seeds: [1, 1]\n", "line 1: key `seeds`: 1 is listed twice"),
+        (
+            "seeds: [1]\n---\nseeds: [2]\n",
+            "more than one YAML document",
+        ),
+    ] {
+        std::fs::write(d.join("m.yaml"), yaml).unwrap();
+        let (code, _, err) = cli(&d, &["config", "m.yaml"]);
+        assert_eq!(code, 1, "{yaml}");
+        assert!(
+            err.contains("m.yaml: ") && err.contains(want),
+            "{yaml}\n{err}"
+        );
+    }
+    std::fs::write(d.join("ok.yaml"), "seeds: [1]\n").unwrap();
+    let (_, _, err) = cli(&d, &["config", "ok.yaml", "--set", "attacker.budget=x"]);
+    assert!(
+        err.contains("--set attacker.budget=x: key `attacker.budget`"),
+        "{err}"
+    );
+    let (_, _, err) = cli(&d, &["config", "ok.yaml", "--set", "seeds=[1,1]"]);
+    assert!(
+        err.contains("--set seeds=[1,1]: key `seeds`: 1 is listed twice"),
+        "{err}"
+    );
+    for shard in ["-1/2", "1/2/3", "0/18446744073709551616", "2/2", "a"] {
+        let (code, _, err) = cli(&d, &["sweep", "ok.yaml", "--list", "--shard", shard]);
+        assert_eq!(code, 1, "{shard}");
+        assert!(
+            err.contains(&format!("--shard `{shard}`")),
+            "{shard}: {err}"
+        );
+    }
+    let (code, _, err) = cli(&d, &["report", "nowhere"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Case 15: a tab after a colon is YAML and is read; a base that is a directory says so;
+/// `metrics` declares the teacher's own columns.
+#[test]
+fn round2_case_15_tabs_directory_bases_and_teacher_metrics() {
+    let d = scratch("r2c15");
+    std::fs::write(d.join("tab.yaml"), "seeds:\t[3]\nattacker: {budget:\t50}\n").unwrap();
+    let exp = distill_sim::experiment::config::load(&d.join("tab.yaml"), &[]).unwrap();
+    assert_eq!(exp.runs[0].seed, 3);
+    assert_eq!(exp.runs[0].config.attacker.budget, 50);
+    std::fs::write(d.join("q.yaml"), "name: \"a\tb\"\n").unwrap();
+    let exp = distill_sim::experiment::config::load(&d.join("q.yaml"), &[]).unwrap();
+    // A tab inside quotes is kept as written.
+    assert_eq!(exp.config.name, "a\tb");
+    std::fs::create_dir_all(d.join("sub")).unwrap();
+    std::fs::write(d.join("b.yaml"), "base: sub\n").unwrap();
+    let (code, _, err) = cli(&d, &["config", "b.yaml"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("line 1: key `base`: `sub` is a directory"),
+        "{err}"
+    );
+    let (code, out, _) = cli(&d, &["metrics"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("`teacher.*`"), "{out}");
     let _ = std::fs::remove_dir_all(d);
 }

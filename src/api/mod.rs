@@ -353,7 +353,8 @@ impl Api {
         let mut out: Vec<Response> = Vec::with_capacity(reqs.len());
         let mut admitted = Vec::new();
         for &(account, prompt, cont) in reqs {
-            let code = if self.config.scoring {
+            // Scoring returns logprobs: an API that returns none (`logprobs: 0`) offers none.
+            let code = if self.config.scoring && self.config.logprobs > 0 {
                 let input = (prompt.tokens.len() + 2 + cont.len()) as f64;
                 self.accounts.admit_input(account as usize, now, input)
             } else {

@@ -328,17 +328,21 @@ fn typed(
     files: &[(&Path, &str)],
     overrides: &[(String, String)],
     context: &str,
+    grid_keys: &[&str],
 ) -> Result<ExperimentConfig> {
     // Numbers first: one too large for its field (1e39 for an f32) would become infinite.
     if let Err((key, msg)) = super::schema::check_value(&v) {
         return Err(prefix_context(
-            located(files, overrides, &key, &msg),
+            located(files, overrides, &key, &msg, grid_keys),
             context,
         ));
     }
     serde_path_to_error::deserialize(v).map_err(|e| {
-        let key = e.path().to_string();
+        let mut key = e.path().to_string();
         let inner = e.inner().to_string();
+        if key == "." {
+            key = String::new();
+        }
         // YAML's `.nan` and `.inf` reach here as strings: say what is wrong with them.
         let msg = match ["\".nan\"", "\".inf\"", "\"-.inf\"", "\".NaN\"", "\".Inf\""]
             .iter()
@@ -347,13 +351,20 @@ fn typed(
             Some(s) => format!("{key}: {s} is not a finite number"),
             None => format!("{key}: {inner}"),
         };
-        prefix_context(located(files, overrides, &key, &msg), context)
+        prefix_context(located(files, overrides, &key, &msg, grid_keys), context)
     })
 }
 
 /// Parse one file strictly (line-aware errors) and as a generic value (for merging).
 fn parse_file(path: &Path) -> Result<(ExperimentConfig, Value, String)> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    if path.is_dir() {
+        return Err(config_err(
+            path,
+            "is a directory; an experiment file is a YAML file",
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = config_text(&bytes).map_err(|msg| config_err(path, msg))?;
     if text
         .lines()
         .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
@@ -364,11 +375,166 @@ fn parse_file(path: &Path) -> Result<(ExperimentConfig, Value, String)> {
              is a YAML mapping, e.g. `attacker: {budget: 1000}`",
         ));
     }
-    let cfg: ExperimentConfig =
-        serde_saphyr::from_str(&text).map_err(|e| yaml_error(path, &text, &e))?;
     let value: Value = serde_saphyr::from_str(&text).map_err(|e| yaml_error(path, &text, &e))?;
+    let cfg: ExperimentConfig = match serde_saphyr::from_str(&text) {
+        Ok(cfg) => cfg,
+        // serde names an unknown field without its section, and places neither an unknown
+        // variant nor a missing field: the typed path of the generic value gives the whole
+        // key, so the error is placed at that key's line.
+        Err(e) if e.location().is_none() || e.to_string().contains("unknown field `") => {
+            return Err(
+                value_error(path, &text, &value).unwrap_or_else(|| yaml_error(path, &text, &e))
+            )
+        }
+        Err(e) => return Err(yaml_error(path, &text, &e)),
+    };
     Ok((cfg, value, text))
 }
+
+/// The text of a config file: valid UTF-8 (else the line and byte of the first invalid
+/// sequence), no control characters (a NUL ends the YAML parser's input early, so the keys
+/// after it would silently take their defaults), tabs between tokens read as spaces.
+fn config_text(bytes: &[u8]) -> std::result::Result<String, String> {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let at = e.valid_up_to();
+            let line = 1 + bytes[..at].iter().filter(|&&b| b == b'\n').count();
+            let col = at
+                - bytes[..at]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1);
+            return Err(format!(
+                "line {line}, byte {} (offset {at} in the file): invalid UTF-8 (byte 0x{:02x}); \
+                 a config is UTF-8 text",
+                col + 1,
+                bytes[at]
+            ));
+        }
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    for (i, line) in text.split('\n').enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if let Some((col, c)) = line
+            .chars()
+            .enumerate()
+            .find(|(_, c)| (c.is_control() && *c != '\t') || *c == '\u{feff}')
+        {
+            let name = match c {
+                '\0' => " (NUL)".to_string(),
+                '\r' => " (carriage return inside a line)".to_string(),
+                _ => String::new(),
+            };
+            return Err(format!(
+                "line {}, column {}: control character U+{:04X}{name}; a config is plain text \
+                 (the YAML parser would stop or misread there)",
+                i + 1,
+                col + 1,
+                c as u32
+            ));
+        }
+    }
+    Ok(tabs_as_spaces(text))
+}
+
+/// YAML allows tabs as separation between tokens (`key:<TAB>value`), which the parser refuses:
+/// outside quotes, block scalars and the indentation, a tab reads as a space. A tab in the
+/// indentation is left for the parser to refuse (YAML forbids it).
+fn tabs_as_spaces(text: &str) -> String {
+    if !text.contains('\t') {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    // Indentation of a line that opened a block scalar (`|`, `>`): more-indented lines after it
+    // are its content, kept as written.
+    let mut block: Option<usize> = None;
+    for (n, line) in text.split('\n').enumerate() {
+        if n > 0 {
+            out.push('\n');
+        }
+        let body = line.trim_start_matches([' ', '\t']);
+        let indent = line.len() - body.len();
+        if let Some(b) = block {
+            if body.is_empty() || indent > b {
+                out.push_str(line);
+                continue;
+            }
+            block = None;
+        }
+        out.push_str(&line[..indent]);
+        let (mut single, mut double, mut escaped) = (false, false, false);
+        let mut comment = false;
+        let mut prev = ' ';
+        for c in body.chars() {
+            if comment {
+                out.push(c);
+                continue;
+            }
+            match c {
+                '\t' if !single && !double => {
+                    out.push(' ');
+                    prev = ' ';
+                    continue;
+                }
+                '\'' if !double => single = !single,
+                '"' if !single && !escaped => double = !double,
+                '#' if !single && !double && (prev == ' ' || prev == '\t') => comment = true,
+                _ => {}
+            }
+            escaped = double && c == '\\' && !escaped;
+            prev = c;
+            out.push(c);
+        }
+        let value = body.split(" #").next().unwrap_or(body).trim_end();
+        if ["|", ">", "|-", ">-", "|+", ">+"].iter().any(|m| {
+            value.ends_with(&format!(" {m}")) || value.ends_with(&format!(":{m}")) || value == *m
+        }) {
+            block = Some(indent);
+        }
+    }
+    out
+}
+
+/// A type error placed at its full key: an unknown field at `traffic.campaign.budget` (not the
+/// first line with a `budget:`), with where the key went if it moved; an unknown variant or a
+/// missing field at the key it concerns.
+fn value_error(path: &Path, text: &str, value: &Value) -> Option<Error> {
+    let e = serde_path_to_error::deserialize::<_, ExperimentConfig>(value.clone()).err()?;
+    let inner = e.inner().to_string();
+    // The path of an unknown field ends with the field itself.
+    let key = e.path().to_string();
+    if key == "." || key.is_empty() {
+        return None;
+    }
+    let moved = MOVED_KEYS
+        .iter()
+        .find(|(old, _)| *old == key)
+        .map(|(_, new)| format!(" (`{key}` moved to `{new}`)"))
+        .unwrap_or_default();
+    let line = find_key_line(text, &key)
+        .map(|n| format!("line {n}: "))
+        .unwrap_or_default();
+    Some(config_err(
+        path,
+        format!("{line}key `{key}`: {inner}{moved}"),
+    ))
+}
+
+/// Keys that moved, and where to: an old config names its old key and gets the new one.
+pub(crate) const MOVED_KEYS: &[(&str, &str)] = &[
+    ("traffic.campaign.accounts", "attacker.accounts"),
+    ("traffic.campaign.days", "attacker.max_days"),
+    ("traffic.campaign.hard_share", "attacker.hard_share"),
+    (
+        "traffic.campaign.account_cost_usd",
+        "attacker.account_cost_usd",
+    ),
+    (
+        "traffic.campaign.skills",
+        "attacker.strategy: {kind: targeted, skills: [...]}",
+    ),
+];
 
 fn merge(base: &mut Value, over: Value) {
     match (base, over) {
@@ -492,41 +658,127 @@ pub fn value_label(v: &Value) -> String {
     }
 }
 
+/// Most runs one experiment may expand to (variants x grid points x seeds). A run takes
+/// minutes, so this is years of compute on one machine; past it the sweep is refused before
+/// anything is expanded (memory and time stay bounded), and is better split into experiments.
+pub const MAX_RUNS: usize = 10_000;
+
+/// Longest experiment name or run id, in bytes: one directory name (255 on common file
+/// systems) with room for the temporary name a run is written under.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// Top-level keys that shape the sweep itself and cannot be grid axes (nor, with
+/// `description`, set per variant).
+const NOT_SWEEPABLE: [&str; 5] = ["name", "base", "seeds", "grid", "variants"];
+
+/// The line of a grid axis (`grid: {attacker.budget: [...]}` or the block form), for errors
+/// about one of its values.
+pub(super) fn find_grid_line(text: &str, key: &str) -> Option<usize> {
+    let mut in_grid = false;
+    for (i, l) in text.lines().enumerate() {
+        let top = !l.starts_with([' ', '\t']) && !l.trim().is_empty() && !l.starts_with('#');
+        if top {
+            in_grid = l.starts_with("grid:");
+        }
+        if !in_grid {
+            continue;
+        }
+        let hit = l
+            .match_indices(&format!("{key}:"))
+            .any(|(j, _)| l[..j].chars().last().is_none_or(|c| " {,\"'".contains(c)));
+        if hit {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// An error about top-level `key`, at its origin: `--set key=...` when an override set it,
+/// else its line in the file.
+fn at_origin(
+    path: &Path,
+    text: &str,
+    overrides: &[(String, String)],
+    key: &str,
+    msg: impl std::fmt::Display,
+) -> Error {
+    match overrides
+        .iter()
+        .rev()
+        .find(|(k, _)| k == key || k.starts_with(&format!("{key}.")))
+    {
+        Some((k, v)) => config_err(path, format!("--set {k}={v}: key `{key}`: {msg}")),
+        None => config_err(path, at_key(text, key, msg)),
+    }
+}
+
+/// `line N: key `k`: msg` where the key is found in the file, else `key `k`: msg`.
+fn at_key(text: &str, key: &str, msg: impl std::fmt::Display) -> String {
+    match find_key_line(text, key) {
+        Some(n) => format!("line {n}: key `{key}`: {msg}"),
+        None => format!("key `{key}`: {msg}"),
+    }
+}
+
 /// Load an experiment file, apply its base and `--set key=value` overrides, expand the grid.
 pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
     let (_, own, own_text) = parse_file(path)?;
     let mut merged = serde_json::to_value(ExperimentConfig::default()).expect("default serialises");
     let mut base_file: Option<(PathBuf, String)> = None;
-    if let Some(base) = own.get("base").and_then(|b| b.as_str()) {
-        let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
-        if !base_path.is_file() {
-            let line = find_key_line(&own_text, "base")
-                .map(|n| format!("line {n}: "))
-                .unwrap_or_default();
-            return Err(config_err(
-                path,
-                format!(
-                    "{line}key `base`: `{base}` is not a file ({} does not exist; the path is \
-                     relative to this file)",
+    // `--set base=...` chooses the base file (relative to the experiment file, as in it);
+    // `--set base=null` drops the file's base.
+    let set_base = overrides.iter().rev().find(|(k, _)| k == "base");
+    let base_value = match set_base {
+        Some((_, v)) => serde_saphyr::from_str::<Value>(v).unwrap_or(Value::String(v.clone())),
+        None => own.get("base").cloned().unwrap_or(Value::Null),
+    };
+    let base_origin = |msg: String| match set_base {
+        Some((_, v)) => config_err(path, format!("--set base={v}: {msg}")),
+        None => config_err(path, at_key(&own_text, "base", msg)),
+    };
+    match &base_value {
+        Value::Null => {}
+        Value::String(base) => {
+            let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
+            if base_path.is_dir() {
+                return Err(base_origin(format!(
+                    "`{base}` is a directory ({}); a base is a YAML file, relative to the \
+                     experiment file",
                     base_path.display()
-                ),
-            ));
+                )));
+            }
+            if !base_path.is_file() {
+                return Err(base_origin(format!(
+                    "`{base}` is not a file ({} does not exist; the path is relative to the \
+                     experiment file)",
+                    base_path.display()
+                )));
+            }
+            let (base_cfg, base_val, base_text) = parse_file(&base_path)?;
+            base_file = Some((base_path.clone(), base_text));
+            if base_cfg.base.is_some() {
+                return Err(config_err(
+                    &base_path,
+                    at_key(
+                        &base_file.as_ref().expect("set above").1,
+                        "base",
+                        "a base file cannot have a base of its own (one level only)",
+                    ),
+                ));
+            }
+            // A base shares settings, not its sweep: its grid and variants are not inherited.
+            let mut base_val = base_val;
+            if let Some(o) = base_val.as_object_mut() {
+                o.remove("grid");
+                o.remove("variants");
+            }
+            merge(&mut merged, base_val);
         }
-        let (base_cfg, base_val, base_text) = parse_file(&base_path)?;
-        base_file = Some((base_path.clone(), base_text));
-        if base_cfg.base.is_some() {
-            return Err(config_err(
-                &base_path,
-                "base: a base file cannot have a base of its own (one level only)",
-            ));
+        other => {
+            return Err(base_origin(format!(
+                "must be a file name (a string), got {other}"
+            )))
         }
-        // A base shares settings, not its sweep: its grid and variants are not inherited.
-        let mut base_val = base_val;
-        if let Some(o) = base_val.as_object_mut() {
-            o.remove("grid");
-            o.remove("variants");
-        }
-        merge(&mut merged, base_val);
     }
     merge(&mut merged, own);
     for (k, v) in overrides {
@@ -541,65 +793,96 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
     if let Some((p, t)) = &base_file {
         files.push((p.as_path(), t.as_str()));
     }
-    let mut config = typed(merged.clone(), &files, overrides, "")?;
+    // The grid's own shape first: keys that cannot be axes, and the size of the product,
+    // before anything is expanded.
+    if let Some(grid) = merged.get("grid").and_then(Value::as_object) {
+        for key in grid.keys() {
+            let top = key.split('.').next().unwrap_or(key);
+            if NOT_SWEEPABLE.contains(&top) {
+                let hint = if top == "seeds" {
+                    "list the seeds in `seeds:` (every grid point runs once per seed)"
+                } else {
+                    "it shapes the sweep (results directory, base file, seeds, axes), so it \
+                     cannot be an axis; sweep config keys, or use variants"
+                };
+                let at = find_grid_line(&own_text, key)
+                    .map(|n| format!("line {n}: "))
+                    .unwrap_or_default();
+                return Err(config_err(
+                    path,
+                    format!("{at}key `grid.{key}`: `{key}` cannot be swept: {hint}"),
+                ));
+            }
+        }
+    }
+    let mut config = typed(merged.clone(), &files, overrides, "", &[])?;
     if config.name.is_empty() {
         config.name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "experiment".into());
     }
+    let name_origin = |msg: String| match overrides.iter().rev().find(|(k, _)| k == "name") {
+        Some((_, v)) => config_err(path, format!("--set name={v}: {msg}")),
+        None if find_key_line(&own_text, "name").is_some() => {
+            config_err(path, at_key(&own_text, "name", msg))
+        }
+        None => config_err(path, format!("name (the file's stem): {msg}")),
+    };
     if !safe_dir_name(&config.name) {
-        return Err(config_err(
-            path,
-            format!(
-                "name: `{}` must be one directory name (no `/`, `\\`, leading `.` or absolute \
-                 path): results go to <results>/<name>/",
-                config.name
-            ),
-        ));
+        return Err(name_origin(format!(
+            "`{}` must be one directory name (no `/`, `\\`, leading `.` or absolute path): \
+             results go to <results>/<name>/",
+            config.name
+        )));
+    }
+    if config.name.len() > MAX_NAME_BYTES {
+        return Err(name_origin(format!(
+            "{} bytes is above the limit of {MAX_NAME_BYTES} (it names the results directory)",
+            config.name.len()
+        )));
     }
     config
         .validate()
-        .map_err(|e| validation_error(&files, overrides, e, ""))?;
+        .map_err(|e| validation_error(&files, overrides, e, "", &[]))?;
 
     // Variants: (name, partial config), checked before anything runs.
+    let variant_err = |i: usize, msg: String| {
+        at_origin(
+            path,
+            &own_text,
+            overrides,
+            "variants",
+            format!("variants[{i}]: {msg}"),
+        )
+    };
     let mut variants: Vec<(String, Value)> = Vec::new();
     for (i, v) in config.variants.iter().enumerate() {
         let mut obj = v
             .as_object()
             .cloned()
-            .ok_or_else(|| config_err(path, format!("variants[{i}]: must be a mapping")))?;
+            .ok_or_else(|| variant_err(i, "must be a mapping".into()))?;
         let name = match obj.remove("name") {
             Some(Value::String(n)) if !n.is_empty() => n,
-            _ => {
-                return Err(config_err(
-                    path,
-                    format!("variants[{i}]: needs a `name` (a non-empty string)"),
-                ))
-            }
+            _ => return Err(variant_err(i, "needs a `name` (a non-empty string)".into())),
         };
         if let Some(c) = name
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || " _.=()+-".contains(*c)))
         {
-            return Err(config_err(
-                path,
-                format!(
-                    "variants[{i}]: the name `{name}` has `{c}`; use letters, digits, spaces and _.=()+-"
-                ),
+            return Err(variant_err(
+                i,
+                format!("the name `{name}` has `{c}`; use letters, digits, spaces and _.=()+-"),
             ));
         }
         if variants.iter().any(|(n, _)| *n == name) {
-            return Err(config_err(
-                path,
-                format!("variants[{i}]: the name `{name}` is used twice"),
-            ));
+            return Err(variant_err(i, format!("the name `{name}` is used twice")));
         }
-        for key in ["name", "base", "seeds", "grid", "variants", "description"] {
-            if key != "name" && obj.contains_key(key) {
-                return Err(config_err(
-                    path,
-                    format!("variants[{i}] (`{name}`): `{key}` cannot be set per variant"),
+        for key in NOT_SWEEPABLE.iter().chain(&["description"]) {
+            if *key != "name" && obj.contains_key(*key) {
+                return Err(variant_err(
+                    i,
+                    format!("(`{name}`): `{key}` cannot be set per variant"),
                 ));
             }
         }
@@ -609,15 +892,67 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
         variants.push((String::new(), Value::Object(Default::default())));
     }
 
+    // The size of the sweep, before it is expanded.
+    let mut n_runs = variants.len().saturating_mul(config.seeds.len().max(1));
+    for (key, values) in &config.grid {
+        if values.is_empty() {
+            let at = find_grid_line(&own_text, key)
+                .map(|n| format!("line {n}: "))
+                .unwrap_or_default();
+            return Err(config_err(
+                path,
+                format!("{at}key `grid.{key}`: needs at least one value"),
+            ));
+        }
+        n_runs = n_runs.saturating_mul(values.len());
+    }
+    if n_runs > MAX_RUNS {
+        let axes: Vec<String> = config
+            .grid
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.len()))
+            .collect();
+        return Err(config_err(
+            path,
+            format!(
+                "the sweep has {} runs ({} variant(s) x grid [{}] x {} seed(s)), above the \
+                 limit of {MAX_RUNS} runs per experiment; split it into experiments",
+                if n_runs == usize::MAX {
+                    "more than 2^64".to_string()
+                } else {
+                    n_runs.to_string()
+                },
+                variants.len(),
+                axes.join(", "),
+                config.seeds.len()
+            ),
+        ));
+    }
+    if config.seeds.is_empty() {
+        return Err(at_origin(
+            path,
+            &own_text,
+            overrides,
+            "seeds",
+            "needs at least one seed",
+        ));
+    }
+    let mut seen_seeds = std::collections::HashSet::new();
+    for &seed in &config.seeds {
+        if !seen_seeds.insert(seed) {
+            return Err(at_origin(
+                path,
+                &own_text,
+                overrides,
+                "seeds",
+                format!("{seed} is listed twice"),
+            ));
+        }
+    }
+
     // Expand the grid: product of variants x axes (in key order) x seeds.
     let mut points: Vec<Vec<(String, Value)>> = vec![vec![]];
     for (key, values) in &config.grid {
-        if values.is_empty() {
-            return Err(config_err(
-                path,
-                format!("grid.{key}: needs at least one value"),
-            ));
-        }
         points = points
             .into_iter()
             .flat_map(|p| {
@@ -629,32 +964,75 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
             })
             .collect();
     }
-    let mut runs = Vec::new();
+    // The resolved config without its sweep (grid, variants, seeds): serialised once, so that
+    // expanding is linear in the number of runs.
+    let mut bare = config.clone();
+    bare.grid = Default::default();
+    bare.variants = vec![];
+    bare.seeds = vec![];
+    let bare = serde_json::to_value(&bare).expect("config serialises");
+    let mut runs = Vec::with_capacity(n_runs);
     for (vname, overlay) in &variants {
         for grid_point in &points {
             let mut point = grid_point.clone();
             if !vname.is_empty() {
                 point.insert(0, ("variant".to_string(), Value::String(vname.clone())));
             }
-            for &seed in &config.seeds {
-                let mut v = serde_json::to_value(&config).expect("config serialises");
-                merge(&mut v, overlay.clone());
-                for (k, val) in grid_point {
-                    set_key(&mut v, k, val.clone())
-                        .map_err(|e| config_err(path, format!("grid: {e}")))?;
-                }
-                v["grid"] = Value::Object(Default::default());
-                v["variants"] = Value::Array(vec![]);
-                v["seeds"] = Value::Array(vec![Value::from(seed)]);
-                let context = if point.is_empty() {
-                    String::new()
+            let grid_keys: Vec<&str> = grid_point.iter().map(|(k, _)| k.as_str()).collect();
+            let point_label = label(&point);
+            // The longest run id of the point (its largest seed), before the point is typed.
+            let max_seed = config.seeds.iter().max().copied().unwrap_or(0);
+            let id_len = point_label.len()
+                + usize::from(!point_label.is_empty())
+                + 5
+                + max_seed.to_string().len();
+            if id_len > MAX_NAME_BYTES {
+                let key = point
+                    .iter()
+                    .max_by_key(|(_, v)| value_label(v).len())
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_else(|| "seeds".into());
+                let at = if key == "variant" {
+                    find_key_line(&own_text, "variants")
+                        .map(|n| format!("line {n}: key `variants`: "))
                 } else {
-                    format!("grid point {}", label(&point))
-                };
-                let cfg = typed(v, &files, overrides, &context)?;
-                cfg.validate()
-                    .map_err(|e| validation_error(&files, overrides, e, &context))?;
-                let mut id = label(&point);
+                    find_grid_line(&own_text, &key).map(|n| format!("line {n}: key `grid.{key}`: "))
+                }
+                .unwrap_or_default();
+                return Err(config_err(
+                    path,
+                    format!(
+                        "{at}the run id `{}...` is {id_len} bytes, above the limit of \
+                         {MAX_NAME_BYTES} (it names the run's directory); use shorter values, \
+                         or variants with short names",
+                        point_label.chars().take(40).collect::<String>(),
+                    ),
+                ));
+            }
+            let context = if point.is_empty() {
+                String::new()
+            } else {
+                format!("grid point {}", label(&point))
+            };
+            let mut v = bare.clone();
+            merge(&mut v, overlay.clone());
+            for (k, val) in grid_point {
+                set_key(&mut v, k, val.clone()).map_err(|e| {
+                    let at = find_grid_line(&own_text, k)
+                        .map(|n| format!("line {n}: "))
+                        .unwrap_or_default();
+                    config_err(path, format!("{at}key `grid.{k}`: {e}"))
+                })?;
+            }
+            // One typed and validated config per point; the seeds only differ in `seeds`.
+            v["seeds"] = Value::Array(vec![Value::from(config.seeds[0])]);
+            let cfg = typed(v, &files, overrides, &context, &grid_keys)?;
+            cfg.validate()
+                .map_err(|e| validation_error(&files, overrides, e, &context, &grid_keys))?;
+            for &seed in &config.seeds {
+                let mut c = cfg.clone();
+                c.seeds = vec![seed];
+                let mut id = point_label.clone();
                 if !id.is_empty() {
                     id.push(',');
                 }
@@ -664,28 +1042,36 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
                     id,
                     seed,
                     point: point.clone(),
-                    config: cfg,
+                    config: c,
                 });
             }
         }
     }
-    // Every run needs a directory of its own: two grid points (or a repeated seed) that map
-    // to one name would silently leave one of them unrun.
+    // Every run needs a directory of its own: two grid points that map to one name would
+    // silently leave one of them unrun.
     let mut seen: std::collections::HashMap<&str, &RunSpec> = Default::default();
     for r in &runs {
         if let Some(other) = seen.insert(&r.id, r) {
-            let msg = if other.point == r.point {
-                format!("seeds: {} is listed twice", r.seed)
-            } else {
+            let key = r
+                .point
+                .iter()
+                .zip(&other.point)
+                .find(|(a, b)| a.1 != b.1)
+                .map(|(a, _)| a.0.clone())
+                .unwrap_or_default();
+            let at = find_grid_line(&own_text, &key)
+                .map(|n| format!("line {n}: key `grid.{key}`: "))
+                .unwrap_or_default();
+            return Err(config_err(
+                path,
                 format!(
-                    "grid: the points {} and {} would share the run directory `{}`; give them \
-                     values that read differently",
+                    "{at}grid: the points {} and {} would share the run directory `{}`; give \
+                     them values that read differently",
                     serde_json::to_string(&other.point).unwrap_or_default(),
                     serde_json::to_string(&r.point).unwrap_or_default(),
                     r.id
-                )
-            };
-            return Err(config_err(path, msg));
+                ),
+            ));
         }
     }
     Ok(Experiment {
@@ -748,7 +1134,7 @@ mod tests {
         assert!(e.contains("would share the run directory"), "{e}");
         let p = write("seeds.yaml", "seeds: [1, 1]\n");
         let e = load(&p, &[]).unwrap_err().to_string();
-        assert!(e.contains("seeds: 1 is listed twice"), "{e}");
+        assert!(e.contains("key `seeds`: 1 is listed twice"), "{e}");
         for name in ["../../DOTDOT", "/tmp/abs", ".hidden"] {
             let p = write("escape.yaml", &format!("name: \"{name}\"\n"));
             let e = load(&p, &[]).unwrap_err().to_string();
@@ -899,12 +1285,24 @@ mod tests {
         let mut rng = crate::rng::derive_rng(12, "config-fuzz");
         let cases = 1500;
         let (mut ok, mut refused) = (0, 0);
+        let mut by_class: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
         let t0 = std::time::Instant::now();
         for case in 0..cases {
             let (name, text) = &corpus[rng.random_range(0..corpus.len())];
             let mut lines: Vec<String> = text.lines().map(String::from).collect();
             let at = rng.random_range(0..lines.len().max(1));
-            match rng.random_range(0..10) {
+            // Byte-level mutations (control bytes, invalid UTF-8) apply after the line ones.
+            let mut raw: Option<(usize, Vec<u8>)> = None;
+            let kind = rng.random_range(0..15);
+            let class = match kind {
+                0..=5 => "edge values",
+                6..=9 => "lines dropped, repeated, added, truncated",
+                10 | 11 => "control bytes and invalid UTF-8",
+                12 => "tabs",
+                13 => "huge seed lists",
+                _ => "huge grids",
+            };
+            match kind {
                 // The value of a `key: value` line (most cases).
                 0..=5 => {
                     let candidates: Vec<usize> = lines
@@ -942,11 +1340,76 @@ mod tests {
                     }
                 }
                 8 => lines.insert(at, "bogus_key: 1".into()),
-                _ => lines.truncate(at),
+                9 => lines.truncate(at),
+                // A control byte (NUL among them) or an invalid UTF-8 sequence at a random
+                // offset.
+                10 | 11 => {
+                    const BAD: &[&[u8]] = &[
+                        b"\0",
+                        b"\x01",
+                        b"\x07",
+                        b"\x1b",
+                        b"\x7f",
+                        b"\r",
+                        b"\x0b",
+                        b"\x0c",
+                        b"\xff",
+                        b"\xc3",
+                        b"\xe2\x82",
+                        b"\xed\xa0\x80",
+                        b"\xc0\xaf",
+                    ];
+                    let len = lines.join("\n").len();
+                    raw = Some((
+                        rng.random_range(0..=len),
+                        BAD[rng.random_range(0..BAD.len())].to_vec(),
+                    ));
+                }
+                // Tabs: after a colon or comma (valid YAML, read as a space) or in the
+                // indentation (invalid YAML, refused).
+                12 => {
+                    let i = at.min(lines.len().saturating_sub(1));
+                    if lines.is_empty() {
+                        lines.push(String::new());
+                    }
+                    let l = &mut lines[i];
+                    *l = if rng.random_bool(0.7) {
+                        l.replacen(": ", ":\t", 1).replacen(", ", ",\t", 1)
+                    } else {
+                        format!("\t{l}")
+                    };
+                }
+                // Huge grids and seed lists (most past the run limit).
+                13 => {
+                    let n = [10usize, 1_000, 20_000, 200_000][rng.random_range(0..4)];
+                    let list: Vec<String> = (0..n).map(|i| (i + 1).to_string()).collect();
+                    lines.retain(|l| !l.starts_with("seeds:"));
+                    lines.push(format!("seeds: [{}]", list.join(", ")));
+                }
+                _ => {
+                    let n = [2usize, 5, 10, 21, 50, 200][rng.random_range(0..6)];
+                    let list: Vec<String> = (0..n).map(|i| (i + 1).to_string()).collect();
+                    let list = list.join(", ");
+                    if let Some(g) = lines.iter().position(|l| l.starts_with("grid:")) {
+                        let end = (g + 1..lines.len())
+                            .find(|&i| !lines[i].starts_with(' '))
+                            .unwrap_or(lines.len());
+                        lines.drain(g..end);
+                    }
+                    lines.push(format!(
+                        "grid: {{teacher.seed: [{list}], student.min_steps: [{list}], \
+                         attacker.accounts: [{list}]}}"
+                    ));
+                }
             }
             let mutated = lines.join("\n");
+            let mut bytes = mutated.clone().into_bytes();
+            if let Some((at, b)) = raw {
+                bytes.splice(at..at, b);
+            }
+            let mutated = String::from_utf8_lossy(&bytes).into_owned();
             let file = dir.join(format!("case-{case}.yaml"));
-            std::fs::write(&file, &mutated).unwrap();
+            std::fs::write(&file, &bytes).unwrap();
             let (tx, rx) = std::sync::mpsc::channel();
             let f = file.clone();
             let worker = std::thread::spawn(move || {
@@ -961,6 +1424,7 @@ mod tests {
             worker.join().expect("no panic");
             match result {
                 Ok(n) => {
+                    by_class.entry(class).or_default().0 += 1;
                     let exp = load(&file, &[]).unwrap();
                     assert_eq!(exp.runs.len(), n);
                     for r in &exp.runs {
@@ -979,21 +1443,40 @@ mod tests {
                         || e.contains("variants[")
                         || e.contains("grid")
                         || e.contains("seeds:")
-                        || e.contains("name:");
+                        || e.contains("name:")
+                        || e.contains("the sweep has");
                     assert!(
                         located && pointed,
                         "{name} case {case}: an error without a file and a line or key: {e}\n---\n{mutated}"
                     );
                     refused += 1;
+                    by_class.entry(class).or_default().1 += 1;
                 }
             }
         }
+        // Memory: the process's peak resident set (every case included) stays bounded.
+        let peak_kib = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|n| n.parse::<u64>().ok())
+                })
+            });
         eprintln!(
             "config fuzz: {cases} cases ({ok} loaded and valid, {refused} refused with a located \
-             error) in {:.2} s",
-            t0.elapsed().as_secs_f64()
+             error) in {:.2} s, peak memory {} MiB",
+            t0.elapsed().as_secs_f64(),
+            peak_kib.map_or("?".to_string(), |k| (k / 1024).to_string())
         );
+        for (class, (ok, refused)) in &by_class {
+            eprintln!("  {class}: {ok} loaded and valid, {refused} refused with a located error");
+        }
         assert!(ok > 0 && refused > 0);
+        if let Some(k) = peak_kib {
+            assert!(k < 4 << 20, "peak memory {} MiB", k / 1024);
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

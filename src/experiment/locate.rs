@@ -50,6 +50,30 @@ fn key_path_at(text: &str, line: usize) -> Option<String> {
 /// A YAML error with the file, line and dotted key it concerns.
 pub(super) fn yaml_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> Error {
     let msg = e.to_string();
+    // The parser's own wording for two limits, in the tool's words.
+    let at = e
+        .location()
+        .map(|l| format!("line {}: ", l.line()))
+        .unwrap_or_default();
+    if msg.contains("multiple YAML documents") {
+        return config_err(
+            path,
+            format!(
+                "{at}the file holds more than one YAML document (a `---` line starts another); \
+                 an experiment file is one mapping"
+            ),
+        );
+    }
+    if msg.contains("budget breached") {
+        return config_err(
+            path,
+            format!(
+                "{at}the file is larger than the YAML parser's limits allow (at most 250,000 \
+                 values, nesting and aliases bounded); a sweep has at most {} runs",
+                super::config::MAX_RUNS
+            ),
+        );
+    }
     let line = e.location().map(|l| l.line() as usize).or_else(|| {
         // serde reports unknown fields and unknown enum values without a position: find the
         // offending key, or the key whose value it is.
@@ -188,6 +212,7 @@ pub(super) fn located(
     overrides: &[(String, String)],
     key: &str,
     msg: &str,
+    grid_keys: &[&str],
 ) -> Error {
     let body = msg
         .strip_prefix(key)
@@ -203,6 +228,17 @@ pub(super) fn located(
         .find(|(k, _)| plain == *k || plain.starts_with(&format!("{k}.")))
     {
         return config_err(files[0].0, format!("--set {k}={v}: key `{key}`: {body}"));
+    }
+    // A value of a grid axis is at the axis's line, not at the key's line outside the grid.
+    if let Some(axis) = grid_keys
+        .iter()
+        .find(|k| plain == **k || plain.starts_with(&format!("{k}.")))
+    {
+        for (file, text) in files {
+            if let Some(n) = super::config::find_grid_line(text, axis) {
+                return config_err(file, format!("line {n}: key `grid.{axis}`: {body}"));
+            }
+        }
     }
     for (file, text) in files {
         if let Some(n) =
@@ -239,9 +275,10 @@ pub(super) fn validation_error(
     overrides: &[(String, String)],
     msg: String,
     context: &str,
+    grid_keys: &[&str],
 ) -> Error {
     let e = match message_key(&msg) {
-        Some(key) => located(files, overrides, key, &msg),
+        Some(key) => located(files, overrides, key, &msg, grid_keys),
         None => config_err(files[0].0, msg.clone()),
     };
     prefix_context(e, context)

@@ -93,7 +93,8 @@ pub fn changed_keys(dir: &Path, spec: &RunSpec, limit: usize) -> Option<Vec<Stri
     if summary["status"] != "ok" {
         return None;
     }
-    let stored = without_inert(read("config.json").unwrap_or(Value::Null));
+    // A damaged config.json (truncated, unreadable) is a damaged run, redone: not a change.
+    let stored = without_inert(read("config.json")?);
     let want = without_inert(stored_form(spec)?);
     let mut diffs = Vec::new();
     diff_values("", &stored, &want, defaults(), &mut diffs);
@@ -145,6 +146,243 @@ fn diff_values(prefix: &str, a: &Value, b: &Value, d: &Value, out: &mut Vec<Stri
         }
         _ => {}
     }
+}
+
+/// Top-level keys that describe the sweep rather than a run's setting: never compared between
+/// runs of one experiment directory.
+const SWEEP_KEYS: [&str; 6] = ["name", "description", "base", "seeds", "grid", "variants"];
+
+/// Dotted paths of the leaves a partial config sets (`{attacker: {hard_share: 1}}` gives
+/// `attacker.hard_share`; lists are leaves).
+pub fn leaf_paths(prefix: &str, v: &Value, out: &mut std::collections::BTreeSet<String>) {
+    match v.as_object() {
+        Some(o) if !o.is_empty() => {
+            for (k, x) in o {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaf_paths(&key, x, out);
+            }
+        }
+        _ if !prefix.is_empty() => {
+            out.insert(prefix.to_string());
+        }
+        _ => {}
+    }
+}
+
+/// Keys at which two stored run configs differ outside `swept` (dotted keys the sweep varies)
+/// and the sweep's own keys. Inert sections are reduced first, and only keys both configs
+/// hold are compared (a key added since, or a section that is inert in one run, is not a
+/// difference).
+pub fn differ_outside(
+    a: &Value,
+    b: &Value,
+    swept: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
+    fn walk(
+        prefix: &str,
+        a: &Value,
+        b: &Value,
+        swept: &std::collections::BTreeSet<String>,
+        out: &mut Vec<String>,
+    ) {
+        if swept.contains(prefix) {
+            return;
+        }
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                for (k, xv) in x {
+                    if prefix.is_empty() && SWEEP_KEYS.contains(&k.as_str()) {
+                        continue;
+                    }
+                    let Some(yv) = y.get(k) else { continue };
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, xv, yv, swept, out);
+                }
+            }
+            _ if a != b => out.push(format!("{prefix}: {a} vs {b}")),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        "",
+        &without_inert(a.clone()),
+        &without_inert(b.clone()),
+        swept,
+        &mut out,
+    );
+    out
+}
+
+/// The keys a sweep varies: its grid axes and every key a variant sets.
+pub fn swept_keys(exp: &super::config::Experiment) -> std::collections::BTreeSet<String> {
+    let mut out: std::collections::BTreeSet<String> = exp.config.grid.keys().cloned().collect();
+    for v in &exp.config.variants {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("name");
+        }
+        leaf_paths("", &v, &mut out);
+    }
+    out
+}
+
+/// The record an experiment directory keeps of the config it holds (hidden, beside the run
+/// directories): one run's resolved config and the keys its sweep varies.
+pub const MANIFEST: &str = ".experiment.json";
+
+/// Refuse to put runs of another config into an experiment directory: the runs of `exp` may
+/// differ from the runs already there (and from the config recorded in `.experiment.json` by
+/// the sweep that made the directory, which may still be running) only in the keys a sweep
+/// varies (grid axes, variant keys) and the seed. Runs that `exp` will itself replace
+/// (`replace`, for `--replace-changed`) do not count. On success the directory records its
+/// config (first sweep) or the union of the swept keys.
+pub fn check_one_config(dir: &Path, exp: &super::config::Experiment, replace: bool) -> Result<()> {
+    use std::collections::BTreeSet;
+    let Some(first) = exp.runs.first() else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let _lock = crate::fsutil::lock(&dir.join(".experiment.lock"))?;
+    let mine = stored_form(first).unwrap_or(Value::Null);
+    let ids: std::collections::HashSet<&str> = exp.runs.iter().map(|r| r.id.as_str()).collect();
+    let variants: BTreeSet<String> = exp
+        .config
+        .variants
+        .iter()
+        .filter_map(|v| v["name"].as_str().map(String::from))
+        .collect();
+    let mut swept = swept_keys(exp);
+    // What is already there: the recorded config, then each run (a config.json and a summary).
+    let manifest_path = dir.join(MANIFEST);
+    let manifest = read_json(&manifest_path);
+    let mut others: Vec<(String, Value)> = Vec::new();
+    if let Some(m) = &manifest {
+        if !replace {
+            others.push((MANIFEST.to_string(), m["config"].clone()));
+        }
+        for k in m["swept"].as_array().into_iter().flatten() {
+            if let Some(k) = k.as_str() {
+                swept.insert(k.to_string());
+            }
+        }
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut seen = std::collections::HashSet::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if name.starts_with('.') || !path.is_dir() || (replace && ids.contains(name.as_str())) {
+            continue;
+        }
+        let (Some(cfg), Some(summary)) = (
+            read_json(&path.join("config.json")),
+            read_json(&path.join("summary.json")),
+        ) else {
+            continue;
+        };
+        let point = summary["point"].as_object().cloned().unwrap_or_default();
+        // A run of a variant this sweep does not define set keys the sweep cannot name.
+        if let Some(v) = point.get("variant").and_then(Value::as_str) {
+            if !variants.contains(v) {
+                continue;
+            }
+        }
+        swept.extend(point.keys().filter(|k| *k != "variant").cloned());
+        // Runs that read the same are compared once.
+        let mut c = cfg.clone();
+        if let Some(o) = c.as_object_mut() {
+            o.remove("seeds");
+        }
+        if seen.insert(c.to_string()) {
+            others.push((name, cfg));
+        }
+    }
+    for (name, other) in &others {
+        let diffs = differ_outside(other, &mine, &swept);
+        if !diffs.is_empty() {
+            let n = diffs.len();
+            let mut shown: Vec<String> = diffs.into_iter().take(4).collect();
+            if n > 4 {
+                shown.push(format!("... and {} more", n - 4));
+            }
+            return Err(Error::Invalid(format!(
+                "{}: holds runs of another config ({name} differs in {}: {}); one experiment \
+                 directory holds one config, varied only by its grid, variants and seeds. \
+                 Sweep into another directory (`--results DIR`, or another `name:`), or \
+                 remove the old runs{}",
+                dir.display(),
+                if n == 1 { "one key" } else { "keys" },
+                shown.join("; "),
+                if replace {
+                    ""
+                } else {
+                    " (`--replace-changed` replaces only runs with this sweep's run ids)"
+                }
+            )));
+        }
+    }
+    let mut config = mine;
+    if let Some(m) = &manifest {
+        if !replace {
+            config = m["config"].clone();
+        }
+    }
+    let record = json!({"config": config, "swept": swept});
+    if manifest.as_ref() != Some(&record) {
+        crate::fsutil::write_atomic(
+            &manifest_path,
+            serde_json::to_vec_pretty(&record)
+                .unwrap_or_default()
+                .as_slice(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Refuse a report that would average runs of different configs: the runs of one variant
+/// (or of an experiment without variants) may differ only in their grid keys and seed.
+pub fn check_records_one_config(dir: &Path, runs: &[RunRecord]) -> Result<()> {
+    let swept: std::collections::BTreeSet<String> = runs
+        .iter()
+        .flat_map(|r| r.point.iter().map(|(k, _)| k.clone()))
+        .filter(|k| k != "variant")
+        .collect();
+    let mut first: std::collections::HashMap<Option<&str>, &RunRecord> = Default::default();
+    for r in runs {
+        let Some(cfg) = &r.config else { continue };
+        let group = r.point_value("variant");
+        let Some(f) = first.get(&group) else {
+            first.insert(group, r);
+            continue;
+        };
+        let diffs = differ_outside(f.config.as_ref().expect("has a config"), cfg, &swept);
+        if !diffs.is_empty() {
+            let n = diffs.len();
+            let mut shown: Vec<String> = diffs.into_iter().take(4).collect();
+            if n > 4 {
+                shown.push(format!("... and {} more", n - 4));
+            }
+            return Err(Error::Invalid(format!(
+                "{}: runs `{}` and `{}` were run with different configs outside the grid ({}); \
+                 a report would average them under one label. Move one set of runs to \
+                 another directory and report each",
+                dir.display(),
+                f.id,
+                r.id,
+                shown.join("; ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Write a run directory atomically: build it under a hidden temporary name, then rename.
@@ -282,6 +520,8 @@ pub struct RunRecord {
     pub rows: Vec<Checkpoint>,
     /// The traffic replay's per-day timeline, when the run had traffic.
     pub timeline: Option<Value>,
+    /// The resolved config the run was run with (`config.json`; None where absent).
+    pub config: Option<Value>,
 }
 
 impl RunRecord {
@@ -334,15 +574,66 @@ fn read_checkpoints(file: &Path) -> Result<Vec<Checkpoint>> {
     Ok(out)
 }
 
+/// The fields of a `summary.json` a report reads, checked: an object with `status` (`ok` or
+/// `failed`), a non-negative integer `seed`, an optional integer `index` and an optional
+/// `point` mapping.
+fn summary_fields(v: &Value) -> std::result::Result<(String, u64, usize), String> {
+    let o = v
+        .as_object()
+        .ok_or_else(|| format!("expected a JSON object (a run's summary), got {v}"))?;
+    let status = match o.get("status") {
+        Some(Value::String(s)) if s == "ok" || s == "failed" => s.clone(),
+        other => {
+            return Err(format!(
+                "`status` must be \"ok\" or \"failed\", got {}",
+                other.map_or("nothing".to_string(), |x| x.to_string())
+            ))
+        }
+    };
+    let seed = o.get("seed").and_then(Value::as_u64).ok_or_else(|| {
+        format!(
+            "`seed` must be a non-negative integer, got {}",
+            o.get("seed")
+                .map_or("nothing".to_string(), |x| x.to_string())
+        )
+    })?;
+    let index = match o.get("index") {
+        None | Some(Value::Null) => usize::MAX,
+        Some(x) => x
+            .as_u64()
+            .map(|i| i as usize)
+            .ok_or_else(|| format!("`index` must be a non-negative integer, got {x}"))?,
+    };
+    match o.get("point") {
+        None | Some(Value::Null) | Some(Value::Object(_)) => {}
+        Some(x) => return Err(format!("`point` must be a mapping of grid keys, got {x}")),
+    }
+    Ok((status, seed, index))
+}
+
+/// Only the run directories named `ids` (a sweep's own runs): a damaged run the sweep does not
+/// touch does not stop it.
+pub fn load_runs(dir: &Path, ids: &std::collections::HashSet<&str>) -> Result<Vec<RunRecord>> {
+    load_filtered(dir, &|name| ids.contains(name))
+}
+
 /// Every run directory under `dir` (an experiment's results), in sweep order; hidden and
 /// temporary directories are ignored. Errors name the directory or file that is unreadable.
 pub fn load_dir(dir: &Path) -> Result<Vec<RunRecord>> {
+    load_filtered(dir, &|_| true)
+}
+
+fn load_filtered(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Vec<RunRecord>> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     let mut out = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
-        if name.starts_with('.') || !path.is_dir() || !path.join("summary.json").exists() {
+        if name.starts_with('.')
+            || !keep(&name)
+            || !path.is_dir()
+            || !path.join("summary.json").exists()
+        {
             continue;
         }
         let read_json = |file: &str| -> Result<Value> {
@@ -352,7 +643,14 @@ pub fn load_dir(dir: &Path) -> Result<Vec<RunRecord>> {
                 .map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))
         };
         let summary = read_json("summary.json")?;
-        let status = summary["status"].as_str().unwrap_or("unknown").to_string();
+        let summary_path = path.join("summary.json");
+        let (status, seed, index) = summary_fields(&summary)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", summary_path.display())))?;
+        let config = if path.join("config.json").exists() {
+            Some(read_json("config.json")?)
+        } else {
+            None
+        };
         let rows = if status == "ok" {
             read_checkpoints(&path.join("metrics.jsonl"))?
         } else {
@@ -375,13 +673,14 @@ pub fn load_dir(dir: &Path) -> Result<Vec<RunRecord>> {
         point.sort_by_key(|(k, _)| k != "variant");
         out.push(RunRecord {
             id: name,
-            index: summary["index"].as_u64().map_or(usize::MAX, |i| i as usize),
-            seed: summary["seed"].as_u64().unwrap_or(0),
+            index,
+            seed,
             point,
             status,
             error: summary["error"].as_str().map(String::from),
             rows,
             timeline,
+            config,
         });
     }
     if out.is_empty() {
