@@ -1478,11 +1478,12 @@ fn round2_case_6_report_refuses_malformed_summaries() {
 #[test]
 fn round2_case_7_8_huge_grids_and_seed_lists_are_refused_quickly() {
     let d = scratch("r2c7");
-    let values: Vec<String> = (1..=100).map(|i| i.to_string()).collect();
+    // Every point valid (so that an unbounded loader would expand them all): 20^4 points.
+    let values: Vec<String> = (1..=20).map(|i| i.to_string()).collect();
     let list = format!("[{}]", values.join(", "));
     let grid = format!(
-        "grid:\n  attacker.budget: {list}\n  attacker.accounts: {list}\n  api.logprobs: [0]\n  \
-         student.train.steps: {list}\n  student.min_steps: [1, 2]\n"
+        "grid:\n  teacher.seed: {list}\n  world.eval_seed: {list}\n  attacker.accounts: {list}\n  \
+         student.min_steps: {list}\n"
     );
     std::fs::write(d.join("grid.yaml"), grid).unwrap();
     let seeds: Vec<String> = (0..64_000).map(|i| i.to_string()).collect();
@@ -1492,7 +1493,7 @@ fn round2_case_7_8_huge_grids_and_seed_lists_are_refused_quickly() {
     )
     .unwrap();
     for (file, want) in [
-        ("grid.yaml", "the sweep has 2000000 runs"),
+        ("grid.yaml", "the sweep has 160000 runs"),
         ("seeds.yaml", "the sweep has 64000 runs"),
     ] {
         let t0 = std::time::Instant::now();
