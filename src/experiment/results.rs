@@ -101,12 +101,7 @@ pub fn changed_keys(dir: &Path, spec: &RunSpec, limit: usize) -> Option<Vec<Stri
     if diffs.is_empty() {
         return None;
     }
-    let n = diffs.len();
-    diffs.truncate(limit);
-    if n > limit {
-        diffs.push(format!("... and {} more", n - limit));
-    }
-    Some(diffs)
+    Some(first_of(diffs, limit))
 }
 
 /// Dotted keys at which two config values differ, as `key: a -> b`. A key missing from `a`
@@ -222,6 +217,16 @@ pub fn differ_outside(
     out
 }
 
+/// The first `limit` differences, then how many more.
+fn first_of(diffs: Vec<String>, limit: usize) -> Vec<String> {
+    let n = diffs.len();
+    let mut shown: Vec<String> = diffs.into_iter().take(limit).collect();
+    if n > limit {
+        shown.push(format!("... and {} more", n - limit));
+    }
+    shown
+}
+
 /// The keys a sweep varies: its grid axes and every key a variant sets.
 pub fn swept_keys(exp: &super::config::Experiment) -> std::collections::BTreeSet<String> {
     let mut out: std::collections::BTreeSet<String> = exp.config.grid.keys().cloned().collect();
@@ -310,10 +315,7 @@ pub fn check_one_config(dir: &Path, exp: &super::config::Experiment, replace: bo
         let diffs = differ_outside(other, &mine, &swept);
         if !diffs.is_empty() {
             let n = diffs.len();
-            let mut shown: Vec<String> = diffs.into_iter().take(4).collect();
-            if n > 4 {
-                shown.push(format!("... and {} more", n - 4));
-            }
+            let shown = first_of(diffs, 4);
             return Err(Error::Invalid(format!(
                 "{}: holds runs of another config ({name} differs in {}: {}); one experiment \
                  directory holds one config, varied only by its grid, variants and seeds. \
@@ -366,11 +368,7 @@ pub fn check_records_one_config(dir: &Path, runs: &[RunRecord]) -> Result<()> {
         };
         let diffs = differ_outside(f.config.as_ref().expect("has a config"), cfg, &swept);
         if !diffs.is_empty() {
-            let n = diffs.len();
-            let mut shown: Vec<String> = diffs.into_iter().take(4).collect();
-            if n > 4 {
-                shown.push(format!("... and {} more", n - 4));
-            }
+            let shown = first_of(diffs, 4);
             return Err(Error::Invalid(format!(
                 "{}: runs `{}` and `{}` were run with different configs outside the grid ({}); \
                  a report would average them under one label. Move one set of runs to \
