@@ -1061,6 +1061,17 @@ fn committed_protocol_samples_match_their_experiment_files() {
         for line in list.lines() {
             assert!(line.contains("\tfinished\t"), "{exp}: {line}");
         }
+        // Each holds one config: a sweep into it (on a copy) passes the one-config check.
+        let copy = scratch(&format!("samples-{exp}"));
+        copy_dir(&root.join("results/samples").join(exp), &copy.join(exp));
+        let loaded = distill_sim::experiment::config::load(
+            &root.join("experiments").join(format!("{exp}.yaml")),
+            &[],
+        )
+        .unwrap();
+        distill_sim::experiment::results::check_one_config(&copy.join(exp), &loaded, false)
+            .unwrap_or_else(|e| panic!("{exp}: {e}"));
+        let _ = std::fs::remove_dir_all(copy);
     }
 }
 
