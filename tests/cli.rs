@@ -1660,6 +1660,23 @@ fn round2_case_12_13_errors_at_the_right_line() {
     std::fs::write(d.join("m.yaml"), "traffic:\n  campaign: {accounts: 200}\n").unwrap();
     let (_, _, err) = cli(&d, &["config", "m.yaml"]);
     assert!(err.contains("moved to `attacker.accounts`"), "{err}");
+    // From a variant and from `--set` too.
+    std::fs::write(
+        d.join("v.yaml"),
+        "variants:\n  - {name: a, traffic: {campaign: {days: 3}}}\n",
+    )
+    .unwrap();
+    let (_, _, err) = cli(&d, &["config", "v.yaml"]);
+    assert!(err.contains("moved to `attacker.max_days`"), "{err}");
+    let (_, _, err) = cli(
+        &d,
+        &["config", "v.yaml", "--set", "traffic.campaign.hard_share=1"],
+    );
+    assert!(
+        err.contains("--set `traffic.campaign.hard_share`")
+            && err.contains("moved to `attacker.hard_share`"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(d);
 }
 

@@ -349,7 +349,7 @@ fn typed(
             .find(|s| inner.contains(*s))
         {
             Some(s) => format!("{key}: {s} is not a finite number"),
-            None => format!("{key}: {inner}"),
+            None => format!("{key}: {inner}{}", moved_hint(&key)),
         };
         prefix_context(located(files, overrides, &key, &msg, grid_keys), context)
     })
@@ -507,11 +507,7 @@ fn value_error(path: &Path, text: &str, value: &Value) -> Option<Error> {
     if key == "." || key.is_empty() {
         return None;
     }
-    let moved = MOVED_KEYS
-        .iter()
-        .find(|(old, _)| *old == key)
-        .map(|(_, new)| format!(" (`{key}` moved to `{new}`)"))
-        .unwrap_or_default();
+    let moved = moved_hint(&key);
     let line = find_key_line(text, &key)
         .map(|n| format!("line {n}: "))
         .unwrap_or_default();
@@ -519,6 +515,15 @@ fn value_error(path: &Path, text: &str, value: &Value) -> Option<Error> {
         path,
         format!("{line}key `{key}`: {inner}{moved}"),
     ))
+}
+
+/// ` (`key` moved to `new`)` for a key that moved, else nothing.
+fn moved_hint(key: &str) -> String {
+    MOVED_KEYS
+        .iter()
+        .find(|(old, _)| *old == key)
+        .map(|(_, new)| format!(" (`{key}` moved to `{new}`)"))
+        .unwrap_or_default()
 }
 
 /// Keys that moved, and where to: an old config names its old key and gets the new one.
@@ -563,13 +568,15 @@ pub fn set_key(root: &mut Value, key: &str, v: Value) -> std::result::Result<(),
             .ok_or_else(|| format!("`{key}`: `{}` is not a section", parts[..i].join(".")))?;
         if !obj.contains_key(*part) {
             let allowed: Vec<&String> = obj.keys().collect();
+            let here = parts[..=i].join(".");
             return Err(format!(
-                "`{key}`: unknown key `{part}` (allowed: {})",
+                "`{key}`: unknown key `{part}` (allowed: {}){}",
                 allowed
                     .iter()
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                moved_hint(&here)
             ));
         }
         if i + 1 == parts.len() {
