@@ -1,0 +1,1028 @@
+//! The fused engine: the transformer of [`ModelSpec`] written out by hand in pure Rust, llm.c
+//! style. Forward and backward go layer by layer (one function each, in [`ops`]) over
+//! activation and gradient buffers allocated once per batch shape and reused; matmuls run
+//! through the `gemm` crate in fixed tiles on rayon's global pool, the other layers in
+//! parallel over rows of the batch. The model is the one of the burn engine
+//! ([`super::burn_engine`]) to the last detail that changes a value: layer norm with the
+//! biased variance and eps 1e-5, exact (erf) GELU, rotary halves, scores divided by
+//! `sqrt(hs)`, the voice projection added where the position is 0, the same loss, burn's AdamW
+//! (epsilon 1e-5, decoupled weight decay on matrices only, the gradient clipped per tensor)
+//! and the same left-padded prefill for generation.
+//!
+//! Same seed and same inputs give bit-identical results at any thread count: work is split
+//! by the shapes alone and every sum runs in a fixed order.
+
+mod ops;
+#[cfg(test)]
+mod tests;
+
+use super::engine::{rope_tables, Batch, Decoder, Engine, OptimSettings, Prefill, Targets};
+use super::spec::ModelSpec;
+use super::weights::{self, Weights};
+use crate::error::{Error, Result};
+use ops::AttShape;
+use rayon::prelude::*;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// burn's AdamW epsilon (added to the square root of the corrected second moment).
+const ADAM_EPS: f32 = 1e-5;
+
+/// Offsets of one block's tensors in the flat parameter vector.
+#[derive(Clone, Debug)]
+struct BlockOff {
+    ln1_w: usize,
+    ln1_b: usize,
+    qkv_w: usize,
+    qkv_b: usize,
+    proj_w: usize,
+    proj_b: usize,
+    ln2_w: usize,
+    ln2_b: usize,
+    fc_w: usize,
+    fc_b: usize,
+    out_w: usize,
+    out_b: usize,
+}
+
+/// One named tensor of the flat parameter vector.
+#[derive(Clone, Debug)]
+struct TensorAt {
+    name: String,
+    shape: Vec<usize>,
+    off: usize,
+    len: usize,
+}
+
+/// Where every tensor lives in the flat parameter vector (canonical order of
+/// [`weights::shapes`]: each weight directly followed by its bias).
+#[derive(Clone, Debug)]
+struct Layout {
+    tensors: Vec<TensorAt>,
+    total: usize,
+    tok_emb: usize,
+    voice_w: usize,
+    blocks: Vec<BlockOff>,
+    lnf_w: usize,
+    lnf_b: usize,
+    head_w: usize,
+    head_b: usize,
+}
+
+impl Layout {
+    fn new(spec: &ModelSpec) -> Layout {
+        let mut tensors = Vec::new();
+        let mut off = 0;
+        for (name, shape) in weights::shapes(spec) {
+            let len = shape.iter().product();
+            tensors.push(TensorAt {
+                name,
+                shape,
+                off,
+                len,
+            });
+            off += len;
+        }
+        let at = |name: &str| {
+            tensors
+                .iter()
+                .find(|t| t.name == name)
+                .map(|t| t.off)
+                .expect("canonical tensor")
+        };
+        let blocks = (0..spec.layers)
+            .map(|l| {
+                let n = |s: &str| at(&weights::block_name(l, s));
+                BlockOff {
+                    ln1_w: n("ln1.weight"),
+                    ln1_b: n("ln1.bias"),
+                    qkv_w: n("attn.qkv.weight"),
+                    qkv_b: n("attn.qkv.bias"),
+                    proj_w: n("attn.proj.weight"),
+                    proj_b: n("attn.proj.bias"),
+                    ln2_w: n("ln2.weight"),
+                    ln2_b: n("ln2.bias"),
+                    fc_w: n("mlp.fc.weight"),
+                    fc_b: n("mlp.fc.bias"),
+                    out_w: n("mlp.out.weight"),
+                    out_b: n("mlp.out.bias"),
+                }
+            })
+            .collect();
+        Layout {
+            total: off,
+            tok_emb: at("tok_emb.weight"),
+            voice_w: at("voice_proj.weight"),
+            blocks,
+            lnf_w: at("ln_f.weight"),
+            lnf_b: at("ln_f.bias"),
+            head_w: at("head.weight"),
+            head_b: at("head.bias"),
+            tensors,
+        }
+    }
+}
+
+/// `g[off..off + n1]` and the `n2` values right after it (a weight's gradient and its bias's).
+fn pair(g: &mut [f32], off: usize, n1: usize, n2: usize) -> (&mut [f32], &mut [f32]) {
+    let (a, b) = g[off..off + n1 + n2].split_at_mut(n1);
+    (a, b)
+}
+
+/// Activations and gradients of one training batch shape (B, T); `N = B * T`.
+struct Work {
+    b: usize,
+    t: usize,
+    /// Rotary tables of the positions 0..T of every row: (N, hs/2) each.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    /// The voice projection per row: (B, d).
+    vproj: Vec<f32>,
+    /// Residual stream entering each block, and after the last: (L + 1, N, d).
+    resid: Vec<f32>,
+    /// Per block: ln1 output (L, N, d) and its row statistics (L, N).
+    ln1: Vec<f32>,
+    ln1_mean: Vec<f32>,
+    ln1_rstd: Vec<f32>,
+    /// Per block: rotated queries and keys, values (L, B, H, T, hs).
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Per block: attention probabilities (L, B, H, T, T).
+    att: Vec<f32>,
+    /// Per block: attention output, heads merged (L, N, d).
+    y: Vec<f32>,
+    /// Per block: residual stream after attention (L, N, d).
+    mid: Vec<f32>,
+    ln2: Vec<f32>,
+    ln2_mean: Vec<f32>,
+    ln2_rstd: Vec<f32>,
+    /// Per block: MLP pre-activation and GELU output (L, N, F).
+    fc: Vec<f32>,
+    act: Vec<f32>,
+    /// Final norm (N, d), its statistics (N), logits (N, V).
+    lnf: Vec<f32>,
+    lnf_mean: Vec<f32>,
+    lnf_rstd: Vec<f32>,
+    logits: Vec<f32>,
+    /// Scratch: (N, 3d).
+    qkv: Vec<f32>,
+    // Backward.
+    /// d loss / d logits (N, V); per-position weighted cross-entropy (N).
+    dlogits: Vec<f32>,
+    ce: Vec<f32>,
+    /// d loss / d residual stream (N, d); scratch (N, d).
+    dres: Vec<f32>,
+    dtmp: Vec<f32>,
+    /// (N, F).
+    dact: Vec<f32>,
+    /// (N, d).
+    dy: Vec<f32>,
+    /// (B, H, T, hs) each; (B, T).
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    ds: Vec<f32>,
+    /// (N, 3d).
+    dqkv: Vec<f32>,
+    /// Gradient of every parameter, flat like the parameters.
+    grads: Vec<f32>,
+}
+
+impl Work {
+    fn new(spec: &ModelSpec, total: usize, b: usize, t: usize) -> Work {
+        let (d, h, l, v) = (spec.d_model, spec.heads, spec.layers, spec.vocab);
+        let (n, f, half) = (b * t, d * spec.mlp_ratio, d / h / 2);
+        let pos: Vec<i64> = (0..b).flat_map(|_| 0..t as i64).collect();
+        let (cos, sin) = rope_tables(&pos, half);
+        let z = |len: usize| vec![0.0f32; len];
+        Work {
+            b,
+            t,
+            cos,
+            sin,
+            vproj: z(b * d),
+            resid: z((l + 1) * n * d),
+            ln1: z(l * n * d),
+            ln1_mean: z(l * n),
+            ln1_rstd: z(l * n),
+            q: z(l * n * d),
+            k: z(l * n * d),
+            v: z(l * n * d),
+            att: z(l * b * h * t * t),
+            y: z(l * n * d),
+            mid: z(l * n * d),
+            ln2: z(l * n * d),
+            ln2_mean: z(l * n),
+            ln2_rstd: z(l * n),
+            fc: z(l * n * f),
+            act: z(l * n * f),
+            lnf: z(n * d),
+            lnf_mean: z(n),
+            lnf_rstd: z(n),
+            logits: z(n * v),
+            qkv: z(n * 3 * d),
+            dlogits: z(n * v),
+            ce: z(n),
+            dres: z(n * d),
+            dtmp: z(n * d),
+            dact: z(n * f),
+            dy: z(n * d),
+            dq: z(n * d),
+            dk: z(n * d),
+            dv: z(n * d),
+            ds: z(n),
+            dqkv: z(n * 3 * d),
+            grads: z(total),
+        }
+    }
+}
+
+/// AdamW state: first and second moments (flat like the parameters) and the step count.
+struct AdamState {
+    m: Vec<f32>,
+    v: Vec<f32>,
+    time: i32,
+}
+
+/// The fused CPU engine.
+pub struct FusedEngine {
+    spec: ModelSpec,
+    lay: Layout,
+    /// Every parameter, flat, in the canonical order.
+    params: Vec<f32>,
+    optim: Option<AdamState>,
+    optim_settings: OptimSettings,
+    /// Buffers of the last training batch shape (a Mutex: `logits` and `loss_gradient` take
+    /// `&self`).
+    work: Mutex<Option<Work>>,
+}
+
+impl FusedEngine {
+    /// A freshly initialised model (the portable initialisation every engine shares).
+    pub fn new(spec: ModelSpec, seed: u64) -> Result<FusedEngine> {
+        spec.validate().map_err(Error::Model)?;
+        let w = weights::init(&spec, seed);
+        Self::from_weights(spec, &w)
+    }
+
+    pub fn from_weights(spec: ModelSpec, w: &Weights) -> Result<FusedEngine> {
+        spec.validate().map_err(Error::Model)?;
+        let lay = Layout::new(&spec);
+        let mut eng = FusedEngine {
+            params: vec![0.0; lay.total],
+            lay,
+            spec,
+            optim: None,
+            optim_settings: OptimSettings::default(),
+            work: Mutex::new(None),
+        };
+        eng.set_weights(w)?;
+        Ok(eng)
+    }
+
+    fn p(&self, off: usize, len: usize) -> &[f32] {
+        &self.params[off..off + len]
+    }
+
+    /// The buffers for batch shape (b, t), reusing the last ones when the shape is the same.
+    fn work_for<'a>(&self, slot: &'a mut Option<Work>, b: usize, t: usize) -> &'a mut Work {
+        if !slot.as_ref().is_some_and(|w| w.b == b && w.t == t) {
+            *slot = Some(Work::new(&self.spec, self.lay.total, b, t));
+        }
+        slot.as_mut().expect("just set")
+    }
+
+    /// The forward pass of a right-padded batch (positions 0..T per row), keeping every
+    /// activation the backward pass needs; logits in `w.logits` (N, V).
+    fn forward(&self, w: &mut Work, batch: &Batch) {
+        let s = &self.spec;
+        let (b, t, d, h, vd) = (batch.b, batch.t, s.d_model, s.heads, s.voice_dim);
+        let (n, f, hs, vocab) = (b * t, d * s.mlp_ratio, d / h, s.vocab);
+        let lay = &self.lay;
+        // The voice projection (B, d) = voice (B, VD) @ voice_w (VD, d).
+        let voice_w = self.p(lay.voice_w, vd * d);
+        for r in 0..b {
+            let vr = &mut w.vproj[r * d..(r + 1) * d];
+            vr.fill(0.0);
+            for (kk, &x) in batch.voice[r * vd..(r + 1) * vd].iter().enumerate() {
+                vr.iter_mut()
+                    .zip(&voice_w[kk * d..(kk + 1) * d])
+                    .for_each(|(o, wv)| *o += x * wv);
+            }
+        }
+        // Embedding + voice at BOS: (N, d).
+        embed_fwd(
+            self.p(lay.tok_emb, vocab * d),
+            &batch.tokens,
+            &w.vproj,
+            |i| (i % t == 0) as u8 as f32,
+            &mut w.resid[..n * d],
+            t,
+            d,
+        );
+        let sh = AttShape {
+            b,
+            h,
+            t,
+            s: t,
+            hs,
+            col0: 0,
+        };
+        let no_pads = vec![0usize; b];
+        for (l, o) in lay.blocks.iter().enumerate() {
+            let (nd, nf) = (n * d, n * f);
+            let (before, after) = w.resid.split_at_mut((l + 1) * nd);
+            let x = &before[l * nd..]; // (N, d)
+            let next = &mut after[..nd]; // (N, d)
+            let ln1 = &mut w.ln1[l * nd..(l + 1) * nd];
+            let (m1, r1) = (
+                &mut w.ln1_mean[l * n..(l + 1) * n],
+                &mut w.ln1_rstd[l * n..(l + 1) * n],
+            );
+            ops::layernorm_fwd(x, self.p(o.ln1_w, d), self.p(o.ln1_b, d), ln1, m1, r1, d);
+            ops::linear_fwd(
+                ln1,
+                self.p(o.qkv_w, d * 3 * d),
+                self.p(o.qkv_b, 3 * d),
+                &mut w.qkv,
+                n,
+                d,
+                3 * d,
+                false,
+            ); // (N, 3d)
+            let (q, k, v) = (
+                &mut w.q[l * nd..(l + 1) * nd],
+                &mut w.k[l * nd..(l + 1) * nd],
+                &mut w.v[l * nd..(l + 1) * nd],
+            );
+            ops::rope_split_fwd(&w.qkv, &w.cos, &w.sin, q, k, v, sh); // (B, H, T, hs) x 3
+            let att = &mut w.att[l * b * h * t * t..(l + 1) * b * h * t * t]; // (B, H, T, T)
+            let y = &mut w.y[l * nd..(l + 1) * nd]; // (N, d)
+            ops::attention_fwd(q, k, v, att, y, &no_pads, sh);
+            let mid = &mut w.mid[l * nd..(l + 1) * nd];
+            mid.copy_from_slice(x);
+            ops::linear_fwd(
+                y,
+                self.p(o.proj_w, d * d),
+                self.p(o.proj_b, d),
+                mid,
+                n,
+                d,
+                d,
+                true,
+            ); // (N, d)
+            let ln2 = &mut w.ln2[l * nd..(l + 1) * nd];
+            let (m2, r2) = (
+                &mut w.ln2_mean[l * n..(l + 1) * n],
+                &mut w.ln2_rstd[l * n..(l + 1) * n],
+            );
+            ops::layernorm_fwd(mid, self.p(o.ln2_w, d), self.p(o.ln2_b, d), ln2, m2, r2, d);
+            let fc = &mut w.fc[l * nf..(l + 1) * nf];
+            ops::linear_fwd(
+                ln2,
+                self.p(o.fc_w, d * f),
+                self.p(o.fc_b, f),
+                fc,
+                n,
+                d,
+                f,
+                false,
+            ); // (N, F)
+            let act = &mut w.act[l * nf..(l + 1) * nf];
+            ops::gelu_fwd(fc, act); // (N, F)
+            next.copy_from_slice(mid);
+            ops::linear_fwd(
+                act,
+                self.p(o.out_w, f * d),
+                self.p(o.out_b, d),
+                next,
+                n,
+                f,
+                d,
+                true,
+            ); // (N, d)
+        }
+        let nl = s.layers * n * d;
+        ops::layernorm_fwd(
+            &w.resid[nl..nl + n * d],
+            self.p(lay.lnf_w, d),
+            self.p(lay.lnf_b, d),
+            &mut w.lnf,
+            &mut w.lnf_mean,
+            &mut w.lnf_rstd,
+            d,
+        );
+        ops::linear_fwd(
+            &w.lnf,
+            self.p(lay.head_w, d * vocab),
+            self.p(lay.head_b, vocab),
+            &mut w.logits,
+            n,
+            d,
+            vocab,
+            false,
+        ); // (N, V)
+    }
+
+    /// The loss of `targets` on `w.logits` and its gradient `w.dlogits` (N, V).
+    fn loss(&self, w: &mut Work, targets: &Targets) -> f32 {
+        let v = self.spec.vocab;
+        let total: f32 = targets.weight.iter().sum::<f32>().max(1e-6);
+        let logits = &w.logits;
+        w.dlogits
+            .par_chunks_mut(v)
+            .zip(w.ce.par_iter_mut())
+            .enumerate()
+            .for_each(|(i, (g, ce))| {
+                *ce = position_loss_grad(&logits[i * v..(i + 1) * v], targets, i, total, g);
+            });
+        -w.ce.iter().sum::<f32>() / total
+    }
+
+    /// The backward pass from `w.dlogits` to `w.grads` (overwritten).
+    fn backward(&self, w: &mut Work, batch: &Batch) {
+        let s = &self.spec;
+        let (b, t, d, h, vd) = (batch.b, batch.t, s.d_model, s.heads, s.voice_dim);
+        let (n, f, hs, vocab) = (b * t, d * s.mlp_ratio, d / h, s.vocab);
+        let lay = &self.lay;
+        let (nd, nf) = (n * d, n * f);
+        let g = &mut w.grads;
+        // Head: logits = lnf @ head_w + head_b.
+        let (gw, gb) = pair(g, lay.head_w, d * vocab, vocab);
+        ops::linear_bwd(
+            &w.lnf,
+            self.p(lay.head_w, d * vocab),
+            &w.dlogits,
+            gw,
+            gb,
+            Some(&mut w.dtmp),
+            n,
+            d,
+            vocab,
+        ); // dtmp (N, d)
+        w.dres.fill(0.0);
+        let nl = s.layers * nd;
+        let (gw, gb) = pair(g, lay.lnf_w, d, d);
+        ops::layernorm_bwd(
+            &w.dtmp,
+            &w.resid[nl..nl + nd],
+            &w.lnf_mean,
+            &w.lnf_rstd,
+            self.p(lay.lnf_w, d),
+            &mut w.dres,
+            gw,
+            gb,
+            d,
+        ); // dres (N, d)
+        let sh = AttShape {
+            b,
+            h,
+            t,
+            s: t,
+            hs,
+            col0: 0,
+        };
+        for (l, o) in lay.blocks.iter().enumerate().rev() {
+            // MLP out: next = mid + act @ out_w + out_b.
+            let (gw, gb) = pair(g, o.out_w, f * d, d);
+            ops::linear_bwd(
+                &w.act[l * nf..(l + 1) * nf],
+                self.p(o.out_w, f * d),
+                &w.dres,
+                gw,
+                gb,
+                Some(&mut w.dact),
+                n,
+                f,
+                d,
+            ); // dact (N, F)
+            ops::gelu_bwd(&w.fc[l * nf..(l + 1) * nf], &mut w.dact); // (N, F)
+            let (gw, gb) = pair(g, o.fc_w, d * f, f);
+            ops::linear_bwd(
+                &w.ln2[l * nd..(l + 1) * nd],
+                self.p(o.fc_w, d * f),
+                &w.dact,
+                gw,
+                gb,
+                Some(&mut w.dtmp),
+                n,
+                d,
+                f,
+            ); // dtmp (N, d)
+            let (gw, gb) = pair(g, o.ln2_w, d, d);
+            ops::layernorm_bwd(
+                &w.dtmp,
+                &w.mid[l * nd..(l + 1) * nd],
+                &w.ln2_mean[l * n..(l + 1) * n],
+                &w.ln2_rstd[l * n..(l + 1) * n],
+                self.p(o.ln2_w, d),
+                &mut w.dres,
+                gw,
+                gb,
+                d,
+            ); // dres: d/d mid
+               // Attention out: mid = x + y @ proj_w + proj_b.
+            let (gw, gb) = pair(g, o.proj_w, d * d, d);
+            ops::linear_bwd(
+                &w.y[l * nd..(l + 1) * nd],
+                self.p(o.proj_w, d * d),
+                &w.dres,
+                gw,
+                gb,
+                Some(&mut w.dy),
+                n,
+                d,
+                d,
+            ); // dy (N, d)
+            ops::attention_bwd(
+                &w.dy,
+                &w.q[l * nd..(l + 1) * nd],
+                &w.k[l * nd..(l + 1) * nd],
+                &w.v[l * nd..(l + 1) * nd],
+                &w.att[l * b * h * t * t..(l + 1) * b * h * t * t],
+                &w.cos,
+                &w.sin,
+                (&mut w.dq, &mut w.dk, &mut w.dv, &mut w.ds),
+                &mut w.dqkv,
+                sh,
+            ); // dqkv (N, 3d)
+            let (gw, gb) = pair(g, o.qkv_w, d * 3 * d, 3 * d);
+            ops::linear_bwd(
+                &w.ln1[l * nd..(l + 1) * nd],
+                self.p(o.qkv_w, d * 3 * d),
+                &w.dqkv,
+                gw,
+                gb,
+                Some(&mut w.dtmp),
+                n,
+                d,
+                3 * d,
+            ); // dtmp (N, d)
+            let (gw, gb) = pair(g, o.ln1_w, d, d);
+            ops::layernorm_bwd(
+                &w.dtmp,
+                &w.resid[l * nd..(l + 1) * nd],
+                &w.ln1_mean[l * n..(l + 1) * n],
+                &w.ln1_rstd[l * n..(l + 1) * n],
+                self.p(o.ln1_w, d),
+                &mut w.dres,
+                gw,
+                gb,
+                d,
+            ); // dres: d/d x
+        }
+        // Embedding and voice: rows summed in order.
+        let ge = &mut g[lay.tok_emb..lay.tok_emb + vocab * d];
+        ge.fill(0.0);
+        for (i, &tok) in batch.tokens.iter().enumerate() {
+            let row = &mut ge[tok as usize * d..(tok as usize + 1) * d];
+            row.iter_mut()
+                .zip(&w.dres[i * d..(i + 1) * d])
+                .for_each(|(a, b)| *a += b);
+        }
+        // d voice_w (VD, d) = sum_r voice_r^T dres[r, 0] (the voice enters at column 0).
+        let gv = &mut g[lay.voice_w..lay.voice_w + vd * d];
+        gv.fill(0.0);
+        for r in 0..b {
+            let dr = &w.dres[r * t * d..(r * t + 1) * d];
+            for (kk, &x) in batch.voice[r * vd..(r + 1) * vd].iter().enumerate() {
+                gv[kk * d..(kk + 1) * d]
+                    .iter_mut()
+                    .zip(dr)
+                    .for_each(|(a, g)| *a += x * g);
+            }
+        }
+    }
+
+    /// Loss and gradient into the buffers for `batch`; returns the loss.
+    fn loss_and_grads(&self, w: &mut Work, batch: &Batch, targets: &Targets) -> f32 {
+        self.forward(w, batch);
+        let loss = self.loss(w, targets);
+        self.backward(w, batch);
+        loss
+    }
+
+    /// One AdamW step with the gradients `grads`, as burn's optimiser takes it: per tensor,
+    /// the gradient clipped to norm `grad_clip`, then the moments, bias correction, and
+    /// `p = p (1 - lr wd) - lr m / (sqrt(v) + eps)`, decay on matrices only.
+    fn adamw(&mut self, grads: &[f32], lr: f64) {
+        let s = self.optim_settings.clone();
+        let total = self.lay.total;
+        let st = self.optim.get_or_insert_with(|| AdamState {
+            m: vec![0.0; total],
+            v: vec![0.0; total],
+            time: 0,
+        });
+        st.time += 1;
+        let (b1, b2) = (s.beta1, s.beta2);
+        let (c1, c2) = (1f32 - b1.powi(st.time), 1f32 - b2.powi(st.time));
+        let lr32 = lr as f32;
+        for ta in &self.lay.tensors {
+            let r = ta.off..ta.off + ta.len;
+            let g = &grads[r.clone()];
+            let coef = if s.grad_clip > 0.0 {
+                let norm = g.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt() as f32;
+                (s.grad_clip / (norm + f32::MIN_POSITIVE)).min(1.0)
+            } else {
+                1.0
+            };
+            let decay_rate = if ta.shape.len() == 2 {
+                lr * s.weight_decay as f64
+            } else {
+                0.0
+            };
+            let keep = (1.0 - decay_rate) as f32;
+            const CH: usize = 4096;
+            self.params[r.clone()]
+                .par_chunks_mut(CH)
+                .zip(st.m[r.clone()].par_chunks_mut(CH))
+                .zip(st.v[r].par_chunks_mut(CH))
+                .zip(g.par_chunks(CH))
+                .for_each(|(((p, m), v), g)| {
+                    for i in 0..p.len() {
+                        let gi = g[i] * coef;
+                        m[i] = m[i] * b1 + gi * (1.0 - b1);
+                        v[i] = v[i] * b2 + gi * gi * (1.0 - b2);
+                        let delta = (m[i] / c1) / ((v[i] / c2).sqrt() + ADAM_EPS);
+                        let decayed = if decay_rate == 0.0 { p[i] } else { p[i] * keep };
+                        p[i] = decayed - delta * lr32;
+                    }
+                });
+        }
+    }
+
+    /// One optimiser step, with the seconds spent in the forward pass (with the loss), the
+    /// backward pass and the optimiser update.
+    pub fn timed_step(&mut self, batch: &Batch, targets: &Targets, lr: f64) -> (f32, [f64; 3]) {
+        let clock = std::time::Instant::now();
+        let mut slot = self.work.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let w = self.work_for(&mut slot, batch.b, batch.t);
+        self.forward(w, batch);
+        let loss = self.loss(w, targets);
+        let forward = clock.elapsed().as_secs_f64();
+        self.backward(w, batch);
+        let backward = clock.elapsed().as_secs_f64() - forward;
+        let grads = std::mem::take(&mut w.grads);
+        self.adamw(&grads, lr);
+        let w = slot.as_mut().expect("work");
+        w.grads = grads;
+        *self.work.lock().unwrap_or_else(|e| e.into_inner()) = slot;
+        let optimizer = clock.elapsed().as_secs_f64() - forward - backward;
+        (loss, [forward, backward, optimizer])
+    }
+
+    /// The forward pass of generation over `t` new positions per row (columns
+    /// `col0..col0 + t`), keys and values appended to the cache; logits in `g.logits`.
+    fn infer(&self, g: &mut GenWork, tokens: &[u32], pos: &[i64], col0: usize, t: usize) {
+        let s = &self.spec;
+        let (b, d, h) = (g.b, s.d_model, s.heads);
+        let (n, f, hs, vocab) = (b * t, d * s.mlp_ratio, d / h, s.vocab);
+        let lay = &self.lay;
+        let (cos, sin) = rope_tables(pos, hs / 2);
+        let x = &mut g.x[..n * d];
+        embed_fwd(
+            self.p(lay.tok_emb, vocab * d),
+            tokens,
+            &g.vproj,
+            |i| (pos[i] == 0) as u8 as f32,
+            x,
+            t,
+            d,
+        );
+        let sh = AttShape {
+            b,
+            h,
+            t,
+            s: g.smax,
+            hs,
+            col0,
+        };
+        let cache = b * h * g.smax * hs;
+        for (l, o) in lay.blocks.iter().enumerate() {
+            let a = &mut g.a[..n * d];
+            ops::layernorm_fwd(
+                x,
+                self.p(o.ln1_w, d),
+                self.p(o.ln1_b, d),
+                a,
+                &mut g.mean[..n],
+                &mut g.rstd[..n],
+                d,
+            );
+            ops::linear_fwd(
+                a,
+                self.p(o.qkv_w, d * 3 * d),
+                self.p(o.qkv_b, 3 * d),
+                &mut g.qkv,
+                n,
+                d,
+                3 * d,
+                false,
+            ); // (B, t, 3d)
+            let (kc, vc) = (
+                &mut g.kc[l * cache..(l + 1) * cache],
+                &mut g.vc[l * cache..(l + 1) * cache],
+            );
+            ops::rope_split_fwd(&g.qkv, &cos, &sin, &mut g.q, kc, vc, sh); // q (B, H, t, hs); cache (B, H, S, hs)
+            ops::attention_fwd(&g.q, kc, vc, &mut g.att, &mut g.y, &g.pads, sh); // y (B, t, d)
+            ops::linear_fwd(
+                &g.y,
+                self.p(o.proj_w, d * d),
+                self.p(o.proj_b, d),
+                x,
+                n,
+                d,
+                d,
+                true,
+            );
+            ops::layernorm_fwd(
+                x,
+                self.p(o.ln2_w, d),
+                self.p(o.ln2_b, d),
+                a,
+                &mut g.mean[..n],
+                &mut g.rstd[..n],
+                d,
+            );
+            let hbuf = &mut g.h[..n * f];
+            ops::linear_fwd(
+                a,
+                self.p(o.fc_w, d * f),
+                self.p(o.fc_b, f),
+                hbuf,
+                n,
+                d,
+                f,
+                false,
+            ); // (B, t, F)
+            ops::gelu_inplace(hbuf);
+            ops::linear_fwd(
+                hbuf,
+                self.p(o.out_w, f * d),
+                self.p(o.out_b, d),
+                x,
+                n,
+                f,
+                d,
+                true,
+            );
+        }
+        let a = &mut g.a[..n * d];
+        ops::layernorm_fwd(
+            x,
+            self.p(lay.lnf_w, d),
+            self.p(lay.lnf_b, d),
+            a,
+            &mut g.mean[..n],
+            &mut g.rstd[..n],
+            d,
+        );
+        ops::linear_fwd(
+            a,
+            self.p(lay.head_w, d * vocab),
+            self.p(lay.head_b, vocab),
+            &mut g.logits,
+            n,
+            d,
+            vocab,
+            false,
+        ); // (B, t, V)
+    }
+}
+
+/// Buffers of one batched generation: sized for the prefill (t = p), reused by each step.
+struct GenWork {
+    b: usize,
+    smax: usize,
+    pads: Vec<usize>,
+    vproj: Vec<f32>,
+    x: Vec<f32>,
+    a: Vec<f32>,
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
+    qkv: Vec<f32>,
+    q: Vec<f32>,
+    att: Vec<f32>,
+    y: Vec<f32>,
+    h: Vec<f32>,
+    logits: Vec<f32>,
+    /// Keys and values per layer: (L, B, H, S, hs).
+    kc: Vec<f32>,
+    vc: Vec<f32>,
+}
+
+/// The token embedding plus the voice projection where `gate(i)` (row `i` of `out`) is 1:
+/// `out (N, d) = tok_emb[tokens] + vproj[row] * gate`.
+fn embed_fwd(
+    tok_emb: &[f32],
+    tokens: &[u32],
+    vproj: &[f32],
+    gate: impl Fn(usize) -> f32 + Sync,
+    out: &mut [f32],
+    t: usize,
+    d: usize,
+) {
+    out.par_chunks_mut(d).enumerate().for_each(|(i, o)| {
+        let tok = tokens[i] as usize;
+        let (e, v, gt) = (
+            &tok_emb[tok * d..(tok + 1) * d],
+            &vproj[(i / t) * d..(i / t + 1) * d],
+            gate(i),
+        );
+        for j in 0..d {
+            o[j] = e[j] + v[j] * gt;
+        }
+    });
+}
+
+/// One position's weighted loss term (`weight * ce`, ce the sum the loss negates) and
+/// `g (V) = d loss / d logits`, for the loss `-sum_i weight_i ce_i / total`:
+/// `ce = sum_v p_v ls_v [+ sum_v s_v lsT_v + rest log(sum_v mask_v qT_v + eps)]` with `ls`,
+/// `lsT` the log-softmax of `z` and of `z / T`, `qT = exp(lsT)`.
+fn position_loss_grad(z: &[f32], tg: &Targets, i: usize, total: f32, g: &mut [f32]) -> f32 {
+    let v = z.len();
+    let wt = tg.weight[i];
+    let lse = |z: &[f32], scale: f32| {
+        let m = z.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x * scale));
+        m + z.iter().map(|&x| (x * scale - m).exp()).sum::<f32>().ln()
+    };
+    let p = &tg.probs[i * v..(i + 1) * v];
+    let l0 = lse(z, 1.0);
+    let sp: f32 = p.iter().sum();
+    let mut ce = 0.0f32;
+    for u in 0..v {
+        let ls = z[u] - l0;
+        ce += p[u] * ls;
+        g[u] = p[u] - ls.exp() * sp;
+    }
+    if let Some(st) = &tg.soft {
+        let it = st.inv_temperature;
+        let sprobs = &st.probs[i * v..(i + 1) * v];
+        let lt = lse(z, it);
+        let ss: f32 = sprobs.iter().sum();
+        let rest = st.rest[i];
+        let mask = (!st.rest_mask.is_empty()).then(|| &st.rest_mask[i * v..(i + 1) * v]);
+        let mut mass = 0.0f32;
+        for u in 0..v {
+            let lst = z[u] * it - lt;
+            ce += sprobs[u] * lst;
+            let qt = lst.exp();
+            g[u] += it * (sprobs[u] - qt * ss);
+            if let Some(mk) = mask {
+                mass += mk[u] * qt;
+            }
+        }
+        if let Some(mk) = mask {
+            let me = mass + crate::model::train::REST_EPS;
+            ce += me.ln() * rest;
+            if rest != 0.0 {
+                for u in 0..v {
+                    let qt = (z[u] * it - lt).exp();
+                    g[u] += rest * it * qt * (mk[u] - mass) / me;
+                }
+            }
+        }
+    }
+    let scale = -wt / total;
+    g.iter_mut().for_each(|x| *x *= scale);
+    ce * wt
+}
+
+impl Engine for FusedEngine {
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn logits(&self, batch: &Batch) -> Vec<f32> {
+        let mut slot = self.work.lock().unwrap_or_else(|e| e.into_inner());
+        let w = self.work_for(&mut slot, batch.b, batch.t);
+        self.forward(w, batch);
+        w.logits.clone()
+    }
+
+    fn set_optim(&mut self, s: OptimSettings) {
+        if s != self.optim_settings {
+            self.optim_settings = s;
+            self.optim = None;
+        }
+    }
+
+    fn train_step(&mut self, batch: &Batch, targets: &Targets, lr: f64) -> f32 {
+        self.timed_step(batch, targets, lr).0
+    }
+
+    fn generate(
+        &self,
+        prompts: &[&[u32]],
+        voice: &[f32],
+        max_new: usize,
+        decoder: &mut dyn Decoder,
+    ) {
+        let b = prompts.len();
+        if b == 0 {
+            return;
+        }
+        let s = &self.spec;
+        let (d, h, vd, vocab) = (s.d_model, s.heads, s.voice_dim, s.vocab);
+        let f = d * s.mlp_ratio;
+        let pre = Prefill::new(prompts, -1e9);
+        let p = pre.p;
+        let smax = p + max_new.max(1);
+        let n = b * p;
+        let z = |len: usize| vec![0.0f32; len];
+        let mut vproj = z(b * d);
+        let voice_w = self.p(self.lay.voice_w, vd * d);
+        for r in 0..b {
+            for (kk, &x) in voice[r * vd..(r + 1) * vd].iter().enumerate() {
+                vproj[r * d..(r + 1) * d]
+                    .iter_mut()
+                    .zip(&voice_w[kk * d..(kk + 1) * d])
+                    .for_each(|(o, wv)| *o += x * wv);
+            }
+        }
+        let mut g = GenWork {
+            b,
+            smax,
+            pads: pre.pads.clone(),
+            vproj,
+            x: z(n * d),
+            a: z(n * d),
+            mean: z(n),
+            rstd: z(n),
+            qkv: z(n * 3 * d),
+            q: z(n * d),
+            att: z(b * h * p * smax),
+            y: z(n * d),
+            h: z(n * f),
+            logits: z(n * vocab),
+            kc: z(s.layers * b * h * smax * (d / h)),
+            vc: z(s.layers * b * h * smax * (d / h)),
+        };
+        let toks: Vec<u32> = pre.tokens.iter().map(|&x| x as u32).collect();
+        self.infer(&mut g, &toks, &pre.pos, 0, p);
+        let mut last: Vec<f32> = (0..b)
+            .flat_map(|r| {
+                g.logits[(r * p + p - 1) * vocab..(r * p + p) * vocab]
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        for step in 0..max_new {
+            let Some(next) = decoder.step(&last) else {
+                return;
+            };
+            if step + 1 == max_new {
+                return;
+            }
+            let pos: Vec<i64> = (0..b).map(|r| (p - pre.pads[r] + step) as i64).collect();
+            self.infer(&mut g, &next, &pos, p + step, 1);
+            last.copy_from_slice(&g.logits[..b * vocab]);
+        }
+    }
+
+    fn weights(&self) -> Weights {
+        let mut w = Weights::default();
+        for ta in &self.lay.tensors {
+            w.insert(
+                ta.name.clone(),
+                ta.shape.clone(),
+                self.params[ta.off..ta.off + ta.len].to_vec(),
+            );
+        }
+        w
+    }
+
+    fn loss_gradient(&self, batch: &Batch, targets: &Targets) -> (f32, Weights) {
+        let mut slot = self.work.lock().unwrap_or_else(|e| e.into_inner());
+        let w = self.work_for(&mut slot, batch.b, batch.t);
+        let loss = self.loss_and_grads(w, batch, targets);
+        let mut out = Weights::default();
+        for ta in &self.lay.tensors {
+            out.insert(
+                ta.name.clone(),
+                ta.shape.clone(),
+                w.grads[ta.off..ta.off + ta.len].to_vec(),
+            );
+        }
+        (loss, out)
+    }
+
+    fn set_weights(&mut self, w: &Weights) -> Result<()> {
+        w.check_spec(&self.spec)?;
+        for ta in &self.lay.tensors {
+            let (_, data) = w.get(&ta.name)?;
+            self.params[ta.off..ta.off + ta.len].copy_from_slice(data);
+        }
+        self.optim = None;
+        Ok(())
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        self.weights().save(path)
+    }
+
+    fn load(&mut self, path: &Path) -> Result<()> {
+        self.set_weights(&Weights::load(path)?)
+    }
+}

@@ -1,0 +1,493 @@
+//! The layers of the fused engine: one forward and one backward function per layer family,
+//! on row-major `f32` slices. Shapes are written beside the code (`N = B * T` rows).
+//!
+//! Every parallel loop splits its work into pieces fixed by the shapes alone (rows of the
+//! batch, fixed matmul tiles, fixed column chunks) and every reduction runs in a fixed order
+//! inside one piece, so results do not depend on the number of threads or on scheduling.
+
+use rayon::prelude::*;
+
+pub(super) const LN_EPS: f32 = 1e-5;
+
+/// A raw pointer that may cross into rayon tasks writing disjoint tiles.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Matmul tile: rows and columns of the output computed by one task.
+const TILE_M: usize = 64;
+const TILE_N: usize = 96;
+
+/// `c (m, n) = a (m, k) @ b (k, n)` (plus `c` when `accumulate`), with any strides for `a` and
+/// `b` (`_rs` between rows, `_cs` between columns) and `c` row-major with row stride `ldc`.
+/// Tiles of the output run in parallel, each a single-threaded `gemm` call.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        k == 0 || ((m - 1) * a_rs + (k - 1) * a_cs) < a.len(),
+        "matmul: lhs"
+    );
+    assert!(
+        k == 0 || ((k - 1) * b_rs + (n - 1) * b_cs) < b.len(),
+        "matmul: rhs"
+    );
+    assert!((m - 1) * ldc + n <= c.len(), "matmul: dst");
+    let (tm, tn) = (m.div_ceil(TILE_M), n.div_ceil(TILE_N));
+    let cp = SendPtr(c.as_mut_ptr());
+    let (ap, bp) = (a.as_ptr() as usize, b.as_ptr() as usize);
+    (0..tm * tn).into_par_iter().for_each(|tile| {
+        let (i0, j0) = ((tile / tn) * TILE_M, (tile % tn) * TILE_N);
+        let (rows, cols) = (TILE_M.min(m - i0), TILE_N.min(n - j0));
+        // SAFETY: bounds checked above; tiles of `c` are disjoint.
+        unsafe {
+            gemm::gemm(
+                rows,
+                cols,
+                k,
+                cp.get().add(i0 * ldc + j0),
+                1,
+                ldc as isize,
+                accumulate,
+                (ap as *const f32).add(i0 * a_rs),
+                a_cs as isize,
+                a_rs as isize,
+                (bp as *const f32).add(j0 * b_cs),
+                b_cs as isize,
+                b_rs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    });
+}
+
+/// `out (n, m) = [out +] x (n, k) @ w (k, m) + bias (m)`.
+pub(super) fn linear_fwd(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+    n: usize,
+    k: usize,
+    m: usize,
+    residual: bool,
+) {
+    let out = &mut out[..n * m];
+    // Bias first (onto the residual when there is one), then the product accumulated onto it.
+    out.par_chunks_mut(m).for_each(|row| {
+        if residual {
+            row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+        } else {
+            row.copy_from_slice(bias);
+        }
+    });
+    matmul(n, m, k, x, k, 1, w, m, 1, out, m, true);
+}
+
+/// Backward of [`linear_fwd`] given `dy (n, m)`: `dw (k, m) = x^T dy`, `db (m) = sum_rows dy`,
+/// and, when asked, `dx (n, k) = dy w^T` (overwritten).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn linear_bwd(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    dx: Option<&mut [f32]>,
+    n: usize,
+    k: usize,
+    m: usize,
+) {
+    matmul(k, m, n, x, 1, k, dy, m, 1, dw, m, false); // (k, m)
+    colsum(&dy[..n * m], db, n, m); // (m)
+    if let Some(dx) = dx {
+        matmul(n, k, m, dy, m, 1, w, 1, m, dx, k, false); // (n, k)
+    }
+}
+
+/// Columns per task of the column reductions.
+const COLS: usize = 32;
+
+/// `out (m) = sum over rows of y (n, m)`, rows summed in order.
+fn colsum(y: &[f32], out: &mut [f32], n: usize, m: usize) {
+    out.par_chunks_mut(COLS).enumerate().for_each(|(c, o)| {
+        o.fill(0.0);
+        for r in 0..n {
+            let row = &y[r * m + c * COLS..r * m + c * COLS + o.len()];
+            o.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+        }
+    });
+}
+
+/// Layer norm of the rows of `x (n, d)`: `out = (x - mean) / sqrt(var + eps) * w + b`, with
+/// the biased variance (as burn's `layer_norm` in the other engine); keeps `mean` and
+/// `rstd = 1 / sqrt(var + eps)` (n) for the backward pass.
+pub(super) fn layernorm_fwd(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    d: usize,
+) {
+    let n = mean.len();
+    out[..n * d]
+        .par_chunks_mut(d)
+        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+        .enumerate()
+        .for_each(|(i, (o, (mu, rs)))| {
+            let xi = &x[i * d..(i + 1) * d];
+            let m = xi.iter().sum::<f32>() / d as f32;
+            let var = xi.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / d as f32;
+            let s = (var + LN_EPS).sqrt();
+            for ((o, v), (wj, bj)) in o.iter_mut().zip(xi).zip(w.iter().zip(b)) {
+                *o = (v - m) / s * wj + bj;
+            }
+            *mu = m;
+            *rs = 1.0 / s;
+        });
+}
+
+/// Backward of [`layernorm_fwd`] given `dy (n, d)` and its input `x (n, d)`:
+/// `dx (n, d) += rstd * (dxh - mean(dxh) - xh * mean(dxh * xh))` with `dxh = dy * w`,
+/// `dw (d) = sum dy * xh`, `db (d) = sum dy` (overwritten).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn layernorm_bwd(
+    dy: &[f32],
+    x: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    d: usize,
+) {
+    let n = mean.len();
+    dx[..n * d]
+        .par_chunks_mut(d)
+        .enumerate()
+        .for_each(|(i, dxi)| {
+            let (xi, dyi) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
+            let (mu, rs) = (mean[i], rstd[i]);
+            let (mut a, mut bsum) = (0.0f32, 0.0f32);
+            for j in 0..d {
+                let g = dyi[j] * w[j];
+                a += g;
+                bsum += g * (xi[j] - mu) * rs;
+            }
+            let (a, bsum) = (a / d as f32, bsum / d as f32);
+            for j in 0..d {
+                let xh = (xi[j] - mu) * rs;
+                dxi[j] += rs * (dyi[j] * w[j] - a - xh * bsum);
+            }
+        });
+    dw.par_chunks_mut(COLS)
+        .zip(db.par_chunks_mut(COLS))
+        .enumerate()
+        .for_each(|(c, (dwc, dbc))| {
+            dwc.fill(0.0);
+            dbc.fill(0.0);
+            let c0 = c * COLS;
+            for i in 0..n {
+                let (mu, rs) = (mean[i], rstd[i]);
+                for (j, (gw, gb)) in dwc.iter_mut().zip(dbc.iter_mut()).enumerate() {
+                    let g = dy[i * d + c0 + j];
+                    *gw += g * (x[i * d + c0 + j] - mu) * rs;
+                    *gb += g;
+                }
+            }
+        });
+}
+
+/// GELU, exact (erf) form as burn's flex backend computes it: `0.5 x (1 + erf(x / sqrt 2))`.
+pub(super) fn gelu_fwd(x: &[f32], out: &mut [f32]) {
+    out[..x.len()]
+        .par_chunks_mut(4096)
+        .zip(x.par_chunks(4096))
+        .for_each(|(o, x)| {
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = 0.5 * v * (1.0 + libm::erff(v / std::f32::consts::SQRT_2));
+            }
+        });
+}
+
+/// GELU in place.
+pub(super) fn gelu_inplace(x: &mut [f32]) {
+    x.par_chunks_mut(4096).for_each(|x| {
+        for v in x.iter_mut() {
+            *v = 0.5 * *v * (1.0 + libm::erff(*v / std::f32::consts::SQRT_2));
+        }
+    });
+}
+
+/// Backward of GELU in place: `dy *= Phi(x) + x phi(x)`.
+pub(super) fn gelu_bwd(x: &[f32], dy: &mut [f32]) {
+    let inv_sqrt_2pi: f32 = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
+    dy.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096))
+        .for_each(|(g, x)| {
+            for (g, &v) in g.iter_mut().zip(x) {
+                let cdf = 0.5 * (1.0 + libm::erff(v / std::f32::consts::SQRT_2));
+                let pdf = inv_sqrt_2pi * (-0.5 * v * v).exp();
+                *g *= cdf + v * pdf;
+            }
+        });
+}
+
+/// Shapes of one attention call.
+#[derive(Clone, Copy)]
+pub(super) struct AttShape {
+    pub b: usize,
+    pub h: usize,
+    /// New positions (query columns).
+    pub t: usize,
+    /// Key columns held (the cache's capacity; `t` in training).
+    pub s: usize,
+    pub hs: usize,
+    /// Column of the first new position.
+    pub col0: usize,
+}
+
+/// Splits `qkv (B, t, 3d)` into heads and rotates queries and keys: `q (B, H, t, hs)`, keys
+/// and values written into `kc, vc (B, H, S, hs)` at columns `col0..col0 + t`. The halves of
+/// every head rotate by the angles of its position: `[x1 cos - x2 sin, x2 cos + x1 sin]`;
+/// `cos, sin (B, t, hs / 2)`.
+pub(super) fn rope_split_fwd(
+    qkv: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    q: &mut [f32],
+    kc: &mut [f32],
+    vc: &mut [f32],
+    sh: AttShape,
+) {
+    let AttShape {
+        h, t, s, hs, col0, ..
+    } = sh;
+    let (d, half) = (h * hs, hs / 2);
+    q[..sh.b * h * t * hs]
+        .par_chunks_mut(h * t * hs)
+        .zip(
+            kc.par_chunks_mut(h * s * hs)
+                .zip(vc.par_chunks_mut(h * s * hs)),
+        )
+        .enumerate()
+        .for_each(|(r, (qr, (kr, vr)))| {
+            for i in 0..t {
+                let row = &qkv[(r * t + i) * 3 * d..(r * t + i + 1) * 3 * d];
+                let (c, sn) = (
+                    &cos[(r * t + i) * half..(r * t + i + 1) * half],
+                    &sin[(r * t + i) * half..(r * t + i + 1) * half],
+                );
+                for hh in 0..h {
+                    let qo = &mut qr[(hh * t + i) * hs..(hh * t + i + 1) * hs];
+                    rotate(&row[hh * hs..(hh + 1) * hs], c, sn, qo);
+                    let at = (hh * s + col0 + i) * hs;
+                    rotate(
+                        &row[d + hh * hs..d + (hh + 1) * hs],
+                        c,
+                        sn,
+                        &mut kr[at..at + hs],
+                    );
+                    vr[at..at + hs].copy_from_slice(&row[2 * d + hh * hs..2 * d + (hh + 1) * hs]);
+                }
+            }
+        });
+}
+
+fn rotate(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
+    let half = cos.len();
+    for j in 0..half {
+        let (x1, x2) = (x[j], x[j + half]);
+        out[j] = x1 * cos[j] - x2 * sin[j];
+        out[j + half] = x2 * cos[j] + x1 * sin[j];
+    }
+}
+
+/// The transpose of [`rotate`]: `[g1 cos + g2 sin, g2 cos - g1 sin]`.
+fn unrotate(g: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
+    let half = cos.len();
+    for j in 0..half {
+        let (g1, g2) = (g[j], g[j + half]);
+        out[j] = g1 * cos[j] + g2 * sin[j];
+        out[j + half] = g2 * cos[j] - g1 * sin[j];
+    }
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[inline]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+}
+
+/// Causal attention of the new positions over the keys held: query `i` of row `r` (column
+/// `col0 + i`) attends the keys of columns `lo[r]..=col0 + i` (left pads never), with scores
+/// `q k / sqrt(hs)` softmaxed. `q (B, H, t, hs)`, `kc, vc (B, H, S, hs)`; writes the
+/// probabilities `att (B, H, t, S)` (0 outside the span) and `y (B, t, d)` (0 for queries
+/// that are pads themselves).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention_fwd(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    att: &mut [f32],
+    y: &mut [f32],
+    lo: &[usize],
+    sh: AttShape,
+) {
+    let AttShape {
+        b,
+        h,
+        t,
+        s,
+        hs,
+        col0,
+    } = sh;
+    let d = h * hs;
+    let scale = (hs as f32).sqrt();
+    att[..b * h * t * s]
+        .par_chunks_mut(h * t * s)
+        .zip(y[..b * t * d].par_chunks_mut(t * d))
+        .enumerate()
+        .for_each(|(r, (att_r, y_r))| {
+            for hh in 0..h {
+                let qb = &q[(r * h + hh) * t * hs..(r * h + hh + 1) * t * hs]; // (t, hs)
+                let kb = &kc[(r * h + hh) * s * hs..(r * h + hh + 1) * s * hs]; // (S, hs)
+                let vb = &vc[(r * h + hh) * s * hs..(r * h + hh + 1) * s * hs]; // (S, hs)
+                for i in 0..t {
+                    let p = &mut att_r[(hh * t + i) * s..(hh * t + i + 1) * s]; // (S)
+                    let yi = &mut y_r[i * d + hh * hs..i * d + (hh + 1) * hs]; // (hs)
+                    p.fill(0.0);
+                    yi.fill(0.0);
+                    let (first, last) = (lo[r], col0 + i);
+                    if last < first {
+                        continue;
+                    }
+                    let qi = &qb[i * hs..(i + 1) * hs];
+                    let mut mx = f32::NEG_INFINITY;
+                    for j in first..=last {
+                        let sc = dot(qi, &kb[j * hs..(j + 1) * hs]) / scale;
+                        p[j] = sc;
+                        mx = mx.max(sc);
+                    }
+                    let mut sum = 0.0f32;
+                    for pj in &mut p[first..=last] {
+                        *pj = (*pj - mx).exp();
+                        sum += *pj;
+                    }
+                    for j in first..=last {
+                        p[j] /= sum;
+                        axpy(yi, p[j], &vb[j * hs..(j + 1) * hs]);
+                    }
+                }
+            }
+        });
+}
+
+/// Backward of training attention (`col0 = 0`, `S = t`, no left pads) and of the rotation:
+/// from `dy (B, t, d)` and the forward's `q, k, v (B, H, t, hs)` and `att (B, H, t, t)`,
+/// writes `dqkv (B, t, 3d)`. `dq, dk, dv (B, H, t, hs)` and `ds (B, t)` are scratch.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention_bwd(
+    dy: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    att: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    scratch: (&mut [f32], &mut [f32], &mut [f32], &mut [f32]),
+    dqkv: &mut [f32],
+    sh: AttShape,
+) {
+    let AttShape { b, h, t, hs, .. } = sh;
+    let (d, half) = (h * hs, hs / 2);
+    let scale = (hs as f32).sqrt();
+    let (dq, dk, dv, ds) = scratch;
+    let per = h * t * hs;
+    dq[..b * per]
+        .par_chunks_mut(per)
+        .zip(dk.par_chunks_mut(per).zip(dv.par_chunks_mut(per)))
+        .zip(ds.par_chunks_mut(t).zip(dqkv.par_chunks_mut(t * 3 * d)))
+        .enumerate()
+        .for_each(|(r, ((dqr, (dkr, dvr)), (dsr, dqkv_r)))| {
+            dqr.fill(0.0);
+            dkr.fill(0.0);
+            dvr.fill(0.0);
+            for hh in 0..h {
+                let o = (r * h + hh) * t * hs;
+                let (qb, kb, vb) = (&q[o..o + t * hs], &k[o..o + t * hs], &v[o..o + t * hs]);
+                let hb = hh * t * hs;
+                for i in 0..t {
+                    let dyi = &dy[(r * t + i) * d + hh * hs..(r * t + i) * d + (hh + 1) * hs];
+                    let p = &att[((r * h + hh) * t + i) * t..((r * h + hh) * t + i + 1) * t];
+                    // dP_j = dy_i . v_j; c = sum_j P_ij dP_j.
+                    let mut c = 0.0f32;
+                    for j in 0..=i {
+                        dsr[j] = dot(dyi, &vb[j * hs..(j + 1) * hs]);
+                        c += p[j] * dsr[j];
+                    }
+                    let qi = &qb[i * hs..(i + 1) * hs];
+                    for j in 0..=i {
+                        // dS_ij = P_ij (dP_ij - c) / sqrt(hs)
+                        let g = p[j] * (dsr[j] - c) / scale;
+                        let kj = &kb[j * hs..(j + 1) * hs];
+                        axpy(&mut dqr[hb + i * hs..hb + (i + 1) * hs], g, kj);
+                        axpy(&mut dkr[hb + j * hs..hb + (j + 1) * hs], g, qi);
+                        axpy(&mut dvr[hb + j * hs..hb + (j + 1) * hs], p[j], dyi);
+                    }
+                }
+            }
+            // Un-rotate queries and keys, merge heads: (H, t, hs) x 3 -> (t, 3d).
+            for i in 0..t {
+                let (c, sn) = (
+                    &cos[(r * t + i) * half..(r * t + i + 1) * half],
+                    &sin[(r * t + i) * half..(r * t + i + 1) * half],
+                );
+                let row = &mut dqkv_r[i * 3 * d..(i + 1) * 3 * d];
+                for hh in 0..h {
+                    let at = (hh * t + i) * hs;
+                    unrotate(&dqr[at..at + hs], c, sn, &mut row[hh * hs..(hh + 1) * hs]);
+                    unrotate(
+                        &dkr[at..at + hs],
+                        c,
+                        sn,
+                        &mut row[d + hh * hs..d + (hh + 1) * hs],
+                    );
+                    row[2 * d + hh * hs..2 * d + (hh + 1) * hs].copy_from_slice(&dvr[at..at + hs]);
+                }
+            }
+        });
+}

@@ -1,0 +1,316 @@
+//! The fused engine against the burn engine on the same weights (logits, every gradient for
+//! each target kind, five AdamW steps, greedy generations), a finite-difference check of its
+//! hand-written backward pass, and bit-identical results across runs and thread counts.
+
+use super::FusedEngine;
+use crate::model::engine::{Batch, Engine, Targets};
+use crate::model::generate::{self, GenParams};
+use crate::model::train::{make_batch, Example, Soft};
+use crate::model::weights::Weights;
+use crate::model::{load_engine, new_engine, Backend, ModelSpec};
+use crate::rng::derive_rng;
+use crate::teacher::example;
+use crate::world::{ideal_response, Mix, Prompt};
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn max_abs(a: &[f32]) -> f32 {
+    a.iter().fold(0.0f32, |m, x| m.max(x.abs()))
+}
+
+fn data(n: usize, seed: u64) -> (Vec<Prompt>, Vec<Example>) {
+    let mut rng = derive_rng(seed, "fused");
+    let prompts: Vec<Prompt> = (0..n).map(|_| Mix::benign().sample(&mut rng)).collect();
+    let ex = prompts
+        .iter()
+        .map(|p| example(p, &ideal_response(p)))
+        .collect();
+    (prompts, ex)
+}
+
+/// Top-k soft targets without a temperature: three listed tokens per position.
+fn top_k(examples: &[Example]) -> Vec<Example> {
+    examples
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            for t in e.targets.iter_mut() {
+                let tok = t[0].0;
+                *t = vec![(tok, 0.7), ((tok + 3) % 80, 0.2), ((tok + 7) % 80, 0.1)];
+            }
+            e
+        })
+        .collect()
+}
+
+/// Tempered targets (T = 2, hard label 0.3, soft weight 0.7, a rest bucket of 0.2).
+fn tempered(examples: &[Example]) -> Vec<Example> {
+    examples
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            let positions = e
+                .targets
+                .iter()
+                .map(|t| (vec![(t[0].0, 0.6), ((t[0].0 + 1) % 80, 0.2)], 0.2))
+                .collect();
+            for t in e.targets.iter_mut() {
+                t[0].1 = 0.3;
+            }
+            e.soft = Some(Soft {
+                temperature: 2.0,
+                weight: 0.7,
+                positions,
+            });
+            e
+        })
+        .collect()
+}
+
+fn batch_of(examples: &[Example], spec: &ModelSpec) -> (Batch, Targets) {
+    let refs: Vec<&Example> = examples.iter().collect();
+    make_batch(&refs, spec.vocab, spec.context)
+}
+
+/// Largest absolute difference over every tensor, and the largest gradient entry.
+fn grad_diff(a: &Weights, b: &Weights) -> (f32, f32) {
+    let mut d = 0.0f32;
+    let mut scale = 0.0f32;
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (name, (shape, x)) in &a.tensors {
+        let (s2, y) = b.get(name).unwrap();
+        assert_eq!(shape.as_slice(), s2, "{name}");
+        d = d.max(max_abs_diff(x, y));
+        scale = scale.max(max_abs(x));
+    }
+    (d, scale)
+}
+
+#[test]
+fn fused_matches_burn_on_the_same_weights() {
+    let spec = ModelSpec::preset("student-s").unwrap();
+    let (prompts, examples) = data(96, 1);
+    // Weights with some structure (a few burn steps), so that greedy choices have margins.
+    let mut burn = new_engine(Backend::BURN, spec.clone(), 7).unwrap();
+    for c in examples.chunks(32).cycle().take(24) {
+        let (b, t) = batch_of(c, &spec);
+        burn.train_step(&b, &t, 1e-2);
+    }
+    let dir = std::env::temp_dir().join(format!("distill-sim-fused-{}", std::process::id()));
+    let path = dir.join("w.safetensors");
+    burn.save(&path).unwrap();
+    let mut fused = load_engine(Backend::FUSED, spec.clone(), &path).unwrap();
+    assert_eq!(fused.weights(), burn.weights());
+
+    // 1. Logits.
+    let (batch, _) = batch_of(&examples[..32], &spec);
+    let (lb, lf) = (burn.logits(&batch), fused.logits(&batch));
+    let d = max_abs_diff(&lb, &lf);
+    println!(
+        "logits: max |burn - fused| = {d:.2e} (max |logit| {:.2})",
+        max_abs(&lb)
+    );
+    assert!(max_abs(&lb) > 1.0 && d < 2e-5, "logits differ by {d}");
+
+    // 2. Loss and every gradient, per target kind.
+    for (kind, exs) in [
+        ("hard", examples[..32].to_vec()),
+        ("top-k soft", top_k(&examples[..32])),
+        ("tempered + rest", tempered(&examples[..32])),
+    ] {
+        let (b, t) = batch_of(&exs, &spec);
+        if kind == "tempered + rest" {
+            assert!(t.soft.as_ref().is_some_and(|s| !s.rest_mask.is_empty()));
+        }
+        let (l1, g1) = burn.loss_gradient(&b, &t);
+        let (l2, g2) = fused.loss_gradient(&b, &t);
+        let (gd, gs) = grad_diff(&g1, &g2);
+        println!(
+            "{kind}: loss {l1:.7} vs {l2:.7} (diff {:.2e}); gradients within {gd:.2e} \
+             (max |grad| {gs:.2e})",
+            (l1 - l2).abs()
+        );
+        assert!((l1 - l2).abs() < 1e-5 * l1.abs().max(1.0), "{kind}: loss");
+        assert!(gs > 1e-3 && gd < 1e-6, "{kind}: gradients differ by {gd}");
+    }
+
+    // 3. Greedy generation with top-5 logprobs: identical tokens.
+    let prefs: Vec<&Prompt> = prompts.iter().collect();
+    let params = vec![
+        GenParams {
+            max_new: 24,
+            temperature: 0.0,
+            top_k: 5
+        };
+        prefs.len()
+    ];
+    let mut r1 = derive_rng(3, "gen");
+    let mut r2 = derive_rng(3, "gen");
+    let gb = generate::generate(burn.as_ref(), &prefs, &params, 48, &mut r1, None);
+    let gf = generate::generate(fused.as_ref(), &prefs, &params, 48, &mut r2, None);
+    let mut tokens = 0;
+    let mut worst = 0.0f32;
+    for (i, (a, b)) in gb.iter().zip(&gf).enumerate() {
+        assert_eq!(a.tokens, b.tokens, "prompt {i}: greedy generations differ");
+        tokens += a.tokens.len();
+        for (x, y) in a.top.iter().zip(&b.top) {
+            assert_eq!(x[0].0, y[0].0);
+            worst = worst.max((x[0].1 - y[0].1).abs());
+        }
+    }
+    println!(
+        "generation: {} prompts, {tokens} tokens identical; top-1 logprobs within {worst:.2e}",
+        gb.len()
+    );
+    assert!(tokens > prefs.len() * 2 && worst < 1e-5);
+
+    // 4. Five AdamW steps (clipping, weight decay) from the same weights, fresh optimisers.
+    let mut burn = load_engine(Backend::BURN, spec.clone(), &path).unwrap();
+    let mut worst_loss = 0.0f32;
+    for (s, c) in examples.chunks(32).cycle().take(5).enumerate() {
+        let exs = if s % 2 == 1 { tempered(c) } else { c.to_vec() };
+        let (b, t) = batch_of(&exs, &spec);
+        let (a, z) = (
+            burn.train_step(&b, &t, 3e-3),
+            fused.train_step(&b, &t, 3e-3),
+        );
+        worst_loss = worst_loss.max((a - z).abs());
+        assert!(
+            (a - z).abs() < 1e-5 * a.abs().max(1.0),
+            "step {s}: loss {a} vs {z}"
+        );
+    }
+    let (wd, _) = grad_diff(&burn.weights(), &fused.weights());
+    println!("after 5 AdamW steps: losses within {worst_loss:.2e}, weights within {wd:.2e}");
+    assert!(wd < 1e-5, "weights differ by {wd}");
+
+    // 5. Safetensors written by the fused engine load into burn with the same logits.
+    let path2 = dir.join("from_fused.safetensors");
+    fused.save(&path2).unwrap();
+    let back = load_engine(Backend::BURN, spec.clone(), &path2).unwrap();
+    assert_eq!(back.weights(), fused.weights());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Central differences of the loss on a few entries of every tensor (the largest gradient
+/// entry and two random ones) agree with the hand-written backward pass, on the `tiny` size
+/// with tempered targets and a rest bucket (every loss term).
+#[test]
+fn fused_gradient_matches_finite_differences() {
+    let spec = ModelSpec::preset("tiny").unwrap();
+    let (_, examples) = data(8, 2);
+    let mut eng = FusedEngine::new(spec.clone(), 11).unwrap();
+    // Some structure first, and a voice projection that is not zero.
+    {
+        let mut w = eng.weights();
+        let mut rng = derive_rng(5, "fd");
+        for (name, (_, x)) in w.tensors.iter_mut() {
+            if name == "voice_proj.weight" || name.ends_with(".bias") {
+                use rand::Rng;
+                x.iter_mut()
+                    .for_each(|v| *v = rng.random_range(-0.1f32..0.1));
+            }
+        }
+        eng.set_weights(&w).unwrap();
+    }
+    for (kind, exs) in [
+        ("hard", examples.clone()),
+        ("tempered", tempered(&examples)),
+    ] {
+        let (b, t) = batch_of(&exs, &spec);
+        let (_, grads) = eng.loss_gradient(&b, &t);
+        let base = eng.weights();
+        let mut rng = derive_rng(6, kind);
+        let mut checked = 0;
+        let mut worst_rel = 0.0f64;
+        for (name, (_, g)) in &grads.tensors {
+            let big = (0..g.len())
+                .max_by(|&i, &j| g[i].abs().total_cmp(&g[j].abs()))
+                .unwrap();
+            use rand::Rng;
+            let picks = [
+                big,
+                rng.random_range(0..g.len()),
+                rng.random_range(0..g.len()),
+            ];
+            for &i in &picks {
+                let eps = 1e-2f32;
+                let mut loss_at = |delta: f32| {
+                    let mut w = base.clone();
+                    w.tensors.get_mut(name).unwrap().1[i] += delta;
+                    eng.set_weights(&w).unwrap();
+                    eng.loss_gradient(&b, &t).0 as f64
+                };
+                let fd = (loss_at(eps) - loss_at(-eps)) / (2.0 * eps as f64);
+                let an = g[i] as f64;
+                let err = (fd - an).abs();
+                // f32 loss noise (~1e-6 / eps) plus the O(eps^2) truncation.
+                assert!(
+                    err < 2e-4 + 2e-2 * an.abs(),
+                    "{kind} {name}[{i}]: finite difference {fd:.6e} vs backward {an:.6e}"
+                );
+                if an.abs() > 1e-3 {
+                    worst_rel = worst_rel.max(err / an.abs());
+                }
+                checked += 1;
+            }
+        }
+        eng.set_weights(&base).unwrap();
+        println!("{kind}: {checked} entries, worst relative error {worst_rel:.2e} (|grad| > 1e-3)");
+    }
+}
+
+/// Same seed, same batches: bit-identical weights after a few steps, at 1 and 3 threads.
+#[test]
+fn fused_training_is_bit_identical_across_runs_and_thread_counts() {
+    let spec = ModelSpec::preset("tiny").unwrap();
+    let (prompts, examples) = data(48, 3);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut eng = new_engine(Backend::FUSED, spec.clone(), 21).unwrap();
+            let mut losses = vec![];
+            for (s, c) in examples.chunks(16).cycle().take(6).enumerate() {
+                let exs = if s % 2 == 1 { tempered(c) } else { top_k(c) };
+                let (b, t) = batch_of(&exs, &spec);
+                losses.push(eng.train_step(&b, &t, 1e-2));
+            }
+            let prefs: Vec<&Prompt> = prompts.iter().collect();
+            let params = vec![
+                GenParams {
+                    max_new: 8,
+                    temperature: 0.0,
+                    top_k: 3
+                };
+                prefs.len()
+            ];
+            let mut rng = derive_rng(1, "gen");
+            let g = generate::generate(eng.as_ref(), &prefs, &params, 16, &mut rng, None);
+            (eng.weights(), losses, g)
+        })
+    };
+    let (w1, l1, g1) = run(1);
+    let (w2, l2, g2) = run(1);
+    let (w3, l3, g3) = run(3);
+    assert!(l1[5] < l1[0], "{l1:?}");
+    assert_eq!(l1, l2);
+    assert_eq!(w1, w2, "two runs at one thread");
+    assert_eq!(l1, l3);
+    assert_eq!(w1, w3, "one thread vs three");
+    for (a, b) in g1.iter().zip(&g2).chain(g1.iter().zip(&g3)) {
+        assert_eq!(a.tokens, b.tokens);
+        assert_eq!(a.top, b.top);
+    }
+    // Another seed gives other weights.
+    let other = new_engine(Backend::FUSED, spec, 22).unwrap();
+    assert_ne!(other.weights(), w1);
+}
