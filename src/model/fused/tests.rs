@@ -228,7 +228,7 @@ fn fused_gradient_matches_finite_differences() {
         let base = eng.weights();
         let mut rng = derive_rng(6, kind);
         let mut checked = 0;
-        let mut worst_rel = 0.0f64;
+        let (mut worst_rel, mut worst_abs) = (0.0f64, 0.0f64);
         for (name, (_, g)) in &grads.tensors {
             let big = (0..g.len())
                 .max_by(|&i, &j| g[i].abs().total_cmp(&g[j].abs()))
@@ -255,14 +255,18 @@ fn fused_gradient_matches_finite_differences() {
                     err < 2e-4 + 2e-2 * an.abs(),
                     "{kind} {name}[{i}]: finite difference {fd:.6e} vs backward {an:.6e}"
                 );
-                if an.abs() > 1e-3 {
+                worst_abs = worst_abs.max(err);
+                if an.abs() > 1e-2 {
                     worst_rel = worst_rel.max(err / an.abs());
                 }
                 checked += 1;
             }
         }
         eng.set_weights(&base).unwrap();
-        println!("{kind}: {checked} entries, worst relative error {worst_rel:.2e} (|grad| > 1e-3)");
+        println!(
+            "{kind}: {checked} entries, worst |fd - backward| {worst_abs:.2e}, worst relative \
+             error {worst_rel:.2e} (entries with |grad| > 1e-2)"
+        );
     }
 }
 
@@ -301,7 +305,8 @@ fn fused_training_is_bit_identical_across_runs_and_thread_counts() {
     let (w1, l1, g1) = run(1);
     let (w2, l2, g2) = run(1);
     let (w3, l3, g3) = run(3);
-    assert!(l1[5] < l1[0], "{l1:?}");
+    // Even steps train on top-k targets, odd ones on tempered targets: both losses fall.
+    assert!(l1[4] < l1[0] && l1[5] < l1[1], "{l1:?}");
     assert_eq!(l1, l2);
     assert_eq!(w1, w2, "two runs at one thread");
     assert_eq!(l1, l3);
