@@ -1026,3 +1026,54 @@ impl Engine for FusedEngine {
         self.set_weights(&Weights::load(path)?)
     }
 }
+
+/// Seconds per training step on a `(b, t)` batch of the linear layers' matrix products alone
+/// (forward, input gradient and weight gradient of every linear layer, through the same tiled
+/// `gemm` calls as a step), and their floating-point operations: the floor of the step's
+/// matmul work (attention's small per-head products, written as loops, are not included).
+pub fn linear_matmul_floor(spec: &ModelSpec, b: usize, t: usize, reps: usize) -> (f64, f64) {
+    let (n, d) = (b * t, spec.d_model);
+    let f = d * spec.mlp_ratio;
+    let mut shapes = Vec::new();
+    for _ in 0..spec.layers {
+        shapes.extend([(d, 3 * d), (d, d), (d, f), (f, d)]);
+    }
+    shapes.push((d, spec.vocab));
+    let bufs: Vec<_> = shapes
+        .iter()
+        .map(|&(i, o)| {
+            let fill = |len: usize| (0..len).map(|x| ((x % 13) as f32 - 6.0) * 0.01).collect();
+            let (x, w, dy): (Vec<f32>, Vec<f32>, Vec<f32>) =
+                (fill(n * i), fill(i * o), fill(n * o));
+            (
+                i,
+                o,
+                x,
+                w,
+                dy,
+                vec![0.0f32; n * o],
+                vec![0.0f32; i * o],
+                vec![0.0f32; n * i],
+            )
+        })
+        .collect();
+    let mut bufs = bufs;
+    let mut run = || {
+        for (i, o, x, w, dy, y, dw, dx) in bufs.iter_mut() {
+            let (i, o) = (*i, *o);
+            ops::matmul(n, o, i, x, i, 1, w, o, 1, y, o, false); // forward
+            ops::matmul(i, o, n, x, 1, i, dy, o, 1, dw, o, false); // weight gradient
+            ops::matmul(n, i, o, dy, o, 1, w, 1, o, dx, i, false); // input gradient
+        }
+    };
+    run();
+    let t0 = std::time::Instant::now();
+    for _ in 0..reps {
+        run();
+    }
+    let flops = shapes
+        .iter()
+        .map(|&(i, o)| 3.0 * 2.0 * (n * i * o) as f64)
+        .sum();
+    (t0.elapsed().as_secs_f64() / reps.max(1) as f64, flops)
+}
