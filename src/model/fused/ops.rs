@@ -88,6 +88,7 @@ pub(super) fn matmul(
 }
 
 /// `out (n, m) = [out +] x (n, k) @ w (k, m) + bias (m)`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn linear_fwd(
     x: &[f32],
     w: &[f32],
