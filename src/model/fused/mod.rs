@@ -129,10 +129,14 @@ fn pair(g: &mut [f32], off: usize, n1: usize, n2: usize) -> (&mut [f32], &mut [f
     (a, b)
 }
 
-/// Activations and gradients of one training batch shape (B, T); `N = B * T`.
+/// Activations and gradients of training batches of up to `cap_b` rows of up to `cap_t`
+/// columns, allocated for the largest shape seen and reused (a batch of shape (B, T) uses
+/// the first `N = B * T` rows of each); sizes below are those of the batch in use.
 struct Work {
-    b: usize,
-    t: usize,
+    cap_b: usize,
+    cap_t: usize,
+    /// The batch shape the rotary tables hold.
+    rope_bt: (usize, usize),
     /// Rotary tables of the positions 0..T of every row: (N, hs/2) each.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -157,7 +161,7 @@ struct Work {
     ln2: Vec<f32>,
     ln2_mean: Vec<f32>,
     ln2_rstd: Vec<f32>,
-    /// Per block: MLP pre-activation and GELU output (L, N, F).
+    /// Per block: GELU's derivative at the MLP pre-activation, and GELU's output (L, N, F).
     fc: Vec<f32>,
     act: Vec<f32>,
     /// Final norm (N, d), its statistics (N), logits (N, V).
@@ -193,14 +197,13 @@ impl Work {
     fn new(spec: &ModelSpec, total: usize, b: usize, t: usize) -> Work {
         let (d, h, l, v) = (spec.d_model, spec.heads, spec.layers, spec.vocab);
         let (n, f, half) = (b * t, d * spec.mlp_ratio, d / h / 2);
-        let pos: Vec<i64> = (0..b).flat_map(|_| 0..t as i64).collect();
-        let (cos, sin) = rope_tables(&pos, half);
         let z = |len: usize| vec![0.0f32; len];
         Work {
-            b,
-            t,
-            cos,
-            sin,
+            cap_b: b,
+            cap_t: t,
+            rope_bt: (0, 0),
+            cos: z(n * half),
+            sin: z(n * half),
             vproj: z(b * d),
             resid: z((l + 1) * n * d),
             ln1: z(l * n * d),
@@ -256,6 +259,8 @@ pub struct FusedEngine {
     /// Buffers of the last training batch shape (a Mutex: `logits` and `loss_gradient` take
     /// `&self`).
     work: Mutex<Option<Work>>,
+    /// Buffers of the last generation.
+    gen: Mutex<Option<GenWork>>,
 }
 
 impl FusedEngine {
@@ -276,6 +281,7 @@ impl FusedEngine {
             optim: None,
             optim_settings: OptimSettings::default(),
             work: Mutex::new(None),
+            gen: Mutex::new(None),
         };
         eng.set_weights(w)?;
         Ok(eng)
@@ -285,12 +291,30 @@ impl FusedEngine {
         &self.params[off..off + len]
     }
 
-    /// The buffers for batch shape (b, t), reusing the last ones when the shape is the same.
+    /// The buffers for batch shape (b, t): the last ones when they are large enough, else
+    /// new ones for the largest shape seen; rotary tables for positions 0..t of each row.
     fn work_for<'a>(&self, slot: &'a mut Option<Work>, b: usize, t: usize) -> &'a mut Work {
-        if !slot.as_ref().is_some_and(|w| w.b == b && w.t == t) {
-            *slot = Some(Work::new(&self.spec, self.lay.total, b, t));
+        let cap = slot.as_ref().map_or((0, 0), |w| (w.cap_b, w.cap_t));
+        if b > cap.0 || t > cap.1 {
+            *slot = Some(Work::new(
+                &self.spec,
+                self.lay.total,
+                b.max(cap.0),
+                t.max(cap.1),
+            ));
         }
-        slot.as_mut().expect("just set")
+        let w = slot.as_mut().expect("just set");
+        if w.rope_bt != (b, t) {
+            let half = self.spec.d_model / self.spec.heads / 2;
+            let pos: Vec<i64> = (0..t as i64).collect();
+            let (c, s) = rope_tables(&pos, half); // (T, hs/2) each
+            for r in 0..b {
+                w.cos[r * t * half..(r + 1) * t * half].copy_from_slice(&c);
+                w.sin[r * t * half..(r + 1) * t * half].copy_from_slice(&s);
+            }
+            w.rope_bt = (b, t);
+        }
+        w
     }
 
     /// The forward pass of a right-padded batch (positions 0..T per row), keeping every
@@ -390,7 +414,7 @@ impl FusedEngine {
                 false,
             ); // (N, F)
             let act = &mut w.act[l * nf..(l + 1) * nf];
-            ops::gelu_fwd(fc, act); // (N, F)
+            ops::gelu_fwd(fc, act); // act (N, F); fc now holds gelu'(pre-activation)
             next.copy_from_slice(mid);
             ops::linear_fwd(
                 act,
@@ -409,8 +433,8 @@ impl FusedEngine {
             self.p(lay.lnf_w, d),
             self.p(lay.lnf_b, d),
             &mut w.lnf,
-            &mut w.lnf_mean,
-            &mut w.lnf_rstd,
+            &mut w.lnf_mean[..n],
+            &mut w.lnf_rstd[..n],
             d,
         );
         ops::linear_fwd(
@@ -429,15 +453,16 @@ impl FusedEngine {
     fn loss(&self, w: &mut Work, targets: &Targets) -> f32 {
         let v = self.spec.vocab;
         let total: f32 = targets.weight.iter().sum::<f32>().max(1e-6);
+        let n = targets.weight.len();
         let logits = &w.logits;
-        w.dlogits
+        w.dlogits[..n * v]
             .par_chunks_mut(v)
-            .zip(w.ce.par_iter_mut())
+            .zip(w.ce[..n].par_iter_mut())
             .enumerate()
             .for_each(|(i, (g, ce))| {
                 *ce = position_loss_grad(&logits[i * v..(i + 1) * v], targets, i, total, g);
             });
-        -w.ce.iter().sum::<f32>() / total
+        -w.ce[..n].iter().sum::<f32>() / total
     }
 
     /// The backward pass from `w.dlogits` to `w.grads` (overwritten).
@@ -461,14 +486,14 @@ impl FusedEngine {
             d,
             vocab,
         ); // dtmp (N, d)
-        w.dres.fill(0.0);
+        w.dres[..nd].fill(0.0);
         let nl = s.layers * nd;
         let (gw, gb) = pair(g, lay.lnf_w, d, d);
         ops::layernorm_bwd(
             &w.dtmp,
             &w.resid[nl..nl + nd],
-            &w.lnf_mean,
-            &w.lnf_rstd,
+            &w.lnf_mean[..n],
+            &w.lnf_rstd[..n],
             self.p(lay.lnf_w, d),
             &mut w.dres,
             gw,
@@ -497,7 +522,7 @@ impl FusedEngine {
                 f,
                 d,
             ); // dact (N, F)
-            ops::gelu_bwd(&w.fc[l * nf..(l + 1) * nf], &mut w.dact); // (N, F)
+            ops::gelu_bwd(&w.fc[l * nf..(l + 1) * nf], &mut w.dact); // (N, F): times gelu'
             let (gw, gb) = pair(g, o.fc_w, d * f, f);
             ops::linear_bwd(
                 &w.ln2[l * nd..(l + 1) * nd],
@@ -789,10 +814,37 @@ impl FusedEngine {
             false,
         ); // (B, t, V)
     }
+
+    /// Prefill, then decoding steps until the decoder stops or `max_new` tokens are chosen.
+    fn decode(&self, g: &mut GenWork, pre: &Prefill, max_new: usize, decoder: &mut dyn Decoder) {
+        let (b, p, vocab) = (g.b, pre.p, self.spec.vocab);
+        let toks: Vec<u32> = pre.tokens.iter().map(|&x| x as u32).collect();
+        self.infer(g, &toks, &pre.pos, 0, p);
+        let mut last: Vec<f32> = (0..b)
+            .flat_map(|r| {
+                g.logits[(r * p + p - 1) * vocab..(r * p + p) * vocab]
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        for step in 0..max_new {
+            let Some(next) = decoder.step(&last) else {
+                return;
+            };
+            if step + 1 == max_new {
+                return;
+            }
+            let pos: Vec<i64> = (0..b).map(|r| (p - pre.pads[r] + step) as i64).collect();
+            self.infer(g, &next, &pos, p + step, 1);
+            last.copy_from_slice(&g.logits[..b * vocab]);
+        }
+    }
 }
 
 /// Buffers of one batched generation: sized for the prefill (t = p), reused by each step.
 struct GenWork {
+    /// Rows, prompt columns and cache columns the buffers hold at most.
+    cap: (usize, usize, usize),
     b: usize,
     smax: usize,
     pads: Vec<usize>,
@@ -898,7 +950,7 @@ impl Engine for FusedEngine {
         let mut slot = self.work.lock().unwrap_or_else(|e| e.into_inner());
         let w = self.work_for(&mut slot, batch.b, batch.t);
         self.forward(w, batch);
-        w.logits.clone()
+        w.logits[..batch.b * batch.t * self.spec.vocab].to_vec()
     }
 
     fn set_optim(&mut self, s: OptimSettings) {
@@ -931,54 +983,46 @@ impl Engine for FusedEngine {
         let smax = p + max_new.max(1);
         let n = b * p;
         let z = |len: usize| vec![0.0f32; len];
-        let mut vproj = z(b * d);
+        // The last generation's buffers when they are large enough.
+        let old = self.gen.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut g = match old {
+            Some(g) if g.cap.0 >= b && g.cap.1 >= p && g.cap.2 >= smax => g,
+            _ => GenWork {
+                cap: (b, p, smax),
+                b,
+                smax,
+                pads: vec![],
+                vproj: z(b * d),
+                x: z(n * d),
+                a: z(n * d),
+                mean: z(n),
+                rstd: z(n),
+                qkv: z(n * 3 * d),
+                q: z(n * d),
+                att: z(b * h * p * smax),
+                y: z(n * d),
+                h: z(n * f),
+                logits: z(n * vocab),
+                kc: z(s.layers * b * h * smax * (d / h)),
+                vc: z(s.layers * b * h * smax * (d / h)),
+            },
+        };
+        g.b = b;
+        g.smax = smax;
+        g.pads.clone_from(&pre.pads);
+        // The voice projection (B, d) = voice (B, VD) @ voice_w (VD, d).
         let voice_w = self.p(self.lay.voice_w, vd * d);
         for r in 0..b {
+            let vr = &mut g.vproj[r * d..(r + 1) * d];
+            vr.fill(0.0);
             for (kk, &x) in voice[r * vd..(r + 1) * vd].iter().enumerate() {
-                vproj[r * d..(r + 1) * d]
-                    .iter_mut()
+                vr.iter_mut()
                     .zip(&voice_w[kk * d..(kk + 1) * d])
                     .for_each(|(o, wv)| *o += x * wv);
             }
         }
-        let mut g = GenWork {
-            b,
-            smax,
-            pads: pre.pads.clone(),
-            vproj,
-            x: z(n * d),
-            a: z(n * d),
-            mean: z(n),
-            rstd: z(n),
-            qkv: z(n * 3 * d),
-            q: z(n * d),
-            att: z(b * h * p * smax),
-            y: z(n * d),
-            h: z(n * f),
-            logits: z(n * vocab),
-            kc: z(s.layers * b * h * smax * (d / h)),
-            vc: z(s.layers * b * h * smax * (d / h)),
-        };
-        let toks: Vec<u32> = pre.tokens.iter().map(|&x| x as u32).collect();
-        self.infer(&mut g, &toks, &pre.pos, 0, p);
-        let mut last: Vec<f32> = (0..b)
-            .flat_map(|r| {
-                g.logits[(r * p + p - 1) * vocab..(r * p + p) * vocab]
-                    .iter()
-                    .copied()
-            })
-            .collect();
-        for step in 0..max_new {
-            let Some(next) = decoder.step(&last) else {
-                return;
-            };
-            if step + 1 == max_new {
-                return;
-            }
-            let pos: Vec<i64> = (0..b).map(|r| (p - pre.pads[r] + step) as i64).collect();
-            self.infer(&mut g, &next, &pos, p + step, 1);
-            last.copy_from_slice(&g.logits[..b * vocab]);
-        }
+        self.decode(&mut g, &pre, max_new, decoder);
+        *self.gen.lock().unwrap_or_else(|e| e.into_inner()) = Some(g);
     }
 
     fn weights(&self) -> Weights {

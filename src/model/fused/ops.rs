@@ -42,6 +42,36 @@ pub(super) fn matmul(
     ldc: usize,
     accumulate: bool,
 ) {
+    // Measured on teacher-s shapes: tall products (the forward and input-gradient ones) run
+    // best in row panels, the weight gradient (long reduction, small output) in small tiles.
+    let tile = if m >= 1024 {
+        (256, 512)
+    } else {
+        (TILE_M, TILE_N)
+    };
+    matmul_tiled(
+        tile, m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, ldc, accumulate,
+    )
+}
+
+/// [`matmul`] with tiles of `tile.0` rows and `tile.1` columns (0: one tile, `gemm`'s own
+/// rayon parallelism).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul_tiled(
+    tile: (usize, usize),
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -54,12 +84,40 @@ pub(super) fn matmul(
         "matmul: rhs"
     );
     assert!((m - 1) * ldc + n <= c.len(), "matmul: dst");
-    let (tm, tn) = (m.div_ceil(TILE_M), n.div_ceil(TILE_N));
+    if tile.0 == 0 {
+        // SAFETY: bounds checked above.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                ldc as isize,
+                accumulate,
+                a.as_ptr(),
+                a_cs as isize,
+                a_rs as isize,
+                b.as_ptr(),
+                b_cs as isize,
+                b_rs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            )
+        }
+        return;
+    }
+    let (tile_m, tile_n) = tile;
+    let (tm, tn) = (m.div_ceil(tile_m), n.div_ceil(tile_n));
     let cp = SendPtr(c.as_mut_ptr());
     let (ap, bp) = (a.as_ptr() as usize, b.as_ptr() as usize);
     (0..tm * tn).into_par_iter().for_each(|tile| {
-        let (i0, j0) = ((tile / tn) * TILE_M, (tile % tn) * TILE_N);
-        let (rows, cols) = (TILE_M.min(m - i0), TILE_N.min(n - j0));
+        let (i0, j0) = ((tile / tn) * tile_m, (tile % tn) * tile_n);
+        let (rows, cols) = (tile_m.min(m - i0), tile_n.min(n - j0));
         // SAFETY: bounds checked above; tiles of `c` are disjoint.
         unsafe {
             gemm::gemm(
@@ -228,14 +286,21 @@ pub(super) fn layernorm_bwd(
         });
 }
 
-/// GELU, exact (erf) form as burn's flex backend computes it: `0.5 x (1 + erf(x / sqrt 2))`.
-pub(super) fn gelu_fwd(x: &[f32], out: &mut [f32]) {
+/// GELU, exact (erf) form as burn's flex backend computes it: `0.5 x (1 + erf(x / sqrt 2))`,
+/// `x (n)` to `out (n)`; `x` is then overwritten by the derivative `Phi(x) + x phi(x)`, all
+/// the backward pass needs of it.
+pub(super) fn gelu_fwd(x: &mut [f32], out: &mut [f32]) {
+    let inv_sqrt_2pi: f32 = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
     out[..x.len()]
         .par_chunks_mut(4096)
-        .zip(x.par_chunks(4096))
+        .zip(x.par_chunks_mut(4096))
         .for_each(|(o, x)| {
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = 0.5 * v * (1.0 + libm::erff(v / std::f32::consts::SQRT_2));
+            for (o, x) in o.iter_mut().zip(x) {
+                let v = *x;
+                // v * cdf equals 0.5 v (1 + erf) exactly (the halving is exact).
+                let cdf = 0.5 * (1.0 + libm::erff(v / std::f32::consts::SQRT_2));
+                *o = v * cdf;
+                *x = cdf + v * inv_sqrt_2pi * (-0.5 * v * v).exp();
             }
         });
 }
@@ -249,18 +314,12 @@ pub(super) fn gelu_inplace(x: &mut [f32]) {
     });
 }
 
-/// Backward of GELU in place: `dy *= Phi(x) + x phi(x)`.
-pub(super) fn gelu_bwd(x: &[f32], dy: &mut [f32]) {
-    let inv_sqrt_2pi: f32 = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
-    dy.par_chunks_mut(4096)
-        .zip(x.par_chunks(4096))
-        .for_each(|(g, x)| {
-            for (g, &v) in g.iter_mut().zip(x) {
-                let cdf = 0.5 * (1.0 + libm::erff(v / std::f32::consts::SQRT_2));
-                let pdf = inv_sqrt_2pi * (-0.5 * v * v).exp();
-                *g *= cdf + v * pdf;
-            }
-        });
+/// Backward of GELU in place: `dy (n) *= gelu'(x)`, the derivative [`gelu_fwd`] left.
+pub(super) fn gelu_bwd(deriv: &[f32], dy: &mut [f32]) {
+    dy[..deriv.len()]
+        .par_chunks_mut(4096)
+        .zip(deriv.par_chunks(4096))
+        .for_each(|(g, dv)| g.iter_mut().zip(dv).for_each(|(g, dv)| *g *= dv));
 }
 
 /// Shapes of one attention call.

@@ -319,3 +319,54 @@ fn fused_training_is_bit_identical_across_runs_and_thread_counts() {
     let other = new_engine(Backend::FUSED, spec, 22).unwrap();
     assert_ne!(other.weights(), w1);
 }
+
+/// Timing of matmul tilings on teacher-s shapes (run by hand:
+/// `cargo test --release --lib fused_matmul_tilings -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn fused_matmul_tilings() {
+    use super::ops::matmul_tiled;
+    let n = 64 * 48;
+    for (i, o) in [(96, 288), (96, 384), (384, 96), (96, 80)] {
+        let fill = |len: usize| -> Vec<f32> { (0..len).map(|x| (x % 7) as f32 * 0.1).collect() };
+        let (x, w, dy) = (fill(n * i), fill(i * o), fill(n * o));
+        let (mut y, mut dw, mut dx) = (vec![0.0; n * o], vec![0.0; i * o], vec![0.0; n * i]);
+        let tilings = [
+            (0, 0),
+            (64, 96),
+            (128, 512),
+            (256, 512),
+            (32, 64),
+            (512, 1024),
+        ];
+        let mut best = vec![f64::MAX; tilings.len() * 3];
+        for _ in 0..5 {
+            for (ti, &tile) in tilings.iter().enumerate() {
+                let t0 = std::time::Instant::now();
+                for _ in 0..10 {
+                    matmul_tiled(tile, n, o, i, &x, i, 1, &w, o, 1, &mut y, o, false);
+                }
+                best[ti * 3] = best[ti * 3].min(t0.elapsed().as_secs_f64() / 10.0);
+                let t0 = std::time::Instant::now();
+                for _ in 0..10 {
+                    matmul_tiled(tile, i, o, n, &x, 1, i, &dy, o, 1, &mut dw, o, false);
+                }
+                best[ti * 3 + 1] = best[ti * 3 + 1].min(t0.elapsed().as_secs_f64() / 10.0);
+                let t0 = std::time::Instant::now();
+                for _ in 0..10 {
+                    matmul_tiled(tile, n, i, o, &dy, o, 1, &w, 1, o, &mut dx, i, false);
+                }
+                best[ti * 3 + 2] = best[ti * 3 + 2].min(t0.elapsed().as_secs_f64() / 10.0);
+            }
+        }
+        let gf = 2.0 * (n * i * o) as f64 / 1e9;
+        for (ti, tile) in tilings.iter().enumerate() {
+            println!(
+                "({n}, {i}) x ({i}, {o}) tile {tile:?}: forward {:.1} GFLOP/s, dW {:.1}, dX {:.1}",
+                gf / best[ti * 3],
+                gf / best[ti * 3 + 1],
+                gf / best[ti * 3 + 2]
+            );
+        }
+    }
+}
