@@ -895,43 +895,61 @@ fn embed_fwd(
 fn position_loss_grad(z: &[f32], tg: &Targets, i: usize, total: f32, g: &mut [f32]) -> f32 {
     let v = z.len();
     let wt = tg.weight[i];
-    let lse = |z: &[f32], scale: f32| {
+    if wt == 0.0 {
+        // No loss here (prompt, padding): a zero gradient; a non-finite logit still makes
+        // the loss non-finite, as in the other engines (0 * NaN).
+        g.fill(0.0);
+        return if z.iter().all(|x| x.is_finite()) {
+            0.0
+        } else {
+            f32::NAN
+        };
+    }
+    // Softmax of z * scale into `e` (unnormalised; returns log-sum-exp and the sum).
+    let softmax = |scale: f32, e: &mut [f32]| {
         let m = z.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x * scale));
-        m + z.iter().map(|&x| (x * scale - m).exp()).sum::<f32>().ln()
+        let mut se = 0.0f32;
+        for (e, &x) in e.iter_mut().zip(z) {
+            *e = (x * scale - m).exp();
+            se += *e;
+        }
+        (m + se.ln(), se)
     };
     let p = &tg.probs[i * v..(i + 1) * v];
-    let l0 = lse(z, 1.0);
+    let (l0, se) = softmax(1.0, g);
     let sp: f32 = p.iter().sum();
     let mut ce = 0.0f32;
     for u in 0..v {
-        let ls = z[u] - l0;
-        ce += p[u] * ls;
-        g[u] = p[u] - ls.exp() * sp;
+        ce += p[u] * (z[u] - l0);
+        g[u] = p[u] - g[u] / se * sp;
     }
     if let Some(st) = &tg.soft {
         let it = st.inv_temperature;
         let sprobs = &st.probs[i * v..(i + 1) * v];
-        let lt = lse(z, it);
+        // The tempered softmax, on the stack for vocabularies up to 512.
+        let (mut stack, mut heap) = ([0.0f32; 512], Vec::new());
+        let qt: &mut [f32] = if v <= 512 {
+            &mut stack[..v]
+        } else {
+            heap.resize(v, 0.0);
+            &mut heap
+        };
+        let (lt, set) = softmax(it, qt);
+        qt.iter_mut().for_each(|q| *q /= set);
         let ss: f32 = sprobs.iter().sum();
-        let rest = st.rest[i];
-        let mask = (!st.rest_mask.is_empty()).then(|| &st.rest_mask[i * v..(i + 1) * v]);
-        let mut mass = 0.0f32;
         for u in 0..v {
-            let lst = z[u] * it - lt;
-            ce += sprobs[u] * lst;
-            let qt = lst.exp();
-            g[u] += it * (sprobs[u] - qt * ss);
-            if let Some(mk) = mask {
-                mass += mk[u] * qt;
-            }
+            ce += sprobs[u] * (z[u] * it - lt);
+            g[u] += it * (sprobs[u] - qt[u] * ss);
         }
-        if let Some(mk) = mask {
+        if !st.rest_mask.is_empty() {
+            let mk = &st.rest_mask[i * v..(i + 1) * v];
+            let mass: f32 = mk.iter().zip(qt.iter()).map(|(m, q)| m * q).sum();
             let me = mass + crate::model::train::REST_EPS;
+            let rest = st.rest[i];
             ce += me.ln() * rest;
             if rest != 0.0 {
                 for u in 0..v {
-                    let qt = (z[u] * it - lt).exp();
-                    g[u] += rest * it * qt * (mk[u] - mass) / me;
+                    g[u] += rest * it * qt[u] * (mk[u] - mass) / me;
                 }
             }
         }

@@ -223,8 +223,8 @@ pub(super) fn layernorm_fwd(
         .enumerate()
         .for_each(|(i, (o, (mu, rs)))| {
             let xi = &x[i * d..(i + 1) * d];
-            let m = xi.iter().sum::<f32>() / d as f32;
-            let var = xi.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / d as f32;
+            let m = sum_by(xi, |v| v) / d as f32;
+            let var = sum_by(xi, |v| (v - m) * (v - m)) / d as f32;
             let s = (var + LN_EPS).sqrt();
             for ((o, v), (wj, bj)) in o.iter_mut().zip(xi).zip(w.iter().zip(b)) {
                 *o = (v - m) / s * wj + bj;
@@ -402,9 +402,45 @@ fn unrotate(g: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `sum_i a_i b_i` in eight fixed lanes (vectorisable, and the same order on every machine).
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = lanes(acc);
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// `sum_i f(x_i)` in eight fixed lanes.
+#[inline]
+fn sum_by(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let cx = x.chunks_exact(8);
+    let rx = cx.remainder();
+    for c in cx {
+        for l in 0..8 {
+            acc[l] += f(c[l]);
+        }
+    }
+    let mut s = lanes(acc);
+    for &v in rx {
+        s += f(v);
+    }
+    s
+}
+
+#[inline]
+fn lanes(a: [f32; 8]) -> f32 {
+    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
 }
 
 #[inline]

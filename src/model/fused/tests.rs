@@ -326,7 +326,7 @@ fn fused_training_is_bit_identical_across_runs_and_thread_counts() {
 #[ignore]
 fn fused_matmul_tilings() {
     use super::ops::matmul_tiled;
-    let n = 64 * 48;
+    let n = 64 * 18;
     for (i, o) in [(96, 288), (96, 384), (384, 96), (96, 80)] {
         let fill = |len: usize| -> Vec<f32> { (0..len).map(|x| (x % 7) as f32 * 0.1).collect() };
         let (x, w, dy) = (fill(n * i), fill(i * o), fill(n * o));
