@@ -189,6 +189,8 @@ struct Work {
     ds: Vec<f32>,
     /// (N, 3d).
     dqkv: Vec<f32>,
+    /// Per-task partial sums of the layer-norm backward: (ceil(N / LN_ROWS), 2d).
+    ln_part: Vec<f32>,
     /// Gradient of every parameter, flat like the parameters.
     grads: Vec<f32>,
 }
@@ -236,6 +238,7 @@ impl Work {
             dv: z(n * d),
             ds: z(n),
             dqkv: z(n * 3 * d),
+            ln_part: z(n.div_ceil(ops::LN_ROWS) * 2 * d),
             grads: z(total),
         }
     }
@@ -498,6 +501,7 @@ impl FusedEngine {
             &mut w.dres,
             gw,
             gb,
+            &mut w.ln_part,
             d,
         ); // dres (N, d)
         let sh = AttShape {
@@ -545,6 +549,7 @@ impl FusedEngine {
                 &mut w.dres,
                 gw,
                 gb,
+                &mut w.ln_part,
                 d,
             ); // dres: d/d mid
                // Attention out: mid = x + y @ proj_w + proj_b.
@@ -594,6 +599,7 @@ impl FusedEngine {
                 &mut w.dres,
                 gw,
                 gb,
+                &mut w.ln_part,
                 d,
             ); // dres: d/d x
         }

@@ -234,9 +234,14 @@ pub(super) fn layernorm_fwd(
         });
 }
 
+/// Rows per task of the layer-norm backward (its weight and bias gradients are summed per
+/// task, then over tasks in order).
+pub(super) const LN_ROWS: usize = 64;
+
 /// Backward of [`layernorm_fwd`] given `dy (n, d)` and its input `x (n, d)`:
 /// `dx (n, d) += rstd * (dxh - mean(dxh) - xh * mean(dxh * xh))` with `dxh = dy * w`,
-/// `dw (d) = sum dy * xh`, `db (d) = sum dy` (overwritten).
+/// `dw (d) = sum dy * xh`, `db (d) = sum dy` (overwritten). `part` is scratch,
+/// `(ceil(n / LN_ROWS), 2d)`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn layernorm_bwd(
     dy: &[f32],
@@ -247,48 +252,97 @@ pub(super) fn layernorm_bwd(
     dx: &mut [f32],
     dw: &mut [f32],
     db: &mut [f32],
+    part: &mut [f32],
     d: usize,
 ) {
     let n = mean.len();
+    let chunks = n.div_ceil(LN_ROWS);
     dx[..n * d]
-        .par_chunks_mut(d)
+        .par_chunks_mut(LN_ROWS * d)
+        .zip(part[..chunks * 2 * d].par_chunks_mut(2 * d))
         .enumerate()
-        .for_each(|(i, dxi)| {
-            let (xi, dyi) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
-            let (mu, rs) = (mean[i], rstd[i]);
-            let (mut a, mut bsum) = (0.0f32, 0.0f32);
-            for j in 0..d {
-                let g = dyi[j] * w[j];
-                a += g;
-                bsum += g * (xi[j] - mu) * rs;
-            }
-            let (a, bsum) = (a / d as f32, bsum / d as f32);
-            for j in 0..d {
-                let xh = (xi[j] - mu) * rs;
-                dxi[j] += rs * (dyi[j] * w[j] - a - xh * bsum);
-            }
-        });
-    dw.par_chunks_mut(COLS)
-        .zip(db.par_chunks_mut(COLS))
-        .enumerate()
-        .for_each(|(c, (dwc, dbc))| {
-            dwc.fill(0.0);
-            dbc.fill(0.0);
-            let c0 = c * COLS;
-            for i in 0..n {
+        .for_each(|(c, (dxc, pc))| {
+            pc.fill(0.0);
+            let (pw, pb) = pc.split_at_mut(d);
+            for (ri, dxi) in dxc.chunks_mut(d).enumerate() {
+                let i = c * LN_ROWS + ri;
+                let (xi, dyi) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
                 let (mu, rs) = (mean[i], rstd[i]);
-                for (j, (gw, gb)) in dwc.iter_mut().zip(dbc.iter_mut()).enumerate() {
-                    let g = dy[i * d + c0 + j];
-                    *gw += g * (x[i * d + c0 + j] - mu) * rs;
-                    *gb += g;
+                let (mut a8, mut b8) = ([0.0f32; 8], [0.0f32; 8]);
+                let full = d / 8 * 8;
+                for j0 in (0..full).step_by(8) {
+                    for l in 0..8 {
+                        let j = j0 + l;
+                        let g = dyi[j] * w[j];
+                        a8[l] += g;
+                        b8[l] += g * (xi[j] - mu) * rs;
+                    }
+                }
+                let (mut a, mut bsum) = (lanes(a8), lanes(b8));
+                for j in full..d {
+                    let g = dyi[j] * w[j];
+                    a += g;
+                    bsum += g * (xi[j] - mu) * rs;
+                }
+                let (a, bsum) = (a / d as f32, bsum / d as f32);
+                for j in 0..d {
+                    let xh = (xi[j] - mu) * rs;
+                    dxi[j] += rs * (dyi[j] * w[j] - a - xh * bsum);
+                    pw[j] += dyi[j] * xh;
+                    pb[j] += dyi[j];
                 }
             }
         });
+    dw.fill(0.0);
+    db.fill(0.0);
+    for pc in part[..chunks * 2 * d].chunks(2 * d) {
+        dw.iter_mut().zip(&pc[..d]).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(&pc[d..]).for_each(|(a, b)| *a += b);
+    }
 }
 
-/// GELU, exact (erf) form as burn's flex backend computes it: `0.5 x (1 + erf(x / sqrt 2))`,
-/// `x (n)` to `out (n)`; `x` is then overwritten by the derivative `Phi(x) + x phi(x)`, all
-/// the backward pass needs of it.
+/// `erf(x)`: the rational approximation of Eigen and XLA (`generic_fast_erf_float`), a few
+/// ulp from the exact value, branch-free and so vectorised.
+#[inline]
+fn erf_fast(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+    p = x2 * p + -2.101_024e-6;
+    p = x2 * p + -5.692_506_4e-5;
+    p = x2 * p + -7.349_906_3e-4;
+    p = x2 * p + -2.954_6e-3;
+    p = x2 * p + -1.609_603_3e-2;
+    let p = x * p;
+    let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
+    q = x2 * q + -1.682_827e-3;
+    q = x2 * q + -7.373_329_3e-3;
+    q = x2 * q + -1.426_474e-2;
+    p / q
+}
+
+/// `exp(x)` for `x <= 0` (GELU's Gaussian density): Cephes' range reduction and polynomial,
+/// about 1 ulp, branch-free and so vectorised; 0 below -87.
+#[inline]
+fn exp_neg(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    // Round to nearest by the 1.5 * 2^23 trick (no SSE4.1 round instruction needed).
+    let k = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    let r = x - k * 0.693_359_4 - k * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5e-1;
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits(((k as i32 + 127) as u32) << 23)
+}
+
+/// GELU, exact (erf) form: `0.5 x (1 + erf(x / sqrt 2))`, `x (n)` to `out (n)`; `x` is then
+/// overwritten by the derivative `Phi(x) + x phi(x)`, all the backward pass needs of it.
+/// erf and exp are the vectorised approximations above (within 1e-6 of libm's, see the
+/// tests), not burn's libm calls: the parity tests bound the difference.
 pub(super) fn gelu_fwd(x: &mut [f32], out: &mut [f32]) {
     let inv_sqrt_2pi: f32 = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
     out[..x.len()]
@@ -297,19 +351,18 @@ pub(super) fn gelu_fwd(x: &mut [f32], out: &mut [f32]) {
         .for_each(|(o, x)| {
             for (o, x) in o.iter_mut().zip(x) {
                 let v = *x;
-                // v * cdf equals 0.5 v (1 + erf) exactly (the halving is exact).
-                let cdf = 0.5 * (1.0 + libm::erff(v / std::f32::consts::SQRT_2));
+                let cdf = 0.5 * (1.0 + erf_fast(v * std::f32::consts::FRAC_1_SQRT_2));
                 *o = v * cdf;
-                *x = cdf + v * inv_sqrt_2pi * (-0.5 * v * v).exp();
+                *x = cdf + v * inv_sqrt_2pi * exp_neg(-0.5 * v * v);
             }
         });
 }
 
-/// GELU in place.
+/// GELU in place (generation).
 pub(super) fn gelu_inplace(x: &mut [f32]) {
     x.par_chunks_mut(4096).for_each(|x| {
         for v in x.iter_mut() {
-            *v = 0.5 * *v * (1.0 + libm::erff(*v / std::f32::consts::SQRT_2));
+            *v *= 0.5 * (1.0 + erf_fast(*v * std::f32::consts::FRAC_1_SQRT_2));
         }
     });
 }
@@ -586,4 +639,24 @@ pub(super) fn attention_bwd(
                 }
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    /// The vectorised erf and exp against libm's over the range GELU sees.
+    #[test]
+    fn fast_erf_and_exp_match_libm() {
+        let (mut e_erf, mut e_exp) = (0.0f32, 0.0f32);
+        for i in -200_000..=200_000 {
+            let x = i as f32 * 5e-5; // [-10, 10]
+            e_erf = e_erf.max((super::erf_fast(x) - libm::erff(x)).abs());
+            let y = -0.5 * x * x;
+            let rel = (super::exp_neg(y) - libm::expf(y)).abs() / libm::expf(y).max(1e-30);
+            if libm::expf(y) > 1e-30 {
+                e_exp = e_exp.max(rel);
+            }
+        }
+        println!("erf within {e_erf:.2e} absolute, exp within {e_exp:.2e} relative");
+        assert!(e_erf < 1e-6 && e_exp < 1e-6, "{e_erf} {e_exp}");
+    }
 }

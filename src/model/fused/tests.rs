@@ -370,3 +370,114 @@ fn fused_matmul_tilings() {
         }
     }
 }
+
+/// Where a teacher-s step's time goes, layer family by layer family, best of several runs
+/// (robust to other load on the machine). Run by hand:
+/// `cargo test --release --lib fused_step_profile -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn fused_step_profile() {
+    use super::ops::{self, AttShape};
+    use std::time::Instant;
+    let spec = ModelSpec::preset("teacher-s").unwrap();
+    let (_, examples) = data(64, 4);
+    let (batch, targets) = batch_of(&examples, &spec);
+    let mut eng = FusedEngine::new(spec.clone(), 1).unwrap();
+    let (b, t, d, h) = (batch.b, batch.t, spec.d_model, spec.heads);
+    let (n, f, hs) = (b * t, d * spec.mlp_ratio, d / h);
+    println!("batch {b} x {t}");
+    let best = |f: &mut dyn FnMut()| {
+        let mut m = f64::MAX;
+        for _ in 0..15 {
+            let t0 = Instant::now();
+            f();
+            m = m.min(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        m
+    };
+    let mut slot = None;
+    let step = best(&mut || {
+        eng.train_step(&batch, &targets, 1e-3);
+    });
+    let w = eng.work_for(&mut slot, b, t);
+    let fwd = best(&mut || eng.forward(w, &batch));
+    let loss = best(&mut || {
+        eng.loss(w, &targets);
+    });
+    let bwd = best(&mut || eng.backward(w, &batch));
+    let sh = AttShape {
+        b,
+        h,
+        t,
+        s: t,
+        hs,
+        col0: 0,
+    };
+    let pads = vec![0; b];
+    let nd = n * d;
+    let att_f = best(&mut || {
+        ops::attention_fwd(
+            &w.q[..nd],
+            &w.k[..nd],
+            &w.v[..nd],
+            &mut w.att,
+            &mut w.y,
+            &pads,
+            sh,
+        )
+    });
+    let att_b = best(&mut || {
+        ops::attention_bwd(
+            &w.dy,
+            &w.q[..nd],
+            &w.k[..nd],
+            &w.v[..nd],
+            &w.att,
+            &w.cos,
+            &w.sin,
+            (&mut w.dq, &mut w.dk, &mut w.dv, &mut w.ds),
+            &mut w.dqkv,
+            sh,
+        )
+    });
+    let ln = best(&mut || {
+        ops::layernorm_fwd(
+            &w.resid[..nd],
+            &vec![1.0; d],
+            &vec![0.0; d],
+            &mut w.ln1[..nd],
+            &mut w.ln1_mean[..n],
+            &mut w.ln1_rstd[..n],
+            d,
+        )
+    });
+    let lnb = best(&mut || {
+        let (mut gw, mut gb) = (vec![0.0; d], vec![0.0; d]);
+        ops::layernorm_bwd(
+            &w.dtmp,
+            &w.resid[..nd],
+            &w.ln1_mean[..n],
+            &w.ln1_rstd[..n],
+            &vec![1.0; d],
+            &mut w.dres,
+            &mut gw,
+            &mut gb,
+            &mut w.ln_part,
+            d,
+        )
+    });
+    let gelu = best(&mut || ops::gelu_fwd(&mut w.dact[..n * f], &mut w.act[..n * f]));
+    let (mm, _) = super::linear_matmul_floor(&spec, b, t, 5);
+    let l = spec.layers as f64;
+    println!(
+        "step {step:.2} ms: forward {fwd:.2}, loss {loss:.2}, backward {bwd:.2}; linear matmuls \
+         {:.2}; per step: attention forward {:.2}, backward {:.2}, layer norms forward {:.2}, \
+         backward {:.2}, GELU {:.2}",
+        mm * 1e3,
+        att_f * l,
+        att_b * l,
+        ln * (2.0 * l + 1.0),
+        lnb * (2.0 * l + 1.0),
+        gelu * l
+    );
+}
