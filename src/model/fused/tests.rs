@@ -481,3 +481,105 @@ fn fused_step_profile() {
         gelu * l
     );
 }
+
+/// The engine tests of `model::tests`, on the fused engine: greedy generation with left
+/// padding and the KV cache picks, at every step, the argmax of a full forward pass over the
+/// unpadded sequence so far, with the same top-1 logprob.
+#[test]
+fn fused_cached_batched_generation_matches_full_recomputation() {
+    use crate::model::generate::{model_input, pack};
+    let mut spec = ModelSpec::preset("tiny").unwrap();
+    spec.d_model = 32;
+    spec.layers = 2;
+    let eng = new_engine(Backend::FUSED, spec.clone(), 9).unwrap();
+    let mut rng = derive_rng(2, "t");
+    let prompts: Vec<_> = (0..6).map(|_| Mix::benign().sample(&mut rng)).collect();
+    let refs: Vec<_> = prompts.iter().collect();
+    let params = vec![
+        GenParams {
+            max_new: 6,
+            temperature: 0.0,
+            top_k: 3
+        };
+        refs.len()
+    ];
+    let gens = generate::generate(eng.as_ref(), &refs, &params, 6, &mut rng, None);
+    for (p, g) in prompts.iter().zip(&gens) {
+        assert!(!g.tokens.is_empty());
+        let mut seq = model_input(p);
+        let voice = p.voice_input();
+        for (step, &tok) in g.tokens.iter().enumerate() {
+            let batch = pack(&[(&seq, &voice)]);
+            let logits = eng.logits(&batch);
+            let v = spec.vocab;
+            let last = &logits[(seq.len() - 1) * v..seq.len() * v];
+            let best = generate::top_k_indices(last, 1)[0] as u32;
+            assert_eq!(tok, best, "step {step}");
+            let mut ls = vec![0.0; v];
+            generate::log_softmax(last, &mut ls);
+            assert!((g.top[step][0].1 - ls[best as usize]).abs() < 1e-5);
+            seq.push(tok);
+        }
+    }
+}
+
+/// The fused engine's tempered loss is the host's definition of it (`train::eval_loss`), and
+/// training on it lowers it; a save/load round trip keeps the logits; a wrong spec is an
+/// error.
+#[test]
+fn fused_tempered_loss_matches_its_host_definition_and_trains() {
+    let spec = ModelSpec::preset("tiny").unwrap();
+    let mut eng = new_engine(Backend::FUSED, spec.clone(), 5).unwrap();
+    let (_, examples) = data(24, 4);
+    let examples = tempered(&examples);
+    let (b, t) = batch_of(&examples, &spec);
+    let (engine_loss, _) = eng.loss_gradient(&b, &t);
+    let host = crate::model::train::eval_loss(eng.as_ref(), &examples, 64);
+    assert!(
+        (engine_loss - host).abs() < 1e-5 * host.abs().max(1.0),
+        "engine {engine_loss} vs host {host}"
+    );
+    let first = eng.train_step(&b, &t, 1e-2);
+    let mut last = first;
+    for _ in 0..30 {
+        last = eng.train_step(&b, &t, 1e-2);
+    }
+    assert!(first.is_finite() && last < first * 0.8, "{first} -> {last}");
+    let dir = std::env::temp_dir().join(format!("distill-sim-fused-rt-{}", std::process::id()));
+    let path = dir.join("m.safetensors");
+    eng.save(&path).unwrap();
+    let loaded = load_engine(Backend::FUSED, spec.clone(), &path).unwrap();
+    assert_eq!(eng.logits(&b), loaded.logits(&b));
+    let mut wrong = spec;
+    wrong.d_model = 32;
+    assert!(load_engine(Backend::FUSED, wrong, &path).is_err());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A non-finite input makes the fused engine's loss non-finite (and training stops at once),
+/// as in the other engines.
+#[test]
+fn fused_non_finite_loss_stops_training() {
+    let spec = ModelSpec::preset("tiny").unwrap();
+    let mut eng = new_engine(Backend::FUSED, spec, 5).unwrap();
+    let (_, mut examples) = data(32, 3);
+    for e in examples.iter_mut() {
+        e.voice = [f32::NAN; crate::world::VOICE_DIM];
+    }
+    let cfg = crate::model::train::TrainConfig {
+        steps: 20,
+        batch_size: 8,
+        ..Default::default()
+    };
+    let report = crate::model::train::train_validated(
+        eng.as_mut(),
+        &examples,
+        &[],
+        None,
+        &cfg,
+        1,
+        |_, _| {},
+    );
+    assert!(!report.is_finite(), "{report:?}");
+    assert_eq!(report.steps, 1);
+}
