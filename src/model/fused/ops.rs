@@ -44,8 +44,10 @@ pub(super) fn matmul(
 ) {
     // Measured on teacher-s shapes: tall products (the forward and input-gradient ones) run
     // best in row panels, the weight gradient (long reduction, small output) in small tiles.
+    // Row panels: eight of them (a multiple of 16 rows), so that two or four threads share
+    // them evenly; the count depends on the shape alone.
     let tile = if m >= 1024 {
-        (256, 512)
+        (m.div_ceil(8).div_ceil(16) * 16, 512)
     } else {
         (TILE_M, TILE_N)
     };
