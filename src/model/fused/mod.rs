@@ -137,6 +137,8 @@ struct Work {
     cap_t: usize,
     /// The batch shape the rotary tables hold.
     rope_bt: (usize, usize),
+    /// No left padding in training: zeros (B).
+    no_pads: Vec<usize>,
     /// Rotary tables of the positions 0..T of every row: (N, hs/2) each.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -204,6 +206,7 @@ impl Work {
             cap_b: b,
             cap_t: t,
             rope_bt: (0, 0),
+            no_pads: vec![0; b],
             cos: z(n * half),
             sin: z(n * half),
             vproj: z(b * d),
@@ -356,7 +359,6 @@ impl FusedEngine {
             hs,
             col0: 0,
         };
-        let no_pads = vec![0usize; b];
         for (l, o) in lay.blocks.iter().enumerate() {
             let (nd, nf) = (n * d, n * f);
             let (before, after) = w.resid.split_at_mut((l + 1) * nd);
@@ -386,7 +388,7 @@ impl FusedEngine {
             ops::rope_split_fwd(&w.qkv, &w.cos, &w.sin, q, k, v, sh); // (B, H, T, hs) x 3
             let att = &mut w.att[l * b * h * t * t..(l + 1) * b * h * t * t]; // (B, H, T, T)
             let y = &mut w.y[l * nd..(l + 1) * nd]; // (N, d)
-            ops::attention_fwd(q, k, v, att, y, &no_pads, sh);
+            ops::attention_fwd(q, k, v, att, y, &w.no_pads[..b], sh);
             let mid = &mut w.mid[l * nd..(l + 1) * nd];
             mid.copy_from_slice(x);
             ops::linear_fwd(

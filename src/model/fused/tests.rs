@@ -583,3 +583,69 @@ fn fused_non_finite_loss_stops_training() {
     assert!(!report.is_finite(), "{report:?}");
     assert_eq!(report.steps, 1);
 }
+
+/// Fused against burn, best step of many (robust to other load on the machine): training
+/// ms/step and tokens/s on one batch of 64 ideal-policy sequences, and generation of 256
+/// prompts (greedy, 32 tokens, top-5), at 1 and 2 threads. Run by hand:
+/// `cargo test --release --lib fused_vs_burn_best_of -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn fused_vs_burn_best_of() {
+    use std::time::Instant;
+    let (prompts, examples) = data(256, 9);
+    for size in ["student-s", "teacher-s", "teacher-m"] {
+        let spec = ModelSpec::preset(size).unwrap();
+        let (b, t) = batch_of(&examples[..64], &spec);
+        let w = crate::model::weights::init(&spec, 1);
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut line = format!("{size}, {threads} thread(s), batch {}x{}:", b.b, b.t);
+            let mut ratios = vec![];
+            for backend in [Backend::FUSED, Backend::BURN] {
+                let (step, gen) = pool.install(|| {
+                    let mut eng = crate::model::new_engine(backend, spec.clone(), 1).unwrap();
+                    eng.set_weights(&w).unwrap();
+                    let mut step = f64::MAX;
+                    for _ in 0..20 {
+                        let t0 = Instant::now();
+                        eng.train_step(&b, &t, 1e-3);
+                        step = step.min(t0.elapsed().as_secs_f64());
+                    }
+                    let refs: Vec<&Prompt> = prompts.iter().collect();
+                    let params = vec![
+                        GenParams {
+                            max_new: 32,
+                            temperature: 0.0,
+                            top_k: 5
+                        };
+                        refs.len()
+                    ];
+                    let mut gen = f64::MAX;
+                    for _ in 0..4 {
+                        let mut rng = derive_rng(0, "g");
+                        let t0 = Instant::now();
+                        generate::generate(eng.as_ref(), &refs, &params, 256, &mut rng, None);
+                        gen = gen.min(t0.elapsed().as_secs_f64());
+                    }
+                    (step, gen)
+                });
+                ratios.push((step, gen));
+                line += &format!(
+                    " {}: step {:.1} ms ({:.0} tokens/s), generation {:.0} queries/s;",
+                    backend.tag(),
+                    step * 1e3,
+                    (b.b * b.t) as f64 / step,
+                    prompts.len() as f64 / gen
+                );
+            }
+            println!(
+                "{line} fused/burn: training {:.2}x, generation {:.2}x",
+                ratios[1].0 / ratios[0].0,
+                ratios[1].1 / ratios[0].1
+            );
+        }
+    }
+}
