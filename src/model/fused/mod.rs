@@ -135,11 +135,14 @@ fn pair(g: &mut [f32], off: usize, n1: usize, n2: usize) -> (&mut [f32], &mut [f
 struct Work {
     cap_b: usize,
     cap_t: usize,
-    /// The batch shape the rotary tables hold.
-    rope_bt: (usize, usize),
-    /// No left padding in training: zeros (B).
-    no_pads: Vec<usize>,
-    /// Rotary tables of the positions 0..T of every row: (N, hs/2) each.
+    /// Packed rows of the batch in use (`Ne <= B * T`): row `r` keeps positions
+    /// `0..len_r`, in packed rows `start[r]..start[r + 1]` (B + 1); its attention
+    /// probabilities at `att_off[r]` (B + 1); `src` (Ne): the batch position of each packed row.
+    ne: usize,
+    start: Vec<usize>,
+    att_off: Vec<usize>,
+    src: Vec<usize>,
+    /// Rotary tables of each packed row's position: (Ne, hs/2) each.
     cos: Vec<f32>,
     sin: Vec<f32>,
     /// The voice projection per row: (B, d).
@@ -205,8 +208,10 @@ impl Work {
         Work {
             cap_b: b,
             cap_t: t,
-            rope_bt: (0, 0),
-            no_pads: vec![0; b],
+            ne: 0,
+            start: vec![0; b + 1],
+            att_off: vec![0; b + 1],
+            src: vec![0; n],
             cos: z(n * half),
             sin: z(n * half),
             vproj: z(b * d),
@@ -267,6 +272,8 @@ pub struct FusedEngine {
     work: Mutex<Option<Work>>,
     /// Buffers of the last generation.
     gen: Mutex<Option<GenWork>>,
+    /// Rotary tables of positions 0..context: (context, hs/2) each.
+    rope: (Vec<f32>, Vec<f32>),
 }
 
 impl FusedEngine {
@@ -280,6 +287,10 @@ impl FusedEngine {
     pub fn from_weights(spec: ModelSpec, w: &Weights) -> Result<FusedEngine> {
         spec.validate().map_err(Error::Model)?;
         let lay = Layout::new(&spec);
+        let rope = rope_tables(
+            &(0..spec.context as i64).collect::<Vec<_>>(),
+            spec.d_model / spec.heads / 2,
+        );
         let mut eng = FusedEngine {
             params: vec![0.0; lay.total],
             lay,
@@ -288,6 +299,7 @@ impl FusedEngine {
             optim_settings: OptimSettings::default(),
             work: Mutex::new(None),
             gen: Mutex::new(None),
+            rope,
         };
         eng.set_weights(w)?;
         Ok(eng)
@@ -297,9 +309,17 @@ impl FusedEngine {
         &self.params[off..off + len]
     }
 
-    /// The buffers for batch shape (b, t): the last ones when they are large enough, else
-    /// new ones for the largest shape seen; rotary tables for positions 0..t of each row.
-    fn work_for<'a>(&self, slot: &'a mut Option<Work>, b: usize, t: usize) -> &'a mut Work {
+    /// The buffers for `batch`: the last ones when they are large enough, else new ones for
+    /// the largest shape seen; then the packing. With `weight` (training), row `r` keeps its
+    /// positions up to its last one of positive weight (later positions influence nothing
+    /// trained on); without (logits), every position.
+    fn work_for<'a>(
+        &self,
+        slot: &'a mut Option<Work>,
+        batch: &Batch,
+        weight: Option<&[f32]>,
+    ) -> &'a mut Work {
+        let (b, t) = (batch.b, batch.t);
         let cap = slot.as_ref().map_or((0, 0), |w| (w.cap_b, w.cap_t));
         if b > cap.0 || t > cap.1 {
             *slot = Some(Work::new(
@@ -310,15 +330,37 @@ impl FusedEngine {
             ));
         }
         let w = slot.as_mut().expect("just set");
-        if w.rope_bt != (b, t) {
-            let half = self.spec.d_model / self.spec.heads / 2;
-            let pos: Vec<i64> = (0..t as i64).collect();
-            let (c, s) = rope_tables(&pos, half); // (T, hs/2) each
-            for r in 0..b {
-                w.cos[r * t * half..(r + 1) * t * half].copy_from_slice(&c);
-                w.sin[r * t * half..(r + 1) * t * half].copy_from_slice(&s);
+        let (h, half) = (self.spec.heads, self.spec.d_model / self.spec.heads / 2);
+        w.start[0] = 0;
+        w.att_off[0] = 0;
+        for r in 0..b {
+            let len = match weight {
+                Some(wt) => (0..t)
+                    .rev()
+                    .find(|&i| wt[r * t + i] != 0.0)
+                    .map_or(0, |i| i + 1),
+                None => t,
+            };
+            let s0 = w.start[r];
+            for i in 0..len {
+                w.src[s0 + i] = r * t + i;
             }
-            w.rope_bt = (b, t);
+            w.start[r + 1] = s0 + len;
+            w.att_off[r + 1] = w.att_off[r] + h * len * len;
+        }
+        w.ne = w.start[b];
+        // Rotary tables for positions 0..T, copied per packed row.
+        let fresh;
+        let (c, s) = if t <= self.spec.context {
+            (&self.rope.0, &self.rope.1)
+        } else {
+            fresh = rope_tables(&(0..t as i64).collect::<Vec<_>>(), half);
+            (&fresh.0, &fresh.1)
+        };
+        for (i, &at) in w.src[..w.ne].iter().enumerate() {
+            let col = at % t;
+            w.cos[i * half..(i + 1) * half].copy_from_slice(&c[col * half..(col + 1) * half]);
+            w.sin[i * half..(i + 1) * half].copy_from_slice(&s[col * half..(col + 1) * half]);
         }
         w
     }
@@ -328,7 +370,8 @@ impl FusedEngine {
     fn forward(&self, w: &mut Work, batch: &Batch) {
         let s = &self.spec;
         let (b, t, d, h, vd) = (batch.b, batch.t, s.d_model, s.heads, s.voice_dim);
-        let (n, f, hs, vocab) = (b * t, d * s.mlp_ratio, d / h, s.vocab);
+        let (f, hs, vocab) = (d * s.mlp_ratio, d / h, s.vocab);
+        let n = w.ne; // packed rows
         let lay = &self.lay;
         // The voice projection (B, d) = voice (B, VD) @ voice_w (VD, d).
         let voice_w = self.p(lay.voice_w, vd * d);
@@ -341,24 +384,30 @@ impl FusedEngine {
                     .for_each(|(o, wv)| *o += x * wv);
             }
         }
-        // Embedding + voice at BOS: (N, d).
-        embed_fwd(
-            self.p(lay.tok_emb, vocab * d),
-            &batch.tokens,
-            &w.vproj,
-            |i| (i % t == 0) as u8 as f32,
-            &mut w.resid[..n * d],
-            t,
-            d,
-        );
-        let sh = AttShape {
-            b,
+        // Embedding + voice at BOS: (Ne, d), packed row i holding position src[i] of the batch.
+        let (tok_emb, vproj, src) = (self.p(lay.tok_emb, vocab * d), &w.vproj, &w.src);
+        w.resid[..n * d]
+            .par_chunks_mut(d)
+            .enumerate()
+            .for_each(|(i, o)| {
+                let at = src[i];
+                let tok = batch.tokens[at] as usize;
+                let (e, vr) = (
+                    &tok_emb[tok * d..(tok + 1) * d],
+                    &vproj[(at / t) * d..(at / t + 1) * d],
+                );
+                let gate = (at % t == 0) as u8 as f32;
+                for j in 0..d {
+                    o[j] = e[j] + vr[j] * gate;
+                }
+            });
+        let g = ops::Packed {
+            start: &w.start[..b + 1],
+            att_off: &w.att_off[..b + 1],
             h,
-            t,
-            s: t,
             hs,
-            col0: 0,
         };
+        let na = w.att_off[b]; // attention probabilities per layer
         for (l, o) in lay.blocks.iter().enumerate() {
             let (nd, nf) = (n * d, n * f);
             let (before, after) = w.resid.split_at_mut((l + 1) * nd);
@@ -385,10 +434,10 @@ impl FusedEngine {
                 &mut w.k[l * nd..(l + 1) * nd],
                 &mut w.v[l * nd..(l + 1) * nd],
             );
-            ops::rope_split_fwd(&w.qkv, &w.cos, &w.sin, q, k, v, sh); // (B, H, T, hs) x 3
-            let att = &mut w.att[l * b * h * t * t..(l + 1) * b * h * t * t]; // (B, H, T, T)
-            let y = &mut w.y[l * nd..(l + 1) * nd]; // (N, d)
-            ops::attention_fwd(q, k, v, att, y, &w.no_pads[..b], sh);
+            ops::rope_split_packed(&w.qkv, &w.cos, &w.sin, q, k, v, g); // per row (H, len, hs) x 3
+            let att = &mut w.att[l * na..(l + 1) * na]; // per row (H, len, len)
+            let y = &mut w.y[l * nd..(l + 1) * nd]; // (Ne, d)
+            ops::attention_fwd_packed(q, k, v, att, y, g);
             let mid = &mut w.mid[l * nd..(l + 1) * nd];
             mid.copy_from_slice(x);
             ops::linear_fwd(
@@ -458,14 +507,14 @@ impl FusedEngine {
     fn loss(&self, w: &mut Work, targets: &Targets) -> f32 {
         let v = self.spec.vocab;
         let total: f32 = targets.weight.iter().sum::<f32>().max(1e-6);
-        let n = targets.weight.len();
-        let logits = &w.logits;
+        let n = w.ne;
+        let (logits, src) = (&w.logits, &w.src);
         w.dlogits[..n * v]
             .par_chunks_mut(v)
             .zip(w.ce[..n].par_iter_mut())
             .enumerate()
             .for_each(|(i, (g, ce))| {
-                *ce = position_loss_grad(&logits[i * v..(i + 1) * v], targets, i, total, g);
+                *ce = position_loss_grad(&logits[i * v..(i + 1) * v], targets, src[i], total, g);
             });
         -w.ce[..n].iter().sum::<f32>() / total
     }
@@ -473,8 +522,9 @@ impl FusedEngine {
     /// The backward pass from `w.dlogits` to `w.grads` (overwritten).
     fn backward(&self, w: &mut Work, batch: &Batch) {
         let s = &self.spec;
-        let (b, t, d, h, vd) = (batch.b, batch.t, s.d_model, s.heads, s.voice_dim);
-        let (n, f, hs, vocab) = (b * t, d * s.mlp_ratio, d / h, s.vocab);
+        let (b, d, h, vd) = (batch.b, s.d_model, s.heads, s.voice_dim);
+        let (f, hs, vocab) = (d * s.mlp_ratio, d / h, s.vocab);
+        let n = w.ne; // packed rows
         let lay = &self.lay;
         let (nd, nf) = (n * d, n * f);
         let g = &mut w.grads;
@@ -506,14 +556,13 @@ impl FusedEngine {
             &mut w.ln_part,
             d,
         ); // dres (N, d)
-        let sh = AttShape {
-            b,
+        let gp = ops::Packed {
+            start: &w.start[..b + 1],
+            att_off: &w.att_off[..b + 1],
             h,
-            t,
-            s: t,
             hs,
-            col0: 0,
         };
+        let na = w.att_off[b];
         for (l, o) in lay.blocks.iter().enumerate().rev() {
             // MLP out: next = mid + act @ out_w + out_b.
             let (gw, gb) = pair(g, o.out_w, f * d, d);
@@ -572,13 +621,13 @@ impl FusedEngine {
                 &w.q[l * nd..(l + 1) * nd],
                 &w.k[l * nd..(l + 1) * nd],
                 &w.v[l * nd..(l + 1) * nd],
-                &w.att[l * b * h * t * t..(l + 1) * b * h * t * t],
+                &w.att[l * na..(l + 1) * na],
                 &w.cos,
                 &w.sin,
                 (&mut w.dq, &mut w.dk, &mut w.dv, &mut w.ds),
                 &mut w.dqkv,
-                sh,
-            ); // dqkv (N, 3d)
+                gp,
+            ); // dqkv (Ne, 3d)
             let (gw, gb) = pair(g, o.qkv_w, d * 3 * d, 3 * d);
             ops::linear_bwd(
                 &w.ln1[l * nd..(l + 1) * nd],
@@ -608,8 +657,9 @@ impl FusedEngine {
         // Embedding and voice: rows summed in order.
         let ge = &mut g[lay.tok_emb..lay.tok_emb + vocab * d];
         ge.fill(0.0);
-        for (i, &tok) in batch.tokens.iter().enumerate() {
-            let row = &mut ge[tok as usize * d..(tok as usize + 1) * d];
+        for (i, &at) in w.src[..n].iter().enumerate() {
+            let tok = batch.tokens[at] as usize;
+            let row = &mut ge[tok * d..(tok + 1) * d];
             row.iter_mut()
                 .zip(&w.dres[i * d..(i + 1) * d])
                 .for_each(|(a, b)| *a += b);
@@ -618,7 +668,10 @@ impl FusedEngine {
         let gv = &mut g[lay.voice_w..lay.voice_w + vd * d];
         gv.fill(0.0);
         for r in 0..b {
-            let dr = &w.dres[r * t * d..(r * t + 1) * d];
+            if w.start[r + 1] == w.start[r] {
+                continue; // a row with nothing trained on
+            }
+            let dr = &w.dres[w.start[r] * d..(w.start[r] + 1) * d];
             for (kk, &x) in batch.voice[r * vd..(r + 1) * vd].iter().enumerate() {
                 gv[kk * d..(kk + 1) * d]
                     .iter_mut()
@@ -690,7 +743,7 @@ impl FusedEngine {
     pub fn timed_step(&mut self, batch: &Batch, targets: &Targets, lr: f64) -> (f32, [f64; 3]) {
         let clock = std::time::Instant::now();
         let mut slot = self.work.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let w = self.work_for(&mut slot, batch.b, batch.t);
+        let w = self.work_for(&mut slot, batch, Some(&targets.weight));
         self.forward(w, batch);
         let loss = self.loss(w, targets);
         let forward = clock.elapsed().as_secs_f64();
@@ -974,7 +1027,7 @@ impl Engine for FusedEngine {
 
     fn logits(&self, batch: &Batch) -> Vec<f32> {
         let mut slot = self.work.lock().unwrap_or_else(|e| e.into_inner());
-        let w = self.work_for(&mut slot, batch.b, batch.t);
+        let w = self.work_for(&mut slot, batch, None);
         self.forward(w, batch);
         w.logits[..batch.b * batch.t * self.spec.vocab].to_vec()
     }
@@ -1065,7 +1118,7 @@ impl Engine for FusedEngine {
 
     fn loss_gradient(&self, batch: &Batch, targets: &Targets) -> (f32, Weights) {
         let mut slot = self.work.lock().unwrap_or_else(|e| e.into_inner());
-        let w = self.work_for(&mut slot, batch.b, batch.t);
+        let w = self.work_for(&mut slot, batch, Some(&targets.weight));
         let loss = self.loss_and_grads(w, batch, targets);
         let mut out = Weights::default();
         for ta in &self.lay.tensors {

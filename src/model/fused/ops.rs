@@ -567,9 +567,148 @@ pub(super) fn attention_fwd(
         });
 }
 
-/// Backward of training attention (`col0 = 0`, `S = t`, no left pads) and of the rotation:
-/// from `dy (B, t, d)` and the forward's `q, k, v (B, H, t, hs)` and `att (B, H, t, t)`,
-/// writes `dqkv (B, t, 3d)`. `dq, dk, dv (B, H, t, hs)` and `ds (B, t)` are scratch.
+/// Where the rows of a packed training batch lie: row `r` keeps its first `len_r` positions
+/// (up to its last weighted one; later positions influence nothing that is trained on), in
+/// packed rows `start[r]..start[r + 1]` of the `(Ne, .)` buffers. Per-head buffers hold row
+/// `r` at `start[r] * d` as `(H, len_r, hs)`; attention probabilities at `att_off[r]` as
+/// `(H, len_r, len_r)`.
+#[derive(Clone, Copy)]
+pub(super) struct Packed<'a> {
+    pub start: &'a [usize],
+    pub att_off: &'a [usize],
+    pub h: usize,
+    pub hs: usize,
+}
+
+impl Packed<'_> {
+    fn rows(&self) -> usize {
+        self.start.len() - 1
+    }
+    fn span(&self, r: usize) -> (usize, usize) {
+        (self.start[r], self.start[r + 1] - self.start[r])
+    }
+}
+
+/// `&mut buf[off..off + len]` from a pointer shared by tasks writing disjoint ranges.
+///
+/// SAFETY: the caller's ranges are disjoint across tasks and inside the buffer.
+unsafe fn part<'a>(p: SendPtr, off: usize, len: usize) -> &'a mut [f32] {
+    std::slice::from_raw_parts_mut(p.get().add(off), len)
+}
+
+/// [`rope_split_fwd`] on a packed batch: `qkv (Ne, 3d)`, `cos, sin (Ne, hs / 2)` to `q, k, v`
+/// (per row `(H, len, hs)`).
+pub(super) fn rope_split_packed(
+    qkv: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    q: &mut [f32],
+    k: &mut [f32],
+    v: &mut [f32],
+    g: Packed,
+) {
+    let (h, hs) = (g.h, g.hs);
+    let (d, half) = (h * hs, hs / 2);
+    let ne = g.start[g.rows()];
+    assert!(q.len() >= ne * d && k.len() >= ne * d && v.len() >= ne * d);
+    let (qp, kp, vp) = (
+        SendPtr(q.as_mut_ptr()),
+        SendPtr(k.as_mut_ptr()),
+        SendPtr(v.as_mut_ptr()),
+    );
+    (0..g.rows()).into_par_iter().for_each(|r| {
+        let (s0, len) = g.span(r);
+        // SAFETY: row r's blocks are disjoint from every other row's.
+        let (qr, kr, vr) = unsafe {
+            (
+                part(qp, s0 * d, len * d),
+                part(kp, s0 * d, len * d),
+                part(vp, s0 * d, len * d),
+            )
+        };
+        for i in 0..len {
+            let row = &qkv[(s0 + i) * 3 * d..(s0 + i + 1) * 3 * d]; // (3d)
+            let (c, sn) = (
+                &cos[(s0 + i) * half..(s0 + i + 1) * half],
+                &sin[(s0 + i) * half..(s0 + i + 1) * half],
+            );
+            for hh in 0..h {
+                let at = (hh * len + i) * hs;
+                rotate(&row[hh * hs..(hh + 1) * hs], c, sn, &mut qr[at..at + hs]);
+                rotate(
+                    &row[d + hh * hs..d + (hh + 1) * hs],
+                    c,
+                    sn,
+                    &mut kr[at..at + hs],
+                );
+                vr[at..at + hs].copy_from_slice(&row[2 * d + hh * hs..2 * d + (hh + 1) * hs]);
+            }
+        }
+    });
+}
+
+/// Causal attention on a packed batch: query `i` of row `r` attends keys `0..=i`, scores
+/// `q k / sqrt(hs)` softmaxed; writes the probabilities `att` (per row `(H, len, len)`) and
+/// `y (Ne, d)`.
+pub(super) fn attention_fwd_packed(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    att: &mut [f32],
+    y: &mut [f32],
+    g: Packed,
+) {
+    let (h, hs) = (g.h, g.hs);
+    let d = h * hs;
+    let scale = (hs as f32).sqrt();
+    let ne = g.start[g.rows()];
+    assert!(att.len() >= g.att_off[g.rows()] && y.len() >= ne * d);
+    let (ap, yp) = (SendPtr(att.as_mut_ptr()), SendPtr(y.as_mut_ptr()));
+    (0..g.rows()).into_par_iter().for_each(|r| {
+        let (s0, len) = g.span(r);
+        // SAFETY: row r's blocks are disjoint from every other row's.
+        let (att_r, y_r) = unsafe {
+            (
+                part(ap, g.att_off[r], h * len * len),
+                part(yp, s0 * d, len * d),
+            )
+        };
+        for hh in 0..h {
+            let o = s0 * d + hh * len * hs;
+            let (qb, kb, vb) = (
+                &q[o..o + len * hs],
+                &k[o..o + len * hs],
+                &v[o..o + len * hs],
+            ); // (len, hs)
+            for i in 0..len {
+                let p = &mut att_r[(hh * len + i) * len..(hh * len + i + 1) * len]; // (len)
+                let yi = &mut y_r[i * d + hh * hs..i * d + (hh + 1) * hs]; // (hs)
+                p.fill(0.0);
+                yi.fill(0.0);
+                let qi = &qb[i * hs..(i + 1) * hs];
+                let mut mx = f32::NEG_INFINITY;
+                for j in 0..=i {
+                    let sc = dot(qi, &kb[j * hs..(j + 1) * hs]) / scale;
+                    p[j] = sc;
+                    mx = mx.max(sc);
+                }
+                let mut sum = 0.0f32;
+                for pj in &mut p[..=i] {
+                    *pj = (*pj - mx).exp();
+                    sum += *pj;
+                }
+                for j in 0..=i {
+                    p[j] /= sum;
+                    axpy(yi, p[j], &vb[j * hs..(j + 1) * hs]);
+                }
+            }
+        }
+    });
+}
+
+/// Backward of [`attention_fwd_packed`] and of the rotation: from `dy (Ne, d)` and the
+/// forward's `q, k, v, att`, writes `dqkv (Ne, 3d)`. `dq, dk, dv` (like `q`) and `ds (Ne)` are
+/// scratch.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attention_bwd(
     dy: &[f32],
@@ -581,66 +720,86 @@ pub(super) fn attention_bwd(
     sin: &[f32],
     scratch: (&mut [f32], &mut [f32], &mut [f32], &mut [f32]),
     dqkv: &mut [f32],
-    sh: AttShape,
+    g: Packed,
 ) {
-    let AttShape { b, h, t, hs, .. } = sh;
+    let (h, hs) = (g.h, g.hs);
     let (d, half) = (h * hs, hs / 2);
     let scale = (hs as f32).sqrt();
     let (dq, dk, dv, ds) = scratch;
-    let per = h * t * hs;
-    dq[..b * per]
-        .par_chunks_mut(per)
-        .zip(dk.par_chunks_mut(per).zip(dv.par_chunks_mut(per)))
-        .zip(ds.par_chunks_mut(t).zip(dqkv.par_chunks_mut(t * 3 * d)))
-        .enumerate()
-        .for_each(|(r, ((dqr, (dkr, dvr)), (dsr, dqkv_r)))| {
-            dqr.fill(0.0);
-            dkr.fill(0.0);
-            dvr.fill(0.0);
+    let ne = g.start[g.rows()];
+    assert!(dq.len() >= ne * d && dk.len() >= ne * d && dv.len() >= ne * d);
+    assert!(ds.len() >= ne && dqkv.len() >= ne * 3 * d);
+    let (dqp, dkp, dvp, dsp, dqkvp) = (
+        SendPtr(dq.as_mut_ptr()),
+        SendPtr(dk.as_mut_ptr()),
+        SendPtr(dv.as_mut_ptr()),
+        SendPtr(ds.as_mut_ptr()),
+        SendPtr(dqkv.as_mut_ptr()),
+    );
+    (0..g.rows()).into_par_iter().for_each(|r| {
+        let (s0, len) = g.span(r);
+        // SAFETY: row r's blocks are disjoint from every other row's.
+        let (dqr, dkr, dvr, dsr, dqkv_r) = unsafe {
+            (
+                part(dqp, s0 * d, len * d),
+                part(dkp, s0 * d, len * d),
+                part(dvp, s0 * d, len * d),
+                part(dsp, s0, len),
+                part(dqkvp, s0 * 3 * d, len * 3 * d),
+            )
+        };
+        dqr.fill(0.0);
+        dkr.fill(0.0);
+        dvr.fill(0.0);
+        for hh in 0..h {
+            let o = s0 * d + hh * len * hs;
+            let (qb, kb, vb) = (
+                &q[o..o + len * hs],
+                &k[o..o + len * hs],
+                &v[o..o + len * hs],
+            );
+            let hb = hh * len * hs;
+            for i in 0..len {
+                let dyi = &dy[(s0 + i) * d + hh * hs..(s0 + i) * d + (hh + 1) * hs];
+                let pa = g.att_off[r] + (hh * len + i) * len;
+                let p = &att[pa..pa + len];
+                // dP_j = dy_i . v_j; c = sum_j P_ij dP_j.
+                let mut c = 0.0f32;
+                for j in 0..=i {
+                    dsr[j] = dot(dyi, &vb[j * hs..(j + 1) * hs]);
+                    c += p[j] * dsr[j];
+                }
+                let qi = &qb[i * hs..(i + 1) * hs];
+                for j in 0..=i {
+                    // dS_ij = P_ij (dP_ij - c) / sqrt(hs)
+                    let gs = p[j] * (dsr[j] - c) / scale;
+                    let kj = &kb[j * hs..(j + 1) * hs];
+                    axpy(&mut dqr[hb + i * hs..hb + (i + 1) * hs], gs, kj);
+                    axpy(&mut dkr[hb + j * hs..hb + (j + 1) * hs], gs, qi);
+                    axpy(&mut dvr[hb + j * hs..hb + (j + 1) * hs], p[j], dyi);
+                }
+            }
+        }
+        // Un-rotate queries and keys, merge heads: (H, len, hs) x 3 -> (len, 3d).
+        for i in 0..len {
+            let (c, sn) = (
+                &cos[(s0 + i) * half..(s0 + i + 1) * half],
+                &sin[(s0 + i) * half..(s0 + i + 1) * half],
+            );
+            let row = &mut dqkv_r[i * 3 * d..(i + 1) * 3 * d];
             for hh in 0..h {
-                let o = (r * h + hh) * t * hs;
-                let (qb, kb, vb) = (&q[o..o + t * hs], &k[o..o + t * hs], &v[o..o + t * hs]);
-                let hb = hh * t * hs;
-                for i in 0..t {
-                    let dyi = &dy[(r * t + i) * d + hh * hs..(r * t + i) * d + (hh + 1) * hs];
-                    let p = &att[((r * h + hh) * t + i) * t..((r * h + hh) * t + i + 1) * t];
-                    // dP_j = dy_i . v_j; c = sum_j P_ij dP_j.
-                    let mut c = 0.0f32;
-                    for j in 0..=i {
-                        dsr[j] = dot(dyi, &vb[j * hs..(j + 1) * hs]);
-                        c += p[j] * dsr[j];
-                    }
-                    let qi = &qb[i * hs..(i + 1) * hs];
-                    for j in 0..=i {
-                        // dS_ij = P_ij (dP_ij - c) / sqrt(hs)
-                        let g = p[j] * (dsr[j] - c) / scale;
-                        let kj = &kb[j * hs..(j + 1) * hs];
-                        axpy(&mut dqr[hb + i * hs..hb + (i + 1) * hs], g, kj);
-                        axpy(&mut dkr[hb + j * hs..hb + (j + 1) * hs], g, qi);
-                        axpy(&mut dvr[hb + j * hs..hb + (j + 1) * hs], p[j], dyi);
-                    }
-                }
-            }
-            // Un-rotate queries and keys, merge heads: (H, t, hs) x 3 -> (t, 3d).
-            for i in 0..t {
-                let (c, sn) = (
-                    &cos[(r * t + i) * half..(r * t + i + 1) * half],
-                    &sin[(r * t + i) * half..(r * t + i + 1) * half],
+                let at = (hh * len + i) * hs;
+                unrotate(&dqr[at..at + hs], c, sn, &mut row[hh * hs..(hh + 1) * hs]);
+                unrotate(
+                    &dkr[at..at + hs],
+                    c,
+                    sn,
+                    &mut row[d + hh * hs..d + (hh + 1) * hs],
                 );
-                let row = &mut dqkv_r[i * 3 * d..(i + 1) * 3 * d];
-                for hh in 0..h {
-                    let at = (hh * t + i) * hs;
-                    unrotate(&dqr[at..at + hs], c, sn, &mut row[hh * hs..(hh + 1) * hs]);
-                    unrotate(
-                        &dkr[at..at + hs],
-                        c,
-                        sn,
-                        &mut row[d + hh * hs..d + (hh + 1) * hs],
-                    );
-                    row[2 * d + hh * hs..2 * d + (hh + 1) * hs].copy_from_slice(&dvr[at..at + hs]);
-                }
+                row[2 * d + hh * hs..2 * d + (hh + 1) * hs].copy_from_slice(&dvr[at..at + hs]);
             }
-        });
+        }
+    });
 }
 
 #[cfg(test)]

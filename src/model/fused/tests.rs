@@ -377,14 +377,14 @@ fn fused_matmul_tilings() {
 #[test]
 #[ignore]
 fn fused_step_profile() {
-    use super::ops::{self, AttShape};
+    use super::ops;
     use std::time::Instant;
     let spec = ModelSpec::preset("teacher-s").unwrap();
     let (_, examples) = data(64, 4);
     let (batch, targets) = batch_of(&examples, &spec);
     let mut eng = FusedEngine::new(spec.clone(), 1).unwrap();
     let (b, t, d, h) = (batch.b, batch.t, spec.d_model, spec.heads);
-    let (n, f, hs) = (b * t, d * spec.mlp_ratio, d / h);
+    let (f, hs) = (d * spec.mlp_ratio, d / h);
     println!("batch {b} x {t}");
     let best = |f: &mut dyn FnMut()| {
         let mut m = f64::MAX;
@@ -399,34 +399,31 @@ fn fused_step_profile() {
     let step = best(&mut || {
         eng.train_step(&batch, &targets, 1e-3);
     });
-    let w = eng.work_for(&mut slot, b, t);
+    let w = eng.work_for(&mut slot, &batch, Some(&targets.weight));
     let fwd = best(&mut || eng.forward(w, &batch));
     let loss = best(&mut || {
         eng.loss(w, &targets);
     });
     let bwd = best(&mut || eng.backward(w, &batch));
-    let sh = AttShape {
-        b,
-        h,
-        t,
-        s: t,
-        hs,
-        col0: 0,
-    };
-    let pads = vec![0; b];
+    let n = w.ne;
+    println!("packed rows {n} of {}", b * t);
     let nd = n * d;
     let att_f = best(&mut || {
-        ops::attention_fwd(
-            &w.q[..nd],
-            &w.k[..nd],
-            &w.v[..nd],
-            &mut w.att,
-            &mut w.y,
-            &pads,
-            sh,
-        )
+        let g = ops::Packed {
+            start: &w.start[..b + 1],
+            att_off: &w.att_off[..b + 1],
+            h,
+            hs,
+        };
+        ops::attention_fwd_packed(&w.q[..nd], &w.k[..nd], &w.v[..nd], &mut w.att, &mut w.y, g)
     });
     let att_b = best(&mut || {
+        let g = ops::Packed {
+            start: &w.start[..b + 1],
+            att_off: &w.att_off[..b + 1],
+            h,
+            hs,
+        };
         ops::attention_bwd(
             &w.dy,
             &w.q[..nd],
@@ -437,7 +434,7 @@ fn fused_step_profile() {
             &w.sin,
             (&mut w.dq, &mut w.dk, &mut w.dv, &mut w.ds),
             &mut w.dqkv,
-            sh,
+            g,
         )
     });
     let ln = best(&mut || {
