@@ -25,6 +25,9 @@ use rayon::prelude::*;
 use std::path::Path;
 use std::sync::Mutex;
 
+/// Rows per group of a batched generation (fixed: results do not depend on thread count).
+const GEN_ROWS: usize = 32;
+
 /// burn's AdamW epsilon (added to the square root of the corrected second moment).
 const ADAM_EPS: f32 = 1e-5;
 
@@ -270,8 +273,8 @@ pub struct FusedEngine {
     /// Buffers of the last training batch shape (a Mutex: `logits` and `loss_gradient` take
     /// `&self`).
     work: Mutex<Option<Work>>,
-    /// Buffers of the last generation.
-    gen: Mutex<Option<GenWork>>,
+    /// Buffers of the last generation, one per group of rows.
+    gen: Mutex<Vec<GenWork>>,
     /// Rotary tables of positions 0..context: (context, hs/2) each.
     rope: (Vec<f32>, Vec<f32>),
 }
@@ -298,7 +301,7 @@ impl FusedEngine {
             optim: None,
             optim_settings: OptimSettings::default(),
             work: Mutex::new(None),
-            gen: Mutex::new(None),
+            gen: Mutex::new(Vec::new()),
             rope,
         };
         eng.set_weights(w)?;
@@ -877,17 +880,38 @@ impl FusedEngine {
     }
 
     /// Prefill, then decoding steps until the decoder stops or `max_new` tokens are chosen.
-    fn decode(&self, g: &mut GenWork, pre: &Prefill, max_new: usize, decoder: &mut dyn Decoder) {
-        let (b, p, vocab) = (g.b, pre.p, self.spec.vocab);
+    fn decode(
+        &self,
+        works: &mut [GenWork],
+        pre: &Prefill,
+        max_new: usize,
+        decoder: &mut dyn Decoder,
+    ) {
+        let (p, vocab) = (pre.p, self.spec.vocab);
         let toks: Vec<u32> = pre.tokens.iter().map(|&x| x as u32).collect();
-        self.infer(g, &toks, &pre.pos, 0, p);
-        let mut last: Vec<f32> = (0..b)
-            .flat_map(|r| {
-                g.logits[(r * p + p - 1) * vocab..(r * p + p) * vocab]
-                    .iter()
-                    .copied()
-            })
-            .collect();
+        // Prefill, each group of rows on its own.
+        works.par_iter_mut().for_each(|g| {
+            let (r0, rows) = (g.r0, g.b);
+            self.infer(
+                g,
+                &toks[r0 * p..(r0 + rows) * p],
+                &pre.pos[r0 * p..(r0 + rows) * p],
+                0,
+                p,
+            );
+        });
+        let b = pre.pads.len();
+        let mut last = vec![0.0f32; b * vocab];
+        let gather = |works: &[GenWork], last: &mut [f32], t: usize| {
+            for g in works {
+                for r in 0..g.b {
+                    let at = (r * t + t - 1) * vocab;
+                    last[(g.r0 + r) * vocab..(g.r0 + r + 1) * vocab]
+                        .copy_from_slice(&g.logits[at..at + vocab]);
+                }
+            }
+        };
+        gather(works, &mut last, p);
         for step in 0..max_new {
             let Some(next) = decoder.step(&last) else {
                 return;
@@ -895,9 +919,16 @@ impl FusedEngine {
             if step + 1 == max_new {
                 return;
             }
-            let pos: Vec<i64> = (0..b).map(|r| (p - pre.pads[r] + step) as i64).collect();
-            self.infer(g, &next, &pos, p + step, 1);
-            last.copy_from_slice(&g.logits[..b * vocab]);
+            works.par_iter_mut().for_each(|g| {
+                let (r0, rows) = (g.r0, g.b);
+                for r in 0..rows {
+                    g.pos[r] = (p - pre.pads[r0 + r] + step) as i64;
+                }
+                let pos = std::mem::take(&mut g.pos);
+                self.infer(g, &next[r0..r0 + rows], &pos[..rows], p + step, 1);
+                g.pos = pos;
+            });
+            gather(works, &mut last, 1);
         }
     }
 }
@@ -906,7 +937,11 @@ impl FusedEngine {
 struct GenWork {
     /// Rows, prompt columns and cache columns the buffers hold at most.
     cap: (usize, usize, usize),
+    /// First row of the batch this group holds, and its rows.
+    r0: usize,
     b: usize,
+    /// Positions of the rows' new tokens (rows).
+    pos: Vec<i64>,
     smax: usize,
     pads: Vec<usize>,
     vproj: Vec<f32>,
@@ -1060,48 +1095,65 @@ impl Engine for FusedEngine {
         let pre = Prefill::new(prompts, -1e9);
         let p = pre.p;
         let smax = p + max_new.max(1);
-        let n = b * p;
-        let z = |len: usize| vec![0.0f32; len];
-        // The last generation's buffers when they are large enough.
-        let old = self.gen.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let mut g = match old {
-            Some(g) if g.cap.0 >= b && g.cap.1 >= p && g.cap.2 >= smax => g,
-            _ => GenWork {
-                cap: (b, p, smax),
-                b,
-                smax,
-                pads: vec![],
-                vproj: z(b * d),
-                x: z(n * d),
-                a: z(n * d),
-                mean: z(n),
-                rstd: z(n),
-                qkv: z(n * 3 * d),
-                q: z(n * d),
-                att: z(b * h * p * smax),
-                y: z(n * d),
-                h: z(n * f),
-                logits: z(n * vocab),
-                kc: z(s.layers * b * h * smax * (d / h)),
-                vc: z(s.layers * b * h * smax * (d / h)),
-            },
-        };
-        g.b = b;
-        g.smax = smax;
-        g.pads.clone_from(&pre.pads);
-        // The voice projection (B, d) = voice (B, VD) @ voice_w (VD, d).
-        let voice_w = self.p(self.lay.voice_w, vd * d);
-        for r in 0..b {
-            let vr = &mut g.vproj[r * d..(r + 1) * d];
-            vr.fill(0.0);
-            for (kk, &x) in voice[r * vd..(r + 1) * vd].iter().enumerate() {
-                vr.iter_mut()
-                    .zip(&voice_w[kk * d..(kk + 1) * d])
-                    .for_each(|(o, wv)| *o += x * wv);
+        // Rows are independent in generation: groups of GEN_ROWS rows run their whole
+        // forward pass each on its own (one parallel region per decoding step).
+        let groups = b.div_ceil(GEN_ROWS);
+        let mut works = std::mem::take(&mut *self.gen.lock().unwrap_or_else(|e| e.into_inner()));
+        works.truncate(groups);
+        for gi in 0..groups {
+            let (r0, rows) = (gi * GEN_ROWS, GEN_ROWS.min(b - gi * GEN_ROWS));
+            let fits = works
+                .get(gi)
+                .is_some_and(|g| g.cap.0 >= rows && g.cap.1 >= p && g.cap.2 >= smax);
+            if !fits {
+                let n = GEN_ROWS * p;
+                let z = |len: usize| vec![0.0f32; len];
+                let g = GenWork {
+                    cap: (GEN_ROWS, p, smax),
+                    r0,
+                    b: rows,
+                    smax,
+                    pads: vec![0; GEN_ROWS],
+                    pos: vec![0; GEN_ROWS],
+                    vproj: z(GEN_ROWS * d),
+                    x: z(n * d),
+                    a: z(n * d),
+                    mean: z(n),
+                    rstd: z(n),
+                    qkv: z(n * 3 * d),
+                    q: z(n * d),
+                    att: z(GEN_ROWS * h * p * smax),
+                    y: z(n * d),
+                    h: z(n * f),
+                    logits: z(n * vocab),
+                    kc: z(s.layers * GEN_ROWS * h * smax * (d / h)),
+                    vc: z(s.layers * GEN_ROWS * h * smax * (d / h)),
+                };
+                if gi < works.len() {
+                    works[gi] = g;
+                } else {
+                    works.push(g);
+                }
+            }
+            let g = &mut works[gi];
+            g.r0 = r0;
+            g.b = rows;
+            g.smax = smax;
+            g.pads[..rows].copy_from_slice(&pre.pads[r0..r0 + rows]);
+            // The voice projection (rows, d) = voice (rows, VD) @ voice_w (VD, d).
+            let voice_w = self.p(self.lay.voice_w, vd * d);
+            for r in 0..rows {
+                let vr = &mut g.vproj[r * d..(r + 1) * d];
+                vr.fill(0.0);
+                for (kk, &x) in voice[(r0 + r) * vd..(r0 + r + 1) * vd].iter().enumerate() {
+                    vr.iter_mut()
+                        .zip(&voice_w[kk * d..(kk + 1) * d])
+                        .for_each(|(o, wv)| *o += x * wv);
+                }
             }
         }
-        self.decode(&mut g, &pre, max_new, decoder);
-        *self.gen.lock().unwrap_or_else(|e| e.into_inner()) = Some(g);
+        self.decode(&mut works, &pre, max_new, decoder);
+        *self.gen.lock().unwrap_or_else(|e| e.into_inner()) = works;
     }
 
     fn weights(&self) -> Weights {
