@@ -440,14 +440,19 @@ fn fused_breakdown(
     opts: &BenchOptions,
     batches: &[(crate::model::Batch, crate::model::Targets)],
 ) -> crate::Result<()> {
-    use crate::model::fused::{linear_matmul_floor, FusedEngine};
+    use crate::model::fused::{linear_matmul_floor, packed_rows, FusedEngine};
     println!(
         "fused training step, {} compute threads: milliseconds per step (share of the step)",
         crate::model::compute_threads()
     );
     println!();
-    println!("| model | forward + loss | backward | optimiser | step | linear matmuls alone | step GFLOP/s | matmul GFLOP/s |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "The step computes each sequence up to its last trained position (packed rows); the \
+         FLOP rates count the packed rows' matmuls."
+    );
+    println!();
+    println!("| model | packed rows | forward + loss | backward | optimiser | step | linear matmuls alone | step GFLOP/s | matmul GFLOP/s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let steps = if opts.quick { 4 } else { 16 };
     for size in &opts.sizes {
         let Some(spec) = ModelSpec::preset(size) else {
@@ -463,19 +468,22 @@ fn fused_breakdown(
             for (acc, x) in parts.iter_mut().zip(p) {
                 *acc += x / steps as f64;
             }
-            flops += 3.0 * spec.flops_per_token(b.t) * (b.b * b.t) as f64 / steps as f64;
+            flops += 3.0 * spec.flops_per_token(b.t) * packed_rows(b, t) as f64 / steps as f64;
         }
         let step: f64 = parts.iter().sum();
-        let (mut mm, mut mm_flops) = (0.0, 0.0);
+        let (mut mm, mut mm_flops, mut rows) = (0.0, 0.0, 0.0);
         for i in 0..steps {
-            let b = &batches[i % batches.len()].0;
-            let (s, f) = linear_matmul_floor(&spec, b.b, b.t, 2);
+            let (b, t) = &batches[i % batches.len()];
+            let n = packed_rows(b, t);
+            let (s, f) = linear_matmul_floor(&spec, n, 1, 2);
             mm += s / steps as f64;
             mm_flops += f / steps as f64;
+            rows += n as f64 / (b.b * b.t) as f64 / steps as f64;
         }
         let share = |x: f64| format!("{:.1} ({:.0}%)", x * 1e3, 100.0 * x / step);
         println!(
-            "| {size} | {} | {} | {} | {:.1} | {} | {:.1} | {:.1} |",
+            "| {size} | {:.0}% | {} | {} | {} | {:.1} | {} | {:.1} | {:.1} |",
+            100.0 * rows,
             share(parts[0]),
             share(parts[1]),
             share(parts[2]),

@@ -1202,7 +1202,20 @@ impl Engine for FusedEngine {
     }
 }
 
-/// Seconds per training step on a `(b, t)` batch of the linear layers' matrix products alone
+/// Rows a training step on `batch` computes: each row up to its last position of positive
+/// weight (the fused engine packs them).
+pub fn packed_rows(batch: &Batch, targets: &Targets) -> usize {
+    (0..batch.b)
+        .map(|r| {
+            (0..batch.t)
+                .rev()
+                .find(|&i| targets.weight[r * batch.t + i] != 0.0)
+                .map_or(0, |i| i + 1)
+        })
+        .sum()
+}
+
+/// Seconds per training step on `b * t` rows of the linear layers' matrix products alone
 /// (forward, input gradient and weight gradient of every linear layer, through the same tiled
 /// `gemm` calls as a step), and their floating-point operations: the floor of the step's
 /// matmul work (attention's small per-head products, written as loops, are not included).
