@@ -1,16 +1,26 @@
 //! The fused engine: the transformer of [`ModelSpec`] written out by hand in pure Rust, llm.c
 //! style. Forward and backward go layer by layer (one function each, in [`ops`]) over
-//! activation and gradient buffers allocated once per batch shape and reused; matmuls run
-//! through the `gemm` crate in fixed tiles on rayon's global pool, the other layers in
-//! parallel over rows of the batch. The model is the one of the burn engine
-//! ([`super::burn_engine`]) to the last detail that changes a value: layer norm with the
-//! biased variance and eps 1e-5, exact (erf) GELU, rotary halves, scores divided by
-//! `sqrt(hs)`, the voice projection added where the position is 0, the same loss, burn's AdamW
-//! (epsilon 1e-5, decoupled weight decay on matrices only, the gradient clipped per tensor)
-//! and the same left-padded prefill for generation.
+//! activation and gradient buffers allocated for the largest batch shape seen and reused;
+//! matmuls run through the `gemm` crate in fixed tiles on rayon's global pool, the other
+//! layers in parallel over rows of the batch.
+//!
+//! The model is the one of the burn engine ([`super::burn_engine`]) to the last detail that
+//! changes a value: layer norm with the biased variance and eps 1e-5, exact (erf) GELU (erf
+//! and exp through vectorisable approximations within 4e-7 of libm's), rotary halves, scores
+//! divided by `sqrt(hs)`, the voice projection added where the position is 0, the same loss
+//! for every target kind, burn's AdamW (epsilon 1e-5, decoupled weight decay on matrices only,
+//! the gradient clipped per tensor) and the same left-padded prefill for generation. The
+//! tests in `tests.rs` state how close it comes (logits within about 2e-6, gradients within
+//! about 2e-7 of burn's).
+//!
+//! Two things make it faster than a general framework beyond the hand-written layers:
+//! training computes each sequence only up to its last position with a loss weight (later
+//! positions of a right-padded batch influence nothing that is trained on, so the loss and
+//! every gradient are those of the full batch), and generation runs groups of rows through
+//! the whole forward pass each on its own.
 //!
 //! Same seed and same inputs give bit-identical results at any thread count: work is split
-//! by the shapes alone and every sum runs in a fixed order.
+//! by the shapes alone (never by the number of threads) and every sum runs in a fixed order.
 
 mod ops;
 #[cfg(test)]
