@@ -77,6 +77,15 @@ pub(super) fn matmul_tiled(
     if m == 0 || n == 0 {
         return;
     }
+    if k == 0 {
+        // An empty product (a batch with nothing to train on): zero, or nothing added.
+        if !accumulate {
+            for i in 0..m {
+                c[i * ldc..i * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
     assert!(
         k == 0 || ((m - 1) * a_rs + (k - 1) * a_cs) < a.len(),
         "matmul: lhs"

@@ -646,3 +646,27 @@ fn fused_vs_burn_best_of() {
         }
     }
 }
+
+/// A batch without any loss weight: zero loss and zero gradients, as burn gives.
+#[test]
+fn fused_batch_without_weight_has_zero_loss_and_gradient() {
+    let spec = ModelSpec::preset("tiny").unwrap();
+    let (_, examples) = data(4, 8);
+    let (b, mut t) = batch_of(&examples, &spec);
+    t.weight.iter_mut().for_each(|w| *w = 0.0);
+    let eng = new_engine(Backend::FUSED, spec.clone(), 3).unwrap();
+    let burn = load_engine_from(eng.as_ref(), &spec);
+    let (l1, g1) = eng.loss_gradient(&b, &t);
+    let (l2, _) = burn.loss_gradient(&b, &t);
+    assert_eq!(l1, 0.0);
+    assert_eq!(l1, l2);
+    for (name, (_, g)) in &g1.tensors {
+        assert!(g.iter().all(|&x| x == 0.0), "{name}");
+    }
+}
+
+fn load_engine_from(eng: &dyn Engine, spec: &ModelSpec) -> Box<dyn Engine> {
+    let mut burn = new_engine(Backend::BURN, spec.clone(), 0).unwrap();
+    burn.set_weights(&eng.weights()).unwrap();
+    burn
+}
