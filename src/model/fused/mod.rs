@@ -36,7 +36,9 @@ use std::path::Path;
 use std::sync::Mutex;
 
 /// Rows per group of a batched generation (fixed: results do not depend on thread count).
-const GEN_ROWS: usize = 32;
+/// Larger groups keep the matmuls efficient (measured: 128 beat 32 and 64 on 256-prompt
+/// batches); the tests use small groups so that several groups run.
+const GEN_ROWS: usize = if cfg!(test) { 16 } else { 128 };
 
 /// burn's AdamW epsilon (added to the square root of the corrected second moment).
 const ADAM_EPS: f32 = 1e-5;
