@@ -202,6 +202,10 @@ pub fn run(opts: &BenchOptions) -> crate::Result<()> {
         println!();
         burn_breakdown(opts, &batches)?;
     }
+    if opts.backends.contains(&Backend::FUSED) {
+        println!();
+        fused_breakdown(opts, &batches)?;
+    }
     let _ = std::fs::remove_dir_all(&scratch);
     if opts.harvest > 0 {
         println!();
@@ -418,6 +422,68 @@ fn burn_breakdown(
         let share = |x: f64| format!("{:.1} ({:.0}%)", x * 1e3, 100.0 * x / step);
         println!(
             "| {size} | {} | {} | {} | {:.1} | {} | {:.1} | {:.1} |",
+            share(parts[0]),
+            share(parts[1]),
+            share(parts[2]),
+            step * 1e3,
+            share(mm),
+            flops / step / 1e9,
+            mm_flops / mm / 1e9
+        );
+    }
+    Ok(())
+}
+
+/// Where a fused training step's time goes, per size: forward with the loss, backward,
+/// optimiser, and the floor set by the linear layers' matmuls alone (same tiled `gemm` calls).
+fn fused_breakdown(
+    opts: &BenchOptions,
+    batches: &[(crate::model::Batch, crate::model::Targets)],
+) -> crate::Result<()> {
+    use crate::model::fused::{linear_matmul_floor, packed_rows, FusedEngine};
+    println!(
+        "fused training step, {} compute threads: milliseconds per step (share of the step)",
+        crate::model::compute_threads()
+    );
+    println!();
+    println!(
+        "The step computes each sequence up to its last trained position (packed rows); the \
+         FLOP rates count the packed rows' matmuls."
+    );
+    println!();
+    println!("| model | packed rows | forward + loss | backward | optimiser | step | linear matmuls alone | step GFLOP/s | matmul GFLOP/s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let steps = if opts.quick { 4 } else { 16 };
+    for size in &opts.sizes {
+        let Some(spec) = ModelSpec::preset(size) else {
+            continue;
+        };
+        let mut eng = FusedEngine::from_weights(spec.clone(), &weights::init(&spec, 1))?;
+        let _ = eng.timed_step(&batches[0].0, &batches[0].1, 1e-3);
+        let mut parts = [0.0f64; 3];
+        let mut flops = 0.0;
+        for i in 0..steps {
+            let (b, t) = &batches[i % batches.len()];
+            let (_, p) = eng.timed_step(b, t, 1e-3);
+            for (acc, x) in parts.iter_mut().zip(p) {
+                *acc += x / steps as f64;
+            }
+            flops += 3.0 * spec.flops_per_token(b.t) * packed_rows(b, t) as f64 / steps as f64;
+        }
+        let step: f64 = parts.iter().sum();
+        let (mut mm, mut mm_flops, mut rows) = (0.0, 0.0, 0.0);
+        for i in 0..steps {
+            let (b, t) = &batches[i % batches.len()];
+            let n = packed_rows(b, t);
+            let (s, f) = linear_matmul_floor(&spec, n, 1, 2);
+            mm += s / steps as f64;
+            mm_flops += f / steps as f64;
+            rows += n as f64 / (b.b * b.t) as f64 / steps as f64;
+        }
+        let share = |x: f64| format!("{:.1} ({:.0}%)", x * 1e3, 100.0 * x / step);
+        println!(
+            "| {size} | {:.0}% | {} | {} | {} | {:.1} | {} | {:.1} | {:.1} |",
+            100.0 * rows,
             share(parts[0]),
             share(parts[1]),
             share(parts[2]),

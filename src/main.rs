@@ -142,7 +142,7 @@ enum Cmd {
         /// Benchmark the traffic layer (clock, limits, ledgers, detectors) instead of the models.
         #[arg(long)]
         traffic: bool,
-        /// Engines side by side: burn, tch-cpu, tch-cuda (comma-separated).
+        /// Engines side by side: burn, fused, tch-cpu, tch-cuda (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "burn")]
         engines: Vec<String>,
         /// Model sizes (comma-separated presets).

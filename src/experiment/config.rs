@@ -28,8 +28,9 @@ pub struct ExperimentConfig {
     pub base: Option<String>,
     /// Run seeds: every grid point runs once per seed.
     pub seeds: Vec<u64>,
-    /// Neural engine for teacher and students: `burn` (default, pure-Rust flex CPU backend)
-    /// or `tch` (LibTorch; needs a build with `--features tch`).
+    /// Neural engine for teacher and students: `burn` (default, pure-Rust flex CPU backend),
+    /// `fused` (the transformer written out by hand in pure Rust, CPU) or `tch` (LibTorch;
+    /// needs a build with `--features tch`).
     pub engine: EngineKind,
     /// Where the engine runs: `cpu` (default) or `cuda` (engine `tch` only).
     pub device: DeviceKind,

@@ -2,6 +2,7 @@
 
 pub mod burn_engine;
 pub mod engine;
+pub mod fused;
 pub mod generate;
 pub mod spec;
 #[cfg(feature = "tch")]
@@ -34,6 +35,9 @@ pub enum EngineKind {
     Burn,
     /// LibTorch through tch (cargo feature `tch`), on the CPU or a CUDA GPU.
     Tch,
+    /// The transformer written out by hand in pure Rust (forward and backward layer by
+    /// layer, `gemm` matmuls, rayon threads), CPU only.
+    Fused,
 }
 
 /// Where the engine runs (config key `device`).
@@ -69,7 +73,12 @@ impl Backend {
         device: DeviceKind::Cpu,
     };
 
-    /// A short name: `burn` (the flex CPU default), `tch-cpu` or `tch-cuda`. Part of the
+    pub const FUSED: Backend = Backend {
+        engine: EngineKind::Fused,
+        device: DeviceKind::Cpu,
+    };
+
+    /// A short name: `burn` (the flex CPU default), `fused`, `tch-cpu` or `tch-cuda`. Part of the
     /// teacher cache key, since engines differ in the last float bits.
     pub fn tag(&self) -> &'static str {
         match (self.engine, self.device) {
@@ -77,6 +86,8 @@ impl Backend {
             (EngineKind::Burn, DeviceKind::Cuda) => "burn-cuda",
             (EngineKind::Tch, DeviceKind::Cpu) => "tch-cpu",
             (EngineKind::Tch, DeviceKind::Cuda) => "tch-cuda",
+            (EngineKind::Fused, DeviceKind::Cpu) => "fused",
+            (EngineKind::Fused, DeviceKind::Cuda) => "fused-cuda",
         }
     }
 
@@ -84,7 +95,12 @@ impl Backend {
     /// The error says what to change.
     pub fn check(&self) -> Result<()> {
         match (self.engine, self.device) {
-            (EngineKind::Burn, DeviceKind::Cpu) => Ok(()),
+            (EngineKind::Burn | EngineKind::Fused, DeviceKind::Cpu) => Ok(()),
+            (EngineKind::Fused, DeviceKind::Cuda) => Err(Error::Invalid(
+                "device: cuda needs engine: tch (the fused engine runs on the CPU only; \
+                 allowed: engine burn or fused with device cpu, engine tch with device cpu or cuda)"
+                    .into(),
+            )),
             (EngineKind::Burn, DeviceKind::Cuda) => Err(Error::Invalid(
                 "device: cuda needs engine: tch (burn runs on its pure-Rust flex CPU backend \
                  here; allowed: engine burn with device cpu, engine tch with device cpu or cuda)"
@@ -109,6 +125,7 @@ impl Backend {
     pub fn parse(tag: &str) -> Result<Backend> {
         let b = match tag.trim() {
             "burn" => Backend::BURN,
+            "fused" => Backend::FUSED,
             "tch-cpu" => Backend {
                 engine: EngineKind::Tch,
                 device: DeviceKind::Cpu,
@@ -119,7 +136,7 @@ impl Backend {
             },
             other => {
                 return Err(Error::Invalid(format!(
-                    "unknown engine `{other}` (allowed: burn, tch-cpu, tch-cuda)"
+                    "unknown engine `{other}` (allowed: burn, fused, tch-cpu, tch-cuda)"
                 )))
             }
         };
@@ -162,6 +179,7 @@ pub fn new_engine(backend: Backend, spec: ModelSpec, seed: u64) -> Result<Box<dy
     backend.check()?;
     match backend.engine {
         EngineKind::Burn => Ok(Box::new(burn_engine::BurnEngine::new(spec, seed)?)),
+        EngineKind::Fused => Ok(Box::new(fused::FusedEngine::new(spec, seed)?)),
         #[cfg(feature = "tch")]
         EngineKind::Tch => Ok(Box::new(tch_engine::TchEngine::new(
             spec,
@@ -185,6 +203,7 @@ pub fn load_engine(
         .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
     match backend.engine {
         EngineKind::Burn => Ok(Box::new(burn_engine::BurnEngine::from_weights(spec, &w)?)),
+        EngineKind::Fused => Ok(Box::new(fused::FusedEngine::from_weights(spec, &w)?)),
         #[cfg(feature = "tch")]
         EngineKind::Tch => Ok(Box::new(tch_engine::TchEngine::from_weights(
             spec,
