@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The engines side by side on this machine's CPU, in one run, at one thread count: burn (the
-# default build), tch-cpu (the LibTorch build in target/tch, if built), PyTorch eager and
+# The engines side by side on this machine's CPU, in one run, at one thread count: fused and
+# burn (the default build), tch-cpu (the LibTorch build in target/tch, if built), PyTorch eager and
 # torch.compile (scripts/torch_reference.py, if a Python with torch is found), all on the same
 # weights and workload (`distill-sim bench --dump`). Prints the tables, burn's step breakdown
 # and each engine's ratio to PyTorch eager; keeps everything under $OUT.
@@ -21,7 +21,7 @@ tch="$root/target/tch/release/distill-sim"
 
 echo "# CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $threads threads per engine"
 echo
-"$burn" bench --engines burn --sizes "$sizes" --threads "$threads" --dump "$out/dump" | tee "$out/burn.md"
+"$burn" bench --engines fused,burn --sizes "$sizes" --threads "$threads" --dump "$out/dump" | tee "$out/burn.md"
 echo
 if [ -x "$tch" ]; then
     LD_LIBRARY_PATH="$root/.libtorch/torch/lib:$root/.libtorch/lib:${LD_LIBRARY_PATH:-}" \
