@@ -43,9 +43,10 @@ struct Common {
     /// Run only the i-th of n deterministic slices of the runs, e.g. `--shard 0/2`.
     #[arg(long, value_name = "I/N", allow_hyphen_values = true)]
     shard: Option<String>,
-    /// Neural engine: burn (default; pure-Rust flex CPU backend) or tch (LibTorch; a build with
-    /// `--features tch`). The same as `--set engine=...`.
-    #[arg(long, value_parser = ["burn", "tch"])]
+    /// Neural engine: burn (default; pure-Rust flex CPU backend), fused (the hand-written
+    /// pure-Rust CPU engine) or tch (LibTorch; a build with `--features tch`). The same as
+    /// `--set engine=...`.
+    #[arg(long, value_parser = ["burn", "fused", "tch"])]
     engine: Option<String>,
     /// Device: cpu (default) or cuda (LibTorch on a CUDA GPU; implies `--engine tch`). The
     /// same as `--set device=...`.
