@@ -26,41 +26,10 @@ const TILE_N: usize = 96;
 
 /// `c (m, n) = a (m, k) @ b (k, n)` (plus `c` when `accumulate`), with any strides for `a` and
 /// `b` (`_rs` between rows, `_cs` between columns) and `c` row-major with row stride `ldc`.
-/// Tiles of the output run in parallel, each a single-threaded `gemm` call.
+/// Tiles of the output run in parallel, each a single-threaded `gemm` call; the tiling depends
+/// on the shape alone, so results do not depend on the thread count.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    a_rs: usize,
-    a_cs: usize,
-    b: &[f32],
-    b_rs: usize,
-    b_cs: usize,
-    c: &mut [f32],
-    ldc: usize,
-    accumulate: bool,
-) {
-    // Measured on teacher-s shapes: tall products (the forward and input-gradient ones) run
-    // best in row panels, the weight gradient (long reduction, small output) in small tiles.
-    // Row panels: eight of them (a multiple of 16 rows), so that two or four threads share
-    // them evenly; the count depends on the shape alone.
-    let tile = if m >= 1024 {
-        (m.div_ceil(8).div_ceil(16) * 16, 512)
-    } else {
-        (TILE_M, TILE_N)
-    };
-    matmul_tiled(
-        tile, m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, ldc, accumulate,
-    )
-}
-
-/// [`matmul`] with tiles of `tile.0` rows and `tile.1` columns (0: one tile, `gemm`'s own
-/// rayon parallelism).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn matmul_tiled(
-    tile: (usize, usize),
     m: usize,
     n: usize,
     k: usize,
@@ -86,43 +55,18 @@ pub(super) fn matmul_tiled(
         }
         return;
     }
-    assert!(
-        k == 0 || ((m - 1) * a_rs + (k - 1) * a_cs) < a.len(),
-        "matmul: lhs"
-    );
-    assert!(
-        k == 0 || ((k - 1) * b_rs + (n - 1) * b_cs) < b.len(),
-        "matmul: rhs"
-    );
+    assert!((m - 1) * a_rs + (k - 1) * a_cs < a.len(), "matmul: lhs");
+    assert!((k - 1) * b_rs + (n - 1) * b_cs < b.len(), "matmul: rhs");
     assert!((m - 1) * ldc + n <= c.len(), "matmul: dst");
-    if tile.0 == 0 {
-        // SAFETY: bounds checked above.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                c.as_mut_ptr(),
-                1,
-                ldc as isize,
-                accumulate,
-                a.as_ptr(),
-                a_cs as isize,
-                a_rs as isize,
-                b.as_ptr(),
-                b_cs as isize,
-                b_rs as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(rayon::current_num_threads()),
-            )
-        }
-        return;
-    }
-    let (tile_m, tile_n) = tile;
+    // Measured on teacher-s shapes: tall products (the forward and input-gradient ones) run
+    // best in row panels, the weight gradient (long reduction, small output) in small tiles.
+    // Row panels: eight of them (a multiple of 16 rows), so that two or four threads share
+    // them evenly; the count depends on the shape alone.
+    let (tile_m, tile_n) = if m >= 1024 {
+        (m.div_ceil(8).div_ceil(16) * 16, 512)
+    } else {
+        (TILE_M, TILE_N)
+    };
     let (tm, tn) = (m.div_ceil(tile_m), n.div_ceil(tile_n));
     let cp = SendPtr(c.as_mut_ptr());
     let (ap, bp) = (a.as_ptr() as usize, b.as_ptr() as usize);
