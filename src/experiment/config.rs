@@ -720,6 +720,14 @@ fn at_origin(
     }
 }
 
+/// An error about grid axis `key`, at the axis's line where the file has one.
+fn grid_err(path: &Path, text: &str, key: &str, msg: impl std::fmt::Display) -> Error {
+    let at = find_grid_line(text, key)
+        .map(|n| format!("line {n}: "))
+        .unwrap_or_default();
+    config_err(path, format!("{at}key `grid.{key}`: {msg}"))
+}
+
 /// `line N: key `k`: msg` where the key is found in the file, else `key `k`: msg`.
 fn at_key(text: &str, key: &str, msg: impl std::fmt::Display) -> String {
     match find_key_line(text, key) {
@@ -813,12 +821,11 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
                     "it shapes the sweep (results directory, base file, seeds, axes), so it \
                      cannot be an axis; sweep config keys, or use variants"
                 };
-                let at = find_grid_line(&own_text, key)
-                    .map(|n| format!("line {n}: "))
-                    .unwrap_or_default();
-                return Err(config_err(
+                return Err(grid_err(
                     path,
-                    format!("{at}key `grid.{key}`: `{key}` cannot be swept: {hint}"),
+                    &own_text,
+                    key,
+                    format!("`{key}` cannot be swept: {hint}"),
                 ));
             }
         }
@@ -830,12 +837,14 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "experiment".into());
     }
-    let name_origin = |msg: String| match overrides.iter().rev().find(|(k, _)| k == "name") {
-        Some((_, v)) => config_err(path, format!("--set name={v}: {msg}")),
-        None if find_key_line(&own_text, "name").is_some() => {
-            config_err(path, at_key(&own_text, "name", msg))
+    let named =
+        overrides.iter().any(|(k, _)| k == "name") || find_key_line(&own_text, "name").is_some();
+    let name_origin = |msg: String| {
+        if named {
+            at_origin(path, &own_text, overrides, "name", msg)
+        } else {
+            config_err(path, format!("name (the file's stem): {msg}"))
         }
-        None => config_err(path, format!("name (the file's stem): {msg}")),
     };
     if !safe_dir_name(&config.name) {
         return Err(name_origin(format!(
@@ -904,13 +913,7 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
     let mut n_runs = variants.len().saturating_mul(config.seeds.len().max(1));
     for (key, values) in &config.grid {
         if values.is_empty() {
-            let at = find_grid_line(&own_text, key)
-                .map(|n| format!("line {n}: "))
-                .unwrap_or_default();
-            return Err(config_err(
-                path,
-                format!("{at}key `grid.{key}`: needs at least one value"),
-            ));
+            return Err(grid_err(path, &own_text, key, "needs at least one value"));
         }
         n_runs = n_runs.saturating_mul(values.len());
     }
@@ -1025,12 +1028,7 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
             let mut v = bare.clone();
             merge(&mut v, overlay.clone());
             for (k, val) in grid_point {
-                set_key(&mut v, k, val.clone()).map_err(|e| {
-                    let at = find_grid_line(&own_text, k)
-                        .map(|n| format!("line {n}: "))
-                        .unwrap_or_default();
-                    config_err(path, format!("{at}key `grid.{k}`: {e}"))
-                })?;
+                set_key(&mut v, k, val.clone()).map_err(|e| grid_err(path, &own_text, k, e))?;
             }
             // One typed and validated config per point; the seeds only differ in `seeds`.
             v["seeds"] = Value::Array(vec![Value::from(config.seeds[0])]);
