@@ -80,11 +80,27 @@ pub fn log_softmax(logits: &[f32], out: &mut [f32]) {
 }
 
 /// Indices of the `k` largest values, largest first (ties: lower index first).
+/// A selection in one pass (`O(len k)`), the order of a full sort by `total_cmp`.
 pub fn top_k_indices(xs: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..xs.len()).collect();
-    idx.sort_by(|&a, &b| xs[b].total_cmp(&xs[a]).then(a.cmp(&b)));
-    idx.truncate(k);
-    idx
+    use std::cmp::Ordering::Less;
+    let k = k.min(xs.len());
+    let mut top: Vec<usize> = Vec::with_capacity(k + 1);
+    for (i, x) in xs.iter().enumerate() {
+        // Full: only a value strictly above the last kept one enters (an equal one has the
+        // larger index, so it sorts after it).
+        if top.len() == k
+            && top
+                .last()
+                .is_none_or(|&j| x.total_cmp(&xs[j]) != std::cmp::Ordering::Greater)
+        {
+            continue;
+        }
+        // After every kept value at least as large (earlier indices first among equals).
+        let at = top.partition_point(|&j| xs[j].total_cmp(x) != Less);
+        top.insert(at, i);
+        top.truncate(k);
+    }
+    top
 }
 
 /// Chooses tokens (greedy or sampled), records top-k logprobs, stops rows at EOS.
@@ -277,5 +293,41 @@ mod tests {
         assert!((out[0] - 0.25f32.ln()).abs() < 1e-6);
         assert!((out[2] - 0.5f32.ln()).abs() < 1e-6);
         assert_eq!(top_k_indices(&[0.1, 0.5, 0.5, -1.0], 3), vec![1, 2, 0]);
+    }
+
+    /// The one-pass selection gives the first `k` of a full sort (value descending by
+    /// `total_cmp`, ties by index), with ties, infinities, NaN and `k` beyond the length.
+    #[test]
+    fn top_k_selection_is_the_full_sort_prefix() {
+        use rand::Rng;
+        let mut rng = crate::rng::derive_rng(5, "top-k test");
+        let pool = [
+            0.0,
+            -0.0,
+            1.5,
+            -2.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            1.5,
+        ];
+        for case in 0..500 {
+            let len = rng.random_range(0..90);
+            let xs: Vec<f32> = (0..len)
+                .map(|_| {
+                    if rng.random_bool(0.3) {
+                        pool[rng.random_range(0..pool.len())]
+                    } else {
+                        (rng.random_range(-8i32..8) as f32) * 0.25
+                    }
+                })
+                .collect();
+            let mut full: Vec<usize> = (0..xs.len()).collect();
+            full.sort_by(|&a, &b| xs[b].total_cmp(&xs[a]).then(a.cmp(&b)));
+            for k in [0, 1, 2, 5, 20, 100] {
+                let want: Vec<usize> = full.iter().copied().take(k).collect();
+                assert_eq!(top_k_indices(&xs, k), want, "case {case}, k {k}, xs {xs:?}");
+            }
+        }
     }
 }

@@ -405,16 +405,15 @@ impl FusedEngine {
             .par_chunks_mut(d)
             .enumerate()
             .for_each(|(i, o)| {
-                let at = src[i];
+                let (at, d) = (src[i], o.len());
                 let tok = batch.tokens[at] as usize;
-                let (e, vr) = (
+                let gate = (at % t == 0) as u8 as f32;
+                embed_row(
                     &tok_emb[tok * d..(tok + 1) * d],
                     &vproj[(at / t) * d..(at / t + 1) * d],
-                );
-                let gate = (at % t == 0) as u8 as f32;
-                for j in 0..d {
-                    o[j] = e[j] + vr[j] * gate;
-                }
+                    gate,
+                    o,
+                )
             });
         let g = ops::Packed {
             start: &w.start[..b + 1],
@@ -741,14 +740,8 @@ impl FusedEngine {
                 .zip(st.v[r].par_chunks_mut(CH))
                 .zip(g.par_chunks(CH))
                 .for_each(|(((p, m), v), g)| {
-                    for i in 0..p.len() {
-                        let gi = g[i] * coef;
-                        m[i] = m[i] * b1 + gi * (1.0 - b1);
-                        v[i] = v[i] * b2 + gi * gi * (1.0 - b2);
-                        let delta = (m[i] / c1) / ((v[i] / c2).sqrt() + ADAM_EPS);
-                        let decayed = if decay_rate == 0.0 { p[i] } else { p[i] * keep };
-                        p[i] = decayed - delta * lr32;
-                    }
+                    let decay = (decay_rate != 0.0).then_some(keep);
+                    adamw_chunk(p, m, v, g, coef, (b1, b2, c1, c2), decay, lr32)
                 });
         }
     }
@@ -985,86 +978,123 @@ fn embed_fwd(
 ) {
     out.par_chunks_mut(d).enumerate().for_each(|(i, o)| {
         let tok = tokens[i] as usize;
-        let (e, v, gt) = (
+        embed_row(
             &tok_emb[tok * d..(tok + 1) * d],
             &vproj[(i / t) * d..(i / t + 1) * d],
             gate(i),
-        );
-        for j in 0..d {
-            o[j] = e[j] + v[j] * gt;
-        }
+            o,
+        )
     });
 }
 
-/// One position's weighted loss term (`weight * ce`, ce the sum the loss negates) and
-/// `g (V) = d loss / d logits`, for the loss `-sum_i weight_i ce_i / total`:
-/// `ce = sum_v p_v ls_v [+ sum_v s_v lsT_v + rest log(sum_v mask_v qT_v + eps)]` with `ls`,
-/// `lsT` the log-softmax of `z` and of `z / T`, `qT = exp(lsT)`.
-fn position_loss_grad(z: &[f32], tg: &Targets, i: usize, total: f32, g: &mut [f32]) -> f32 {
-    let v = z.len();
-    let wt = tg.weight[i];
-    if wt == 0.0 {
-        // No loss here (prompt, padding): a zero gradient; a non-finite logit still makes
-        // the loss non-finite, as in the other engines (0 * NaN).
-        g.fill(0.0);
-        return if z.iter().all(|x| x.is_finite()) {
-            0.0
-        } else {
-            f32::NAN
-        };
-    }
-    // Softmax of z * scale into `e` (unnormalised; returns log-sum-exp and the sum).
-    let softmax = |scale: f32, e: &mut [f32]| {
-        let m = z.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x * scale));
-        let mut se = 0.0f32;
-        for (e, &x) in e.iter_mut().zip(z) {
-            *e = (x * scale - m).exp();
-            se += *e;
+ops::kernel! {
+    /// One row of the embedding: `out (d) = e (d) + v (d) * gate`.
+    fn embed_row(e: &[f32], v: &[f32], gate: f32, out: &mut [f32]) {
+        for ((o, e), v) in out.iter_mut().zip(e).zip(v) {
+            *o = e + v * gate;
         }
-        (m + se.ln(), se)
-    };
-    let p = &tg.probs[i * v..(i + 1) * v];
-    let (l0, se) = softmax(1.0, g);
-    let sp: f32 = p.iter().sum();
-    let mut ce = 0.0f32;
-    for u in 0..v {
-        ce += p[u] * (z[u] - l0);
-        g[u] = p[u] - g[u] / se * sp;
     }
-    if let Some(st) = &tg.soft {
-        let it = st.inv_temperature;
-        let sprobs = &st.probs[i * v..(i + 1) * v];
-        // The tempered softmax, on the stack for vocabularies up to 512.
-        let (mut stack, mut heap) = ([0.0f32; 512], Vec::new());
-        let qt: &mut [f32] = if v <= 512 {
-            &mut stack[..v]
-        } else {
-            heap.resize(v, 0.0);
-            &mut heap
+}
+
+ops::kernel! {
+    /// A chunk of the AdamW update: `betas = (b1, b2, 1 - b1^t, 1 - b2^t)`, `decay` the
+    /// factor `1 - lr wd` on matrices (none on vectors).
+    fn adamw_chunk(
+        p: &mut [f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        g: &[f32],
+        coef: f32,
+        betas: (f32, f32, f32, f32),
+        decay: Option<f32>,
+        lr: f32,
+    ) {
+        let (b1, b2, c1, c2) = betas;
+        for i in 0..p.len() {
+            let gi = g[i] * coef;
+            m[i] = m[i] * b1 + gi * (1.0 - b1);
+            v[i] = v[i] * b2 + gi * gi * (1.0 - b2);
+            let delta = (m[i] / c1) / ((v[i] / c2).sqrt() + ADAM_EPS);
+            let decayed = match decay {
+                Some(keep) => p[i] * keep,
+                None => p[i],
+            };
+            p[i] = decayed - delta * lr;
+        }
+    }
+}
+
+ops::kernel! {
+    /// One position's weighted loss term (`weight * ce`, ce the sum the loss negates) and
+    /// `g (V) = d loss / d logits`, for the loss `-sum_i weight_i ce_i / total`:
+    /// `ce = sum_v p_v ls_v [+ sum_v s_v lsT_v + rest log(sum_v mask_v qT_v + eps)]` with
+    /// `ls`, `lsT` the log-softmax of `z` and of `z / T`, `qT = exp(lsT)`.
+    fn position_loss_grad(z: &[f32], tg: &Targets, i: usize, total: f32, g: &mut [f32]) -> f32 {
+        let v = z.len();
+        let wt = tg.weight[i];
+        if wt == 0.0 {
+            // No loss here (prompt, padding): a zero gradient; a non-finite logit still makes
+            // the loss non-finite, as in the other engines (0 * NaN).
+            g.fill(0.0);
+            return if z.iter().all(|x| x.is_finite()) {
+                0.0
+            } else {
+                f32::NAN
+            };
+        }
+        // Softmax of z * scale into `e` (unnormalised; returns log-sum-exp and the sum).
+        let softmax = |scale: f32, e: &mut [f32]| {
+            let m = z.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x * scale));
+            let mut se = 0.0f32;
+            for (e, &x) in e.iter_mut().zip(z) {
+                *e = (x * scale - m).exp();
+                se += *e;
+            }
+            (m + se.ln(), se)
         };
-        let (lt, set) = softmax(it, qt);
-        qt.iter_mut().for_each(|q| *q /= set);
-        let ss: f32 = sprobs.iter().sum();
+        let p = &tg.probs[i * v..(i + 1) * v];
+        let (l0, se) = softmax(1.0, g);
+        let sp: f32 = p.iter().sum();
+        let mut ce = 0.0f32;
         for u in 0..v {
-            ce += sprobs[u] * (z[u] * it - lt);
-            g[u] += it * (sprobs[u] - qt[u] * ss);
+            ce += p[u] * (z[u] - l0);
+            g[u] = p[u] - g[u] / se * sp;
         }
-        if !st.rest_mask.is_empty() {
-            let mk = &st.rest_mask[i * v..(i + 1) * v];
-            let mass: f32 = mk.iter().zip(qt.iter()).map(|(m, q)| m * q).sum();
-            let me = mass + crate::model::train::REST_EPS;
-            let rest = st.rest[i];
-            ce += me.ln() * rest;
-            if rest != 0.0 {
-                for u in 0..v {
-                    g[u] += rest * it * qt[u] * (mk[u] - mass) / me;
+        if let Some(st) = &tg.soft {
+            let it = st.inv_temperature;
+            let sprobs = &st.probs[i * v..(i + 1) * v];
+            // The tempered softmax, on the stack for vocabularies up to 512.
+            let (mut stack, mut heap) = ([0.0f32; 512], Vec::new());
+            let qt: &mut [f32] = if v <= 512 {
+                &mut stack[..v]
+            } else {
+                heap.resize(v, 0.0);
+                &mut heap
+            };
+            let (lt, set) = softmax(it, qt);
+            qt.iter_mut().for_each(|q| *q /= set);
+            let ss: f32 = sprobs.iter().sum();
+            for u in 0..v {
+                ce += sprobs[u] * (z[u] * it - lt);
+                g[u] += it * (sprobs[u] - qt[u] * ss);
+            }
+            if !st.rest_mask.is_empty() {
+                let mk = &st.rest_mask[i * v..(i + 1) * v];
+                let mass: f32 = mk.iter().zip(qt.iter()).map(|(m, q)| m * q).sum();
+                let me = mass + crate::model::train::REST_EPS;
+                let rest = st.rest[i];
+                ce += me.ln() * rest;
+                if rest != 0.0 {
+                    for u in 0..v {
+                        g[u] += rest * it * qt[u] * (mk[u] - mass) / me;
+                    }
                 }
             }
         }
+        let scale = -wt / total;
+        g.iter_mut().for_each(|x| *x *= scale);
+        ce * wt
     }
-    let scale = -wt / total;
-    g.iter_mut().for_each(|x| *x *= scale);
-    ce * wt
 }
 
 impl Engine for FusedEngine {

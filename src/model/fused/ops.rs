@@ -20,6 +20,53 @@ impl SendPtr {
     }
 }
 
+/// Defines a kernel (the work of one parallel task) compiled twice: for AVX2, chosen at run
+/// time where the CPU has it, and for the baseline target. The kernels are written with
+/// explicit lane orders and Rust never contracts a multiply and an add into an FMA, so both
+/// versions compute the same bits; the wider vectors change the speed only (a test compares
+/// the two). A kernel is a named function, not a closure, because a closure's body is
+/// compiled on its own, for the baseline, even when called from an AVX2 function.
+macro_rules! kernel {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$attr])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn wide($($arg: $ty),*) $(-> $ret)? {
+                body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if $crate::model::fused::ops::wide_simd() {
+                // SAFETY: the CPU has AVX2 (checked by `wide_simd`).
+                return unsafe { wide($($arg),*) };
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(super) use kernel;
+
+/// Whether kernels run their AVX2 version: the CPU has AVX2 and [`WIDE_SIMD`] is on.
+#[inline]
+pub(crate) fn wide_simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        WIDE_SIMD.load(std::sync::atomic::Ordering::Relaxed)
+            && std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// On by default; the tests turn it off to compare the two versions of every kernel.
+pub(crate) static WIDE_SIMD: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(true);
+
 /// Matmul tile: rows and columns of the output computed by one task.
 const TILE_M: usize = 64;
 const TILE_N: usize = 96;
@@ -150,13 +197,20 @@ const COLS: usize = 32;
 
 /// `out (m) = sum over rows of y (n, m)`, rows summed in order.
 fn colsum(y: &[f32], out: &mut [f32], n: usize, m: usize) {
-    out.par_chunks_mut(COLS).enumerate().for_each(|(c, o)| {
-        o.fill(0.0);
+    out.par_chunks_mut(COLS)
+        .enumerate()
+        .for_each(|(c, o)| colsum_cols(y, o, n, m, c * COLS));
+}
+
+kernel! {
+    /// Columns `c0..c0 + out.len()` of [`colsum`].
+    fn colsum_cols(y: &[f32], out: &mut [f32], n: usize, m: usize, c0: usize) {
+        out.fill(0.0);
         for r in 0..n {
-            let row = &y[r * m + c * COLS..r * m + c * COLS + o.len()];
-            o.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+            let row = &y[r * m + c0..r * m + c0 + out.len()];
+            out.iter_mut().zip(row).for_each(|(a, b)| *a += b);
         }
-    });
+    }
 }
 
 /// Layer norm of the rows of `x (n, d)`: `out = (x - mean) / sqrt(var + eps) * w + b`, with
@@ -176,17 +230,22 @@ pub(super) fn layernorm_fwd(
         .par_chunks_mut(d)
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
         .enumerate()
-        .for_each(|(i, (o, (mu, rs)))| {
-            let xi = &x[i * d..(i + 1) * d];
-            let m = sum_by(xi, |v| v) / d as f32;
-            let var = sum_by(xi, |v| (v - m) * (v - m)) / d as f32;
-            let s = (var + LN_EPS).sqrt();
-            for ((o, v), (wj, bj)) in o.iter_mut().zip(xi).zip(w.iter().zip(b)) {
-                *o = (v - m) / s * wj + bj;
-            }
-            *mu = m;
-            *rs = 1.0 / s;
-        });
+        .for_each(|(i, (o, (mu, rs)))| layernorm_row(&x[i * d..(i + 1) * d], w, b, o, mu, rs));
+}
+
+kernel! {
+    /// One row of [`layernorm_fwd`].
+    fn layernorm_row(xi: &[f32], w: &[f32], b: &[f32], o: &mut [f32], mu: &mut f32, rs: &mut f32) {
+        let d = xi.len();
+        let m = sum_by(xi, |v| v) / d as f32;
+        let var = sum_by(xi, |v| (v - m) * (v - m)) / d as f32;
+        let s = (var + LN_EPS).sqrt();
+        for ((o, v), (wj, bj)) in o.iter_mut().zip(xi).zip(w.iter().zip(b)) {
+            *o = (v - m) / s * wj + bj;
+        }
+        *mu = m;
+        *rs = 1.0 / s;
+    }
 }
 
 /// Rows per task of the layer-norm backward (its weight and bias gradients are summed per
@@ -217,42 +276,60 @@ pub(super) fn layernorm_bwd(
         .zip(part[..chunks * 2 * d].par_chunks_mut(2 * d))
         .enumerate()
         .for_each(|(c, (dxc, pc))| {
-            pc.fill(0.0);
-            let (pw, pb) = pc.split_at_mut(d);
-            for (ri, dxi) in dxc.chunks_mut(d).enumerate() {
-                let i = c * LN_ROWS + ri;
-                let (xi, dyi) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
-                let (mu, rs) = (mean[i], rstd[i]);
-                let (mut a8, mut b8) = ([0.0f32; 8], [0.0f32; 8]);
-                let full = d / 8 * 8;
-                for j0 in (0..full).step_by(8) {
-                    for l in 0..8 {
-                        let j = j0 + l;
-                        let g = dyi[j] * w[j];
-                        a8[l] += g;
-                        b8[l] += g * (xi[j] - mu) * rs;
-                    }
-                }
-                let (mut a, mut bsum) = (lanes(a8), lanes(b8));
-                for j in full..d {
-                    let g = dyi[j] * w[j];
-                    a += g;
-                    bsum += g * (xi[j] - mu) * rs;
-                }
-                let (a, bsum) = (a / d as f32, bsum / d as f32);
-                for j in 0..d {
-                    let xh = (xi[j] - mu) * rs;
-                    dxi[j] += rs * (dyi[j] * w[j] - a - xh * bsum);
-                    pw[j] += dyi[j] * xh;
-                    pb[j] += dyi[j];
-                }
-            }
+            layernorm_bwd_rows(dy, x, mean, rstd, w, dxc, pc, c * LN_ROWS, d)
         });
     dw.fill(0.0);
     db.fill(0.0);
     for pc in part[..chunks * 2 * d].chunks(2 * d) {
         dw.iter_mut().zip(&pc[..d]).for_each(|(a, b)| *a += b);
         db.iter_mut().zip(&pc[d..]).for_each(|(a, b)| *a += b);
+    }
+}
+
+kernel! {
+    /// Rows `i0..` of [`layernorm_bwd`] (as many as `dxc` holds), their weight and bias
+    /// gradients summed into `pc (2d)`.
+    fn layernorm_bwd_rows(
+        dy: &[f32],
+        x: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+        w: &[f32],
+        dxc: &mut [f32],
+        pc: &mut [f32],
+        i0: usize,
+        d: usize,
+    ) {
+        pc.fill(0.0);
+        let (pw, pb) = pc.split_at_mut(d);
+        for (ri, dxi) in dxc.chunks_mut(d).enumerate() {
+            let i = i0 + ri;
+            let (xi, dyi) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
+            let (mu, rs) = (mean[i], rstd[i]);
+            let (mut a8, mut b8) = ([0.0f32; 8], [0.0f32; 8]);
+            let full = d / 8 * 8;
+            for j0 in (0..full).step_by(8) {
+                for l in 0..8 {
+                    let j = j0 + l;
+                    let g = dyi[j] * w[j];
+                    a8[l] += g;
+                    b8[l] += g * (xi[j] - mu) * rs;
+                }
+            }
+            let (mut a, mut bsum) = (lanes(a8), lanes(b8));
+            for j in full..d {
+                let g = dyi[j] * w[j];
+                a += g;
+                bsum += g * (xi[j] - mu) * rs;
+            }
+            let (a, bsum) = (a / d as f32, bsum / d as f32);
+            for j in 0..d {
+                let xh = (xi[j] - mu) * rs;
+                dxi[j] += rs * (dyi[j] * w[j] - a - xh * bsum);
+                pw[j] += dyi[j] * xh;
+                pb[j] += dyi[j];
+            }
+        }
     }
 }
 
@@ -303,23 +380,33 @@ pub(super) fn gelu_fwd(x: &mut [f32], out: &mut [f32]) {
     out[..x.len()]
         .par_chunks_mut(4096)
         .zip(x.par_chunks_mut(4096))
-        .for_each(|(o, x)| {
-            for (o, x) in o.iter_mut().zip(x) {
-                let v = *x;
-                let cdf = 0.5 * (1.0 + erf_fast(v * std::f32::consts::FRAC_1_SQRT_2));
-                *o = v * cdf;
-                *x = cdf + v * inv_sqrt_2pi * exp_neg(-0.5 * v * v);
-            }
-        });
+        .for_each(|(o, x)| gelu_chunk(x, o, inv_sqrt_2pi));
+}
+
+kernel! {
+    /// A chunk of [`gelu_fwd`].
+    fn gelu_chunk(x: &mut [f32], out: &mut [f32], inv_sqrt_2pi: f32) {
+        for (o, x) in out.iter_mut().zip(x) {
+            let v = *x;
+            let cdf = 0.5 * (1.0 + erf_fast(v * std::f32::consts::FRAC_1_SQRT_2));
+            *o = v * cdf;
+            *x = cdf + v * inv_sqrt_2pi * exp_neg(-0.5 * v * v);
+        }
+    }
 }
 
 /// GELU in place (generation).
 pub(super) fn gelu_inplace(x: &mut [f32]) {
-    x.par_chunks_mut(4096).for_each(|x| {
+    x.par_chunks_mut(4096).for_each(gelu_inplace_chunk);
+}
+
+kernel! {
+    /// A chunk of [`gelu_inplace`].
+    fn gelu_inplace_chunk(x: &mut [f32]) {
         for v in x.iter_mut() {
             *v *= 0.5 * (1.0 + erf_fast(*v * std::f32::consts::FRAC_1_SQRT_2));
         }
-    });
+    }
 }
 
 /// Backward of GELU in place: `dy (n) *= gelu'(x)`, the derivative [`gelu_fwd`] left.
@@ -327,7 +414,14 @@ pub(super) fn gelu_bwd(deriv: &[f32], dy: &mut [f32]) {
     dy[..deriv.len()]
         .par_chunks_mut(4096)
         .zip(deriv.par_chunks(4096))
-        .for_each(|(g, dv)| g.iter_mut().zip(dv).for_each(|(g, dv)| *g *= dv));
+        .for_each(|(g, dv)| gelu_bwd_chunk(dv, g));
+}
+
+kernel! {
+    /// A chunk of [`gelu_bwd`].
+    fn gelu_bwd_chunk(deriv: &[f32], dy: &mut [f32]) {
+        dy.iter_mut().zip(deriv).for_each(|(g, dv)| *g *= dv);
+    }
 }
 
 /// Shapes of one attention call.
@@ -357,9 +451,7 @@ pub(super) fn rope_split_fwd(
     vc: &mut [f32],
     sh: AttShape,
 ) {
-    let AttShape {
-        h, t, s, hs, col0, ..
-    } = sh;
+    let AttShape { h, t, s, hs, .. } = sh;
     let (d, half) = (h * hs, hs / 2);
     q[..sh.b * h * t * hs]
         .par_chunks_mut(h * t * hs)
@@ -369,26 +461,53 @@ pub(super) fn rope_split_fwd(
         )
         .enumerate()
         .for_each(|(r, (qr, (kr, vr)))| {
-            for i in 0..t {
-                let row = &qkv[(r * t + i) * 3 * d..(r * t + i + 1) * 3 * d];
-                let (c, sn) = (
-                    &cos[(r * t + i) * half..(r * t + i + 1) * half],
-                    &sin[(r * t + i) * half..(r * t + i + 1) * half],
-                );
-                for hh in 0..h {
-                    let qo = &mut qr[(hh * t + i) * hs..(hh * t + i + 1) * hs];
-                    rotate(&row[hh * hs..(hh + 1) * hs], c, sn, qo);
-                    let at = (hh * s + col0 + i) * hs;
-                    rotate(
-                        &row[d + hh * hs..d + (hh + 1) * hs],
-                        c,
-                        sn,
-                        &mut kr[at..at + hs],
-                    );
-                    vr[at..at + hs].copy_from_slice(&row[2 * d + hh * hs..2 * d + (hh + 1) * hs]);
-                }
-            }
+            let rows = r * t * 3 * d..(r + 1) * t * 3 * d;
+            let angles = r * t * half..(r + 1) * t * half;
+            rope_split_row(
+                &qkv[rows],
+                &cos[angles.clone()],
+                &sin[angles],
+                qr,
+                kr,
+                vr,
+                sh,
+            )
         });
+}
+
+kernel! {
+    /// One row of [`rope_split_fwd`]: `qkv (t, 3d)`, `cos, sin (t, hs / 2)`, `qr (H, t, hs)`,
+    /// `kr, vr (H, S, hs)`.
+    fn rope_split_row(
+        qkv: &[f32],
+        cos: &[f32],
+        sin: &[f32],
+        qr: &mut [f32],
+        kr: &mut [f32],
+        vr: &mut [f32],
+        sh: AttShape,
+    ) {
+        let AttShape {
+            h, t, s, hs, col0, ..
+        } = sh;
+        let (d, half) = (h * hs, hs / 2);
+        for i in 0..t {
+            let row = &qkv[i * 3 * d..(i + 1) * 3 * d];
+            let (c, sn) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
+            for hh in 0..h {
+                let qo = &mut qr[(hh * t + i) * hs..(hh * t + i + 1) * hs];
+                rotate(&row[hh * hs..(hh + 1) * hs], c, sn, qo);
+                let at = (hh * s + col0 + i) * hs;
+                rotate(
+                    &row[d + hh * hs..d + (hh + 1) * hs],
+                    c,
+                    sn,
+                    &mut kr[at..at + hs],
+                );
+                vr[at..at + hs].copy_from_slice(&row[2 * d + hh * hs..2 * d + (hh + 1) * hs]);
+            }
+        }
+    }
 }
 
 fn rotate(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
@@ -471,31 +590,51 @@ pub(super) fn attention_fwd(
     lo: &[usize],
     sh: AttShape,
 ) {
-    let AttShape {
-        b,
-        h,
-        t,
-        s,
-        hs,
-        col0,
-    } = sh;
+    let AttShape { b, h, t, s, hs, .. } = sh;
     let d = h * hs;
-    let scale = (hs as f32).sqrt();
     att[..b * h * t * s]
         .par_chunks_mut(h * t * s)
         .zip(y[..b * t * d].par_chunks_mut(t * d))
         .enumerate()
         .for_each(|(r, (att_r, y_r))| {
+            attention_row(
+                &q[r * h * t * hs..(r + 1) * h * t * hs],
+                &kc[r * h * s * hs..(r + 1) * h * s * hs],
+                &vc[r * h * s * hs..(r + 1) * h * s * hs],
+                att_r,
+                y_r,
+                lo[r],
+                sh,
+            )
+        });
+}
+
+kernel! {
+    /// One row of [`attention_fwd`]: `q (H, t, hs)`, `kc, vc (H, S, hs)`, `att_r (H, t, S)`,
+    /// `y_r (t, d)`; keys from column `lo`.
+    fn attention_row(
+        q: &[f32],
+        kc: &[f32],
+        vc: &[f32],
+        att_r: &mut [f32],
+        y_r: &mut [f32],
+        lo: usize,
+        sh: AttShape,
+    ) {
+        let AttShape {
+            h, t, s, hs, col0, ..
+        } = sh;
+        let (d, scale) = (h * hs, (hs as f32).sqrt());
             for hh in 0..h {
-                let qb = &q[(r * h + hh) * t * hs..(r * h + hh + 1) * t * hs]; // (t, hs)
-                let kb = &kc[(r * h + hh) * s * hs..(r * h + hh + 1) * s * hs]; // (S, hs)
-                let vb = &vc[(r * h + hh) * s * hs..(r * h + hh + 1) * s * hs]; // (S, hs)
+                let qb = &q[hh * t * hs..(hh + 1) * t * hs]; // (t, hs)
+                let kb = &kc[hh * s * hs..(hh + 1) * s * hs]; // (S, hs)
+                let vb = &vc[hh * s * hs..(hh + 1) * s * hs]; // (S, hs)
                 for i in 0..t {
                     let p = &mut att_r[(hh * t + i) * s..(hh * t + i + 1) * s]; // (S)
                     let yi = &mut y_r[i * d + hh * hs..i * d + (hh + 1) * hs]; // (hs)
                     p.fill(0.0);
                     yi.fill(0.0);
-                    let (first, last) = (lo[r], col0 + i);
+                    let (first, last) = (lo, col0 + i);
                     if last < first {
                         continue;
                     }
@@ -517,7 +656,7 @@ pub(super) fn attention_fwd(
                     }
                 }
             }
-        });
+    }
 }
 
 /// Where the rows of a packed training batch lie: row `r` keeps its first `len_r` positions
@@ -579,12 +718,38 @@ pub(super) fn rope_split_packed(
                 part(vp, s0 * d, len * d),
             )
         };
+        rope_split_packed_row(
+            &qkv[s0 * 3 * d..(s0 + len) * 3 * d],
+            &cos[s0 * half..(s0 + len) * half],
+            &sin[s0 * half..(s0 + len) * half],
+            qr,
+            kr,
+            vr,
+            len,
+            h,
+            hs,
+        )
+    });
+}
+
+kernel! {
+    /// One row of [`rope_split_packed`]: `qkv (len, 3d)`, `cos, sin (len, hs / 2)` to
+    /// `qr, kr, vr (H, len, hs)`.
+    fn rope_split_packed_row(
+        qkv: &[f32],
+        cos: &[f32],
+        sin: &[f32],
+        qr: &mut [f32],
+        kr: &mut [f32],
+        vr: &mut [f32],
+        len: usize,
+        h: usize,
+        hs: usize,
+    ) {
+        let (d, half) = (h * hs, hs / 2);
         for i in 0..len {
-            let row = &qkv[(s0 + i) * 3 * d..(s0 + i + 1) * 3 * d]; // (3d)
-            let (c, sn) = (
-                &cos[(s0 + i) * half..(s0 + i + 1) * half],
-                &sin[(s0 + i) * half..(s0 + i + 1) * half],
-            );
+            let row = &qkv[i * 3 * d..(i + 1) * 3 * d]; // (3d)
+            let (c, sn) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
             for hh in 0..h {
                 let at = (hh * len + i) * hs;
                 rotate(&row[hh * hs..(hh + 1) * hs], c, sn, &mut qr[at..at + hs]);
@@ -597,7 +762,7 @@ pub(super) fn rope_split_packed(
                 vr[at..at + hs].copy_from_slice(&row[2 * d + hh * hs..2 * d + (hh + 1) * hs]);
             }
         }
-    });
+    }
 }
 
 /// Causal attention on a packed batch: query `i` of row `r` attends keys `0..=i`, scores
@@ -613,7 +778,6 @@ pub(super) fn attention_fwd_packed(
 ) {
     let (h, hs) = (g.h, g.hs);
     let d = h * hs;
-    let scale = (hs as f32).sqrt();
     let ne = g.start[g.rows()];
     assert!(att.len() >= g.att_off[g.rows()] && y.len() >= ne * d);
     let (ap, yp) = (SendPtr(att.as_mut_ptr()), SendPtr(y.as_mut_ptr()));
@@ -626,8 +790,36 @@ pub(super) fn attention_fwd_packed(
                 part(yp, s0 * d, len * d),
             )
         };
+        let rows = s0 * d..(s0 + len) * d;
+        attention_packed_row(
+            &q[rows.clone()],
+            &k[rows.clone()],
+            &v[rows],
+            att_r,
+            y_r,
+            len,
+            h,
+            hs,
+        )
+    });
+}
+
+kernel! {
+    /// One row of [`attention_fwd_packed`]: `q, k, v (H, len, hs)`, `att_r (H, len, len)`,
+    /// `y_r (len, d)`.
+    fn attention_packed_row(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        att_r: &mut [f32],
+        y_r: &mut [f32],
+        len: usize,
+        h: usize,
+        hs: usize,
+    ) {
+        let (d, scale) = (h * hs, (hs as f32).sqrt());
         for hh in 0..h {
-            let o = s0 * d + hh * len * hs;
+            let o = hh * len * hs;
             let (qb, kb, vb) = (
                 &q[o..o + len * hs],
                 &k[o..o + len * hs],
@@ -656,7 +848,7 @@ pub(super) fn attention_fwd_packed(
                 }
             }
         }
-    });
+    }
 }
 
 /// Backward of [`attention_fwd_packed`] and of the rotation: from `dy (Ne, d)` and the
@@ -677,7 +869,6 @@ pub(super) fn attention_bwd(
 ) {
     let (h, hs) = (g.h, g.hs);
     let (d, half) = (h * hs, hs / 2);
-    let scale = (hs as f32).sqrt();
     let (dq, dk, dv, ds) = scratch;
     let ne = g.start[g.rows()];
     assert!(dq.len() >= ne * d && dk.len() >= ne * d && dv.len() >= ne * d);
@@ -701,11 +892,42 @@ pub(super) fn attention_bwd(
                 part(dqkvp, s0 * 3 * d, len * 3 * d),
             )
         };
+        let rows = s0 * d..(s0 + len) * d;
+        let pa = g.att_off[r];
+        attention_bwd_row(
+            &dy[rows.clone()],
+            (&q[rows.clone()], &k[rows.clone()], &v[rows]),
+            &att[pa..pa + h * len * len],
+            &cos[s0 * half..(s0 + len) * half],
+            &sin[s0 * half..(s0 + len) * half],
+            (dqr, dkr, dvr, dsr),
+            dqkv_r,
+            (len, h, hs),
+        )
+    });
+}
+
+kernel! {
+    /// One row of [`attention_bwd`]: `dy (len, d)`, `q, k, v (H, len, hs)`, `att
+    /// (H, len, len)`, `cos, sin (len, hs / 2)`; scratch `dq, dk, dv (H, len, hs)`, `ds (len)`;
+    /// writes `dqkv (len, 3d)`.
+    fn attention_bwd_row(
+        dy: &[f32],
+        qkv: (&[f32], &[f32], &[f32]),
+        att: &[f32],
+        cos: &[f32],
+        sin: &[f32],
+        scratch: (&mut [f32], &mut [f32], &mut [f32], &mut [f32]),
+        dqkv_r: &mut [f32],
+        shape: (usize, usize, usize),
+    ) {
+        let ((q, k, v), (dqr, dkr, dvr, dsr), (len, h, hs)) = (qkv, scratch, shape);
+        let (d, half, scale) = (h * hs, hs / 2, (hs as f32).sqrt());
         dqr.fill(0.0);
         dkr.fill(0.0);
         dvr.fill(0.0);
         for hh in 0..h {
-            let o = s0 * d + hh * len * hs;
+            let o = hh * len * hs;
             let (qb, kb, vb) = (
                 &q[o..o + len * hs],
                 &k[o..o + len * hs],
@@ -713,8 +935,8 @@ pub(super) fn attention_bwd(
             );
             let hb = hh * len * hs;
             for i in 0..len {
-                let dyi = &dy[(s0 + i) * d + hh * hs..(s0 + i) * d + (hh + 1) * hs];
-                let pa = g.att_off[r] + (hh * len + i) * len;
+                let dyi = &dy[i * d + hh * hs..i * d + (hh + 1) * hs];
+                let pa = (hh * len + i) * len;
                 let p = &att[pa..pa + len];
                 // dP_j = dy_i . v_j; c = sum_j P_ij dP_j.
                 let mut c = 0.0f32;
@@ -735,10 +957,7 @@ pub(super) fn attention_bwd(
         }
         // Un-rotate queries and keys, merge heads: (H, len, hs) x 3 -> (len, 3d).
         for i in 0..len {
-            let (c, sn) = (
-                &cos[(s0 + i) * half..(s0 + i + 1) * half],
-                &sin[(s0 + i) * half..(s0 + i + 1) * half],
-            );
+            let (c, sn) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
             let row = &mut dqkv_r[i * 3 * d..(i + 1) * 3 * d];
             for hh in 0..h {
                 let at = (hh * len + i) * hs;
@@ -752,7 +971,7 @@ pub(super) fn attention_bwd(
                 row[2 * d + hh * hs..2 * d + (hh + 1) * hs].copy_from_slice(&dvr[at..at + hs]);
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]

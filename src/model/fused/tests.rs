@@ -270,22 +270,28 @@ fn fused_gradient_matches_finite_differences() {
     }
 }
 
-/// Same seed, same batches: bit-identical weights after a few steps, at 1 and 3 threads.
+/// Same seed, same batches: bit-identical weights after a few steps, at 1 and 3 threads, and
+/// with the kernels' AVX2 versions off (on a CPU that has AVX2 the two versions are compared;
+/// elsewhere both runs take the baseline ones). A second shape (d 20, head size 10) leaves
+/// remainders after the eight-lane loops.
 #[test]
 fn fused_training_is_bit_identical_across_runs_and_thread_counts() {
     let spec = ModelSpec::preset("tiny").unwrap();
+    let mut odd = spec.clone();
+    (odd.d_model, odd.heads) = (20, 2);
     let (prompts, examples) = data(48, 3);
-    let run = |threads: usize| {
+    let run = |spec: &ModelSpec, threads: usize, wide: bool| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
+        super::ops::WIDE_SIMD.store(wide, std::sync::atomic::Ordering::SeqCst);
         pool.install(|| {
             let mut eng = new_engine(Backend::FUSED, spec.clone(), 21).unwrap();
             let mut losses = vec![];
             for (s, c) in examples.chunks(16).cycle().take(6).enumerate() {
                 let exs = if s % 2 == 1 { tempered(c) } else { top_k(c) };
-                let (b, t) = batch_of(&exs, &spec);
+                let (b, t) = batch_of(&exs, spec);
                 losses.push(eng.train_step(&b, &t, 1e-2));
             }
             let prefs: Vec<&Prompt> = prompts.iter().collect();
@@ -302,9 +308,18 @@ fn fused_training_is_bit_identical_across_runs_and_thread_counts() {
             (eng.weights(), losses, g)
         })
     };
-    let (w1, l1, g1) = run(1);
-    let (w2, l2, g2) = run(1);
-    let (w3, l3, g3) = run(3);
+    let (w1, l1, g1) = run(&spec, 1, true);
+    let (w2, l2, g2) = run(&spec, 1, true);
+    let (w3, l3, g3) = run(&spec, 3, true);
+    let (w4, l4, g4) = run(&spec, 2, false);
+    let (w5, l5, g5) = run(&odd, 2, true);
+    let (w6, l6, g6) = run(&odd, 2, false);
+    super::ops::WIDE_SIMD.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!((&l1, &w1), (&l4, &w4), "AVX2 kernels vs baseline ones");
+    assert_eq!((&l5, &w5), (&l6, &w6), "AVX2 kernels vs baseline ones, d 20");
+    for (a, b) in g1.iter().zip(&g4).chain(g5.iter().zip(&g6)) {
+        assert_eq!((&a.tokens, &a.top), (&b.tokens, &b.top));
+    }
     // Even steps train on top-k targets, odd ones on tempered targets: both losses fall.
     assert!(l1[4] < l1[0] && l1[5] < l1[1], "{l1:?}");
     assert_eq!(l1, l2);
