@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let size = args.get(2).map(String::as_str).unwrap_or("teacher-s");
     let n: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(3);
     let spec = ModelSpec::preset(size).ok_or("unknown size")?;
-    let eng = load_engine(Backend::BURN, spec, std::path::Path::new(path))?;
+    let eng = load_engine(Backend::default(), spec, std::path::Path::new(path))?;
     let suites = EvalSuites::new(&WorldConfig {
         eval_per_suite: n,
         ..Default::default()

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The engines side by side on this machine's CPU, in one run, at one thread count: fused and
-# burn (the default build), tch-cpu (the LibTorch build in target/tch, if built), PyTorch eager and
-# torch.compile (scripts/torch_reference.py, if a Python with torch is found), all on the same
-# weights and workload (`distill-sim bench --dump`). Prints the tables, burn's step breakdown
+# The engines side by side on this machine's CPU, in one run, at one thread count: fused (the
+# default build), burn and tch-cpu (the build with both features in target/tch, if built: the
+# test command builds it where LibTorch is set up), PyTorch eager and torch.compile
+# (scripts/torch_reference.py, if a Python with torch is found), all on the same weights and
+# workload (`distill-sim bench --dump`). Prints the tables, the fused and burn step breakdowns
 # and each engine's ratio to PyTorch eager; keeps everything under $OUT.
 #
 # Environment: THREADS (default: the number of cores), SIZES (default
@@ -15,19 +16,19 @@ sizes="${SIZES:-student-s,teacher-s,teacher-m}"
 out="${OUT:-$root/bench-results}"
 py="${TORCH_PYTHON:-$root/.torch-venv/bin/python}"
 mkdir -p "$out"
-burn="$root/target/release/distill-sim"
+fused="$root/target/release/distill-sim"
 tch="$root/target/tch/release/distill-sim"
-[ -x "$burn" ] || (cd "$root" && cargo build --release)
+[ -x "$fused" ] || (cd "$root" && cargo build --release)
 
 echo "# CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $threads threads per engine"
 echo
-"$burn" bench --engines fused,burn --sizes "$sizes" --threads "$threads" --dump "$out/dump" | tee "$out/burn.md"
+"$fused" bench --engines fused --sizes "$sizes" --threads "$threads" --dump "$out/dump" | tee "$out/fused.md"
 echo
 if [ -x "$tch" ]; then
     LD_LIBRARY_PATH="$root/.libtorch/torch/lib:$root/.libtorch/lib:${LD_LIBRARY_PATH:-}" \
-        "$tch" bench --engines tch-cpu --sizes "$sizes" --threads "$threads" | tee "$out/tch.md"
+        "$tch" bench --engines burn,tch-cpu --sizes "$sizes" --threads "$threads" | tee "$out/tch.md"
 else
-    echo "(no LibTorch build in target/tch: tch-cpu rows skipped; see README, Engines)" | tee "$out/tch.md"
+    echo "(no build with burn and LibTorch in target/tch: burn and tch-cpu rows skipped; see README, Engines)" | tee "$out/tch.md"
 fi
 echo
 if [ -x "$py" ] && "$py" -c "import torch" 2>/dev/null; then

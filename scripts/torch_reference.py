@@ -15,6 +15,11 @@ CUDA, foreach on the CPU), foreach ops for the clipping, F.scaled_dot_product_at
 `--compile` adds a torch.compile row for the training step where it works.
 
     python scripts/torch_reference.py --dir DUMP --device cuda [--compile] [--quick]
+
+`--parity DIR` is the other use, by the engine parity test (tests/engine_parity.rs): on the
+weights and batches the test wrote to DIR, compute logits, losses and every gradient (hard,
+top-k soft and tempered targets), five AdamW steps and greedy generations in float32 on the CPU,
+and write them to DIR/torch.safetensors for the test to compare with each engine.
 """
 
 import argparse
@@ -113,7 +118,21 @@ def loss_fn(model, tokens, voice, probs, weight):
     return (ce * weight).sum() / -weight.sum().clamp_min(1e-6)
 
 
-def train_setup(model, device):
+def tempered_loss_fn(model, tokens, voice, probs, weight, sprobs, inv_t, mask, rest, rest_eps):
+    """The loss with a tempered term (src/model/engine.rs, SoftTargets): per position
+    -sum p log_softmax(z) - sum s log_softmax(z / T) - rest log(sum mask softmax(z / T) + eps),
+    weighted, over the total weight."""
+    b, t = tokens.shape
+    pos = torch.arange(t, device=tokens.device).expand(b, t)
+    z = model.forward(tokens, pos, voice)
+    ce = (F.log_softmax(z, -1) * probs).sum(-1)
+    lt = F.log_softmax(z * inv_t, -1)
+    ce = ce + (lt * sprobs).sum(-1)
+    ce = ce + rest * torch.log((mask * lt.exp()).sum(-1) + rest_eps)
+    return (ce * weight).sum() / -weight.sum().clamp_min(1e-6)
+
+
+def train_setup(model, device, lr=1e-3):
     params = model.params()
     kw = {"fused": True} if device.type == "cuda" else {"foreach": True}
     # Decoupled weight decay on matrices (embeddings, voice projection included) only.
@@ -121,7 +140,7 @@ def train_setup(model, device):
         {"params": [q for q in params if q.dim() == 2], "weight_decay": 0.01},
         {"params": [q for q in params if q.dim() != 2], "weight_decay": 0.0},
     ]
-    opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.98), eps=1e-5, **kw)
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-5, **kw)
     return params, opt
 
 
@@ -245,15 +264,89 @@ def train_tps(model, batches, args, device, lossf):
     return tokens / (time.perf_counter() - t0)
 
 
+def save_safetensors(path, tensors):
+    header, blobs, off = {}, [], 0
+    for name, x in tensors.items():
+        b = x.detach().cpu().float().contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(x.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def parity(d):
+    """The parity test's reference values (see the module docstring), float32 on the CPU."""
+    torch.manual_seed(0)
+    spec = json.load(open(f"{d}/spec.json"))
+    weights = load_safetensors(f"{d}/w.safetensors")
+    x = load_safetensors(f"{d}/parity.safetensors")
+    cpu = torch.device("cpu")
+    out = {}
+    # Each use gets its own copy: on the CPU `.to(cpu)` is no copy, and the AdamW steps below
+    # update their parameters in place.
+    fresh = lambda: {k: v.clone() for k, v in weights.items()}
+    model = Model(spec, fresh(), cpu)
+    b, t = x["hard.tokens"].shape
+    pos = torch.arange(t).expand(b, t)
+    with torch.no_grad():
+        out["logits"] = model.forward(x["hard.tokens"].long(), pos, x["hard.voice"])
+    for kind in ("hard", "topk", "temp"):
+        args = [x[f"{kind}.{k}"] for k in ("tokens", "voice", "probs", "weight")]
+        args[0] = args[0].long()
+        if kind == "temp":
+            extra = [x["temp.sprobs"], float(x["temp.inv_t"][0]), x["temp.rest_mask"], x["temp.rest"], float(x["rest_eps"][0])]
+            loss = tempered_loss_fn(model, *args, *extra)
+        else:
+            loss = loss_fn(model, *args)
+        grads = torch.autograd.grad(loss, model.params())
+        out[f"{kind}.loss"] = loss.detach().reshape(1)
+        for name, g in zip(model.names, grads):
+            out[f"{kind}.grad.{name}"] = g
+    # Five AdamW steps from the same weights, fresh optimiser, learning rate as given.
+    model = Model(spec, fresh(), cpu)
+    params, opt = train_setup(model, cpu, lr=float(x["steps.lr"][0]))
+    losses = []
+    for i in range(5):
+        batch = [x[f"steps.{i}.{k}"] for k in ("tokens", "voice", "probs", "weight")]
+        batch[0] = batch[0].long()
+        losses.append(train_step(model, params, opt, batch, loss_fn))
+    out["steps.loss"] = torch.tensor(losses)
+    for name in model.names:
+        out[f"steps.w.{name}"] = model.p[name]
+    # Greedy generations, right-padded with -1.
+    model = Model(spec, fresh(), cpu)
+    prompts = [[int(v) for v in row if v >= 0] for row in x["gen.prompts"].tolist()]
+    max_new, batch, top_k = [int(v) for v in x["gen.config"].tolist()]
+    gens = gen_all(model, prompts, x["gen.voice"], (max_new, batch, top_k), cpu)
+    g = torch.full((len(gens), max_new), -1.0)
+    for r, row in enumerate(gens):
+        g[r, :len(row)] = torch.tensor(row, dtype=torch.float32)
+    out["gen.tokens"] = g
+    save_safetensors(f"{d}/torch.safetensors", out)
+    print(f"PyTorch {torch.__version__}: reference values in {d}/torch.safetensors")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dir", required=True, help="the folder `distill-sim bench --dump` wrote")
+    ap.add_argument("--parity", help="write the parity test's reference values for this folder")
+    ap.add_argument("--dir", help="the folder `distill-sim bench --dump` wrote")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--sizes", default="student-s,teacher-s,teacher-m")
     ap.add_argument("--compile", action="store_true", help="add a torch.compile training row")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     args = ap.parse_args()
+    if args.parity:
+        parity(args.parity)
+        return
+    if not args.dir:
+        ap.error("--dir is required (or --parity)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -478,8 +478,14 @@ mod tests {
             ..Default::default()
         };
         let learner = |items: &[Item], seed: u64| {
-            crate::student::distill(&student_cfg, crate::model::Backend::BURN, None, items, seed)
-                .map(|(e, _)| e)
+            crate::student::distill(
+                &student_cfg,
+                crate::model::Backend::default(),
+                None,
+                items,
+                seed,
+            )
+            .map(|(e, _)| e)
         };
         let cfg = AttackerConfig {
             accounts: 4,

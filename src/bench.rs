@@ -64,15 +64,8 @@ fn dump_workload(
     vocab: usize,
 ) -> crate::Result<()> {
     let mut w = Weights::default();
-    let inputs: Vec<Vec<u32>> = prompts.iter().map(model_input).collect();
-    let p = inputs.iter().map(|x| x.len()).max().unwrap_or(0);
-    let mut toks = vec![-1.0f32; inputs.len() * p];
-    for (r, x) in inputs.iter().enumerate() {
-        for (j, &t) in x.iter().enumerate() {
-            toks[r * p + j] = t as f32;
-        }
-    }
-    w.insert("gen.prompts".into(), vec![inputs.len(), p], toks);
+    let (shape, toks) = prompt_tensor(prompts);
+    w.insert("gen.prompts".into(), shape, toks);
     let voice: Vec<f32> = prompts.iter().flat_map(|q| q.voice_input()).collect();
     w.insert(
         "gen.voice".into(),
@@ -107,6 +100,19 @@ fn dump_workload(
         );
     }
     w.save(&dir.join("workload.safetensors"))
+}
+
+/// The model inputs of `prompts` right-padded with -1, token ids as exact floats: `[n, p]`.
+pub fn prompt_tensor(prompts: &[Prompt]) -> (Vec<usize>, Vec<f32>) {
+    let inputs: Vec<Vec<u32>> = prompts.iter().map(model_input).collect();
+    let p = inputs.iter().map(|x| x.len()).max().unwrap_or(0);
+    let mut toks = vec![-1.0f32; inputs.len() * p];
+    for (r, x) in inputs.iter().enumerate() {
+        for (j, &t) in x.iter().enumerate() {
+            toks[r * p + j] = t as f32;
+        }
+    }
+    (vec![inputs.len(), p], toks)
 }
 
 /// Generation queries/s and training tokens/s of one engine.
@@ -198,6 +204,7 @@ pub fn run(opts: &BenchOptions) -> crate::Result<()> {
             );
         }
     }
+    #[cfg(feature = "burn")]
     if opts.backends.contains(&Backend::BURN) {
         println!();
         burn_breakdown(opts, &batches)?;
@@ -222,7 +229,7 @@ fn end_to_end(opts: &BenchOptions) -> crate::Result<()> {
     let tcfg = TeacherConfig::default();
     // The default teacher, trained once by any engine: weights load into every engine.
     let mut source = None;
-    for b in std::iter::once(Backend::BURN).chain(opts.backends.iter().copied()) {
+    for b in std::iter::once(Backend::default()).chain(opts.backends.iter().copied()) {
         let p = Teacher::cache_path(&tcfg, b, &crate::world::WorldConfig::default(), &opts.cache);
         if p.exists() {
             source = Some(p);
@@ -381,6 +388,7 @@ pub fn traffic(quick: bool) -> crate::Result<()> {
 /// (with its autodiff graph), the backward pass, the optimiser update, and the floor set by
 /// the step's matrix products alone (the same shapes, forward and both backward products of
 /// every linear layer and of attention, run as plain flex matmuls without autodiff).
+#[cfg(feature = "burn")]
 fn burn_breakdown(
     opts: &BenchOptions,
     batches: &[(crate::model::Batch, crate::model::Targets)],
@@ -498,6 +506,7 @@ fn fused_breakdown(
 
 /// Seconds per step of the matrix products of one training step on `batch` alone, and their
 /// floating-point operations.
+#[cfg(feature = "burn")]
 fn matmul_floor(spec: &ModelSpec, batch: &crate::model::Batch, reps: usize) -> (f64, f64) {
     use burn::tensor::{Device, Tensor};
     let device = Device::flex();

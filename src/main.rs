@@ -43,9 +43,9 @@ struct Common {
     /// Run only the i-th of n deterministic slices of the runs, e.g. `--shard 0/2`.
     #[arg(long, value_name = "I/N", allow_hyphen_values = true)]
     shard: Option<String>,
-    /// Neural engine: burn (default; pure-Rust flex CPU backend), fused (the hand-written
-    /// pure-Rust CPU engine) or tch (LibTorch; a build with `--features tch`). The same as
-    /// `--set engine=...`.
+    /// Neural engine: fused (default; the hand-written pure-Rust CPU engine), burn (burn 0.22,
+    /// pure-Rust flex CPU backend) or tch (LibTorch; a build with `--features tch`). The same
+    /// as `--set engine=...`.
     #[arg(long, value_parser = ["burn", "fused", "tch"])]
     engine: Option<String>,
     /// Device: cpu (default) or cuda (LibTorch on a CUDA GPU; implies `--engine tch`). The
@@ -144,7 +144,7 @@ enum Cmd {
         #[arg(long)]
         traffic: bool,
         /// Engines side by side: burn, fused, tch-cpu, tch-cuda (comma-separated).
-        #[arg(long, value_delimiter = ',', default_value = "burn")]
+        #[arg(long, value_delimiter = ',', default_value = "fused")]
         engines: Vec<String>,
         /// Model sizes (comma-separated presets).
         #[arg(
@@ -260,7 +260,12 @@ fn load_checked(config_path: &Path, common: &Common) -> Result<config::Experimen
 
 fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
     let common = common.fold_backend();
-    let exp = load_checked(&config_path, &common)?;
+    // Listing needs no engine: an experiment of another build (say `engine: burn`) lists too.
+    let exp = if list {
+        config::load(&config_path, &overrides(&common.set)?)?
+    } else {
+        load_checked(&config_path, &common)?
+    };
     if common.worker.is_some() {
         // Worker processes share the cores: one compute thread each.
         distill_sim::model::set_threads(1);

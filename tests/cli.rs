@@ -98,7 +98,8 @@ fn tiny_end_to_end_run_writes_results_and_is_deterministic() {
         assert_eq!(summary["status"], "ok");
         assert_eq!(summary["seed"], 1);
         assert!(summary["wall_seconds"].as_f64().unwrap() > 0.0);
-        assert!(summary["versions"]["burn"].is_string());
+        assert!(summary["versions"]["distill_sim"].is_string());
+        assert!(summary["versions"]["teacher"].is_number());
         let config: Value =
             serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
         assert_eq!(

@@ -28,9 +28,9 @@ pub struct ExperimentConfig {
     pub base: Option<String>,
     /// Run seeds: every grid point runs once per seed.
     pub seeds: Vec<u64>,
-    /// Neural engine for teacher and students: `burn` (default, pure-Rust flex CPU backend),
-    /// `fused` (the transformer written out by hand in pure Rust, CPU) or `tch` (LibTorch;
-    /// needs a build with `--features tch`).
+    /// Neural engine for teacher and students: `fused` (default: the transformer written out
+    /// by hand in pure Rust, CPU), `burn` (burn 0.22, pure-Rust flex CPU backend) or `tch`
+    /// (LibTorch; needs a build with `--features tch`).
     pub engine: EngineKind,
     /// Where the engine runs: `cpu` (default) or `cuda` (engine `tch` only).
     pub device: DeviceKind,
@@ -107,12 +107,12 @@ impl ExperimentConfig {
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
-        // Build and device combinations; whether a CUDA device is visible is checked when the
-        // first model is built.
-        let cuda_probe = cfg!(feature = "tch") && self.device == DeviceKind::Cuda;
-        if !cuda_probe {
-            self.backend().check().map_err(|e| e.to_string())?;
-        }
+        // Engine and device combinations. Whether this build has the engine, and a CUDA
+        // device is visible, is checked before a sweep runs (so that an experiment of another
+        // build still lists, reports and plots).
+        self.backend()
+            .check_combination()
+            .map_err(|e| e.to_string())?;
         self.teacher
             .spec()
             .map_err(|e| format!("teacher.size: {e}"))?;
@@ -1222,13 +1222,19 @@ mod tests {
             e.contains("line 1: key `device`") && e.contains("cuda"),
             "{e}"
         );
-        let p = write("tch.yaml", "engine: tch\n");
-        let r = load(&p, &[]);
-        if cfg!(feature = "tch") {
-            assert_eq!(r.unwrap().runs[0].config.backend().tag(), "tch-cpu");
-        } else {
-            let e = r.unwrap_err().to_string();
-            assert!(e.contains("--features tch"), "{e}");
+        // An engine this build lacks loads (it lists, reports and plots); running it is
+        // refused before any work, saying how to build it.
+        for (engine, tag, built) in [
+            ("tch", "tch-cpu", cfg!(feature = "tch")),
+            ("burn", "burn", cfg!(feature = "burn")),
+        ] {
+            let p = write(&format!("{engine}.yaml"), &format!("engine: {engine}\n"));
+            let b = load(&p, &[]).unwrap().runs[0].config.backend();
+            assert_eq!(b.tag(), tag);
+            if !built {
+                let e = b.check().unwrap_err().to_string();
+                assert!(e.contains(&format!("--features {engine}")), "{e}");
+            }
         }
     }
 

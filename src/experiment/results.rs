@@ -446,12 +446,16 @@ fn fill_run_dir(
     )
 }
 
+/// The versions a run records: the crate, the teacher recipe, and burn's where the build has it.
 pub fn versions() -> Value {
-    json!({
+    let mut v = json!({
         "distill_sim": env!("CARGO_PKG_VERSION"),
-        "burn": "0.22.1",
         "teacher": crate::teacher::TEACHER_VERSION,
-    })
+    });
+    if cfg!(feature = "burn") {
+        v["burn"] = json!("0.22.1");
+    }
+    v
 }
 
 pub fn git_revision() -> String {

@@ -88,7 +88,9 @@ pub(crate) struct Prefill {
     pub tokens: Vec<i64>,
     /// Row-major `[b, p]`.
     pub pos: Vec<i64>,
-    /// Row-major `[b, p, p]`: 0 or `masked`.
+    /// Row-major `[b, p, p]`: 0 or `masked` (the burn and LibTorch engines' attention mask;
+    /// the fused engine masks by the pads).
+    #[cfg_attr(not(any(feature = "burn", feature = "tch")), allow(dead_code))]
     pub mask: Vec<f32>,
 }
 

@@ -1,5 +1,6 @@
 //! Models: the transformer spec, the engine interface, engines, generation and training.
 
+#[cfg(feature = "burn")]
 pub mod burn_engine;
 pub mod engine;
 pub mod fused;
@@ -31,12 +32,12 @@ use crate::error::{Error, Result};
 #[serde(rename_all = "snake_case")]
 pub enum EngineKind {
     /// burn 0.22 on the pure-Rust `flex` CPU backend.
-    #[default]
     Burn,
     /// LibTorch through tch (cargo feature `tch`), on the CPU or a CUDA GPU.
     Tch,
     /// The transformer written out by hand in pure Rust (forward and backward layer by
-    /// layer, `gemm` matmuls, rayon threads), CPU only.
+    /// layer, `gemm` matmuls, rayon threads), CPU only: the default.
+    #[default]
     Fused,
 }
 
@@ -78,7 +79,7 @@ impl Backend {
         device: DeviceKind::Cpu,
     };
 
-    /// A short name: `burn` (the flex CPU default), `fused`, `tch-cpu` or `tch-cuda`. Part of the
+    /// A short name: `fused` (the default), `burn` (flex CPU), `tch-cpu` or `tch-cuda`. Part of the
     /// teacher cache key, since engines differ in the last float bits.
     pub fn tag(&self) -> &'static str {
         match (self.engine, self.device) {
@@ -91,11 +92,10 @@ impl Backend {
         }
     }
 
-    /// Whether this build can run the backend and, for CUDA, whether a device is visible.
-    /// The error says what to change.
-    pub fn check(&self) -> Result<()> {
+    /// Whether the engine runs on the device at all, in any build: burn and fused run on the
+    /// CPU only. What an experiment file can be checked against before knowing the build.
+    pub fn check_combination(&self) -> Result<()> {
         match (self.engine, self.device) {
-            (EngineKind::Burn | EngineKind::Fused, DeviceKind::Cpu) => Ok(()),
             (EngineKind::Fused, DeviceKind::Cuda) => Err(Error::Invalid(
                 "device: cuda needs engine: tch (the fused engine runs on the CPU only; \
                  allowed: engine burn or fused with device cpu, engine tch with device cpu or cuda)"
@@ -106,6 +106,27 @@ impl Backend {
                  here; allowed: engine burn with device cpu, engine tch with device cpu or cuda)"
                     .into(),
             )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this build can run the backend and, for CUDA, whether a device is visible.
+    /// The error says what to change.
+    pub fn check(&self) -> Result<()> {
+        self.check_combination()?;
+        match (self.engine, self.device) {
+            (EngineKind::Fused, DeviceKind::Cpu) => Ok(()),
+            #[cfg(feature = "burn")]
+            (EngineKind::Burn, DeviceKind::Cpu) => Ok(()),
+            #[cfg(not(feature = "burn"))]
+            (EngineKind::Burn, DeviceKind::Cpu) => Err(Error::Invalid(format!(
+                "engine: burn needs a build with the burn engine: `cargo build --release \
+                 --features burn` (README, Engines). This build has {}",
+                built_engines()
+            ))),
+            (EngineKind::Fused | EngineKind::Burn, DeviceKind::Cuda) => {
+                unreachable!("refused by check_combination")
+            }
             #[cfg(feature = "tch")]
             (EngineKind::Tch, DeviceKind::Cpu) => Ok(()),
             #[cfg(feature = "tch")]
@@ -114,9 +135,9 @@ impl Backend {
             (EngineKind::Tch, _) => Err(Error::Invalid(format!(
                 "engine: tch (device {}) needs a build with the LibTorch engine: \
                  `cargo build --release --features tch` with LIBTORCH set \
-                 (scripts/setup-libtorch.sh; README, section GPU). This build has only \
-                 engine burn",
-                self.device_name()
+                 (scripts/setup-libtorch.sh; README, section GPU). This build has {}",
+                self.device_name(),
+                built_engines()
             ))),
         }
     }
@@ -174,11 +195,24 @@ pub fn compute_threads() -> usize {
     rayon::current_num_threads()
 }
 
+/// The engines this build has, for error messages: `engine fused` or `engines fused, burn`.
+pub fn built_engines() -> &'static str {
+    match (cfg!(feature = "burn"), cfg!(feature = "tch")) {
+        (false, false) => "engine fused",
+        (true, false) => "engines fused, burn",
+        (false, true) => "engines fused, tch",
+        (true, true) => "engines fused, burn, tch",
+    }
+}
+
 /// A freshly initialised engine for `spec`.
 pub fn new_engine(backend: Backend, spec: ModelSpec, seed: u64) -> Result<Box<dyn Engine>> {
     backend.check()?;
     match backend.engine {
+        #[cfg(feature = "burn")]
         EngineKind::Burn => Ok(Box::new(burn_engine::BurnEngine::new(spec, seed)?)),
+        #[cfg(not(feature = "burn"))]
+        EngineKind::Burn => Err(Error::Invalid("engine burn: not in this build".into())),
         EngineKind::Fused => Ok(Box::new(fused::FusedEngine::new(spec, seed)?)),
         #[cfg(feature = "tch")]
         EngineKind::Tch => Ok(Box::new(tch_engine::TchEngine::new(
@@ -202,7 +236,10 @@ pub fn load_engine(
     w.check_spec(&spec)
         .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
     match backend.engine {
+        #[cfg(feature = "burn")]
         EngineKind::Burn => Ok(Box::new(burn_engine::BurnEngine::from_weights(spec, &w)?)),
+        #[cfg(not(feature = "burn"))]
+        EngineKind::Burn => Err(Error::Invalid("engine burn: not in this build".into())),
         EngineKind::Fused => Ok(Box::new(fused::FusedEngine::from_weights(spec, &w)?)),
         #[cfg(feature = "tch")]
         EngineKind::Tch => Ok(Box::new(tch_engine::TchEngine::from_weights(

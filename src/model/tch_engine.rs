@@ -2,7 +2,7 @@
 //! on the CPU or a CUDA GPU. Same forward pass (rotary positions on queries and keys, the
 //! voice added at position 0), loss, AdamW step (per-tensor gradient clipping, decoupled
 //! weight decay on matrices only, epsilon 1e-5, as burn's), KV-cache generation and canonical
-//! safetensors names as [`super::burn_engine`]; `tests/tch_parity.rs` checks that both engines
+//! safetensors names as [`super::burn_engine`]; `tests/engine_parity.rs` checks that both engines
 //! agree on the same weights.
 //!
 //! All parameters live in one flat buffer; each named parameter is a leaf view into it. The

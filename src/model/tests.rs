@@ -1,5 +1,5 @@
-//! Engine tests: save/load round trip, KV-cache generation against full recomputation,
-//! and a train step that lowers the loss.
+//! Engine tests, on every CPU engine of the build: save/load round trip, KV-cache generation
+//! against full recomputation, and a train step that lowers the loss.
 
 use super::generate::{self, model_input, pack, GenParams};
 use super::{load_engine, new_engine, Backend, ModelSpec};
@@ -7,13 +7,28 @@ use crate::rng::derive_rng;
 use crate::teacher::example;
 use crate::world::{ideal_response, Mix};
 
+/// The CPU engines of this build (fused, and burn with the feature): each test runs on each.
+fn built() -> Vec<Backend> {
+    let mut v = vec![Backend::FUSED];
+    if cfg!(feature = "burn") {
+        v.push(Backend::BURN);
+    }
+    v
+}
+
 fn tiny() -> ModelSpec {
     ModelSpec::preset("tiny").expect("preset")
 }
 
 #[test]
 fn save_load_round_trip_gives_identical_logits() {
-    let eng = new_engine(Backend::BURN, tiny(), 3).unwrap();
+    for be in built() {
+        save_load_round_trip_gives_identical_logits_on(be);
+    }
+}
+
+fn save_load_round_trip_gives_identical_logits_on(be: Backend) {
+    let eng = new_engine(be, tiny(), 3).unwrap();
     let mut rng = derive_rng(1, "t");
     let p = Mix::benign().sample(&mut rng);
     let input = model_input(&p);
@@ -23,15 +38,15 @@ fn save_load_round_trip_gives_identical_logits() {
     let dir = std::env::temp_dir().join(format!("distill-sim-test-{}", std::process::id()));
     let path = dir.join("m.safetensors");
     eng.save(&path).unwrap();
-    let loaded = load_engine(Backend::BURN, tiny(), &path).unwrap();
+    let loaded = load_engine(be, tiny(), &path).unwrap();
     assert_eq!(before, loaded.logits(&batch));
     // A different seed gives different weights.
-    let other = new_engine(Backend::BURN, tiny(), 4).unwrap();
+    let other = new_engine(be, tiny(), 4).unwrap();
     assert_ne!(before, other.logits(&batch));
     // Loading into a wrong spec is an error, not a panic.
     let mut wrong = tiny();
     wrong.d_model = 32;
-    assert!(load_engine(Backend::BURN, wrong, &path).is_err());
+    assert!(load_engine(be, wrong, &path).is_err());
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -39,10 +54,16 @@ fn save_load_round_trip_gives_identical_logits() {
 /// of a full forward pass over the unpadded sequence so far.
 #[test]
 fn cached_batched_generation_matches_full_recomputation() {
+    for be in built() {
+        cached_batched_generation_matches_full_recomputation_on(be);
+    }
+}
+
+fn cached_batched_generation_matches_full_recomputation_on(be: Backend) {
     let mut spec = tiny();
     spec.d_model = 32;
     spec.layers = 2;
-    let eng = new_engine(Backend::BURN, spec.clone(), 9).unwrap();
+    let eng = new_engine(be, spec.clone(), 9).unwrap();
     let mut rng = derive_rng(2, "t");
     let prompts: Vec<_> = (0..6).map(|_| Mix::benign().sample(&mut rng)).collect();
     let refs: Vec<_> = prompts.iter().collect();
@@ -78,7 +99,13 @@ fn cached_batched_generation_matches_full_recomputation() {
 
 #[test]
 fn training_lowers_the_loss() {
-    let mut eng = new_engine(Backend::BURN, tiny(), 5).unwrap();
+    for be in built() {
+        training_lowers_the_loss_on(be);
+    }
+}
+
+fn training_lowers_the_loss_on(be: Backend) {
+    let mut eng = new_engine(be, tiny(), 5).unwrap();
     let mut rng = derive_rng(3, "t");
     let examples: Vec<_> = (0..32)
         .map(|_| {
@@ -127,7 +154,13 @@ fn tempered_examples(n: usize, seed: u64) -> Vec<super::train::Example> {
 /// lowers it.
 #[test]
 fn tempered_loss_matches_its_host_definition_and_trains() {
-    let mut eng = new_engine(Backend::BURN, tiny(), 5).unwrap();
+    for be in built() {
+        tempered_loss_matches_its_host_definition_and_trains_on(be);
+    }
+}
+
+fn tempered_loss_matches_its_host_definition_and_trains_on(be: Backend) {
+    let mut eng = new_engine(be, tiny(), 5).unwrap();
     let examples = tempered_examples(24, 4);
     let refs: Vec<_> = examples.iter().collect();
     let (b, t) = super::train::make_batch(&refs, eng.spec().vocab, eng.spec().context);
@@ -159,7 +192,13 @@ fn tempered_loss_matches_its_host_definition_and_trains() {
 /// once and the report says so (the runner then fails the run instead of recording `ok`).
 #[test]
 fn case_5_a_non_finite_loss_stops_training_and_is_reported() {
-    let mut eng = new_engine(Backend::BURN, tiny(), 5).unwrap();
+    for be in built() {
+        case_5_a_non_finite_loss_stops_training_and_is_reported_on(be);
+    }
+}
+
+fn case_5_a_non_finite_loss_stops_training_and_is_reported_on(be: Backend) {
+    let mut eng = new_engine(be, tiny(), 5).unwrap();
     let mut rng = derive_rng(3, "t");
     let examples: Vec<_> = (0..32)
         .map(|_| {

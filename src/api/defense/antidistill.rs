@@ -79,7 +79,7 @@ impl Proxy {
                 spec.eps
             )));
         }
-        let mut base = crate::model::new_engine(Backend::BURN, model.clone(), spec.seed)?;
+        let mut base = crate::model::new_engine(Backend::FUSED, model.clone(), spec.seed)?;
         let mix = Mix::teacher_training();
         let mut rng = derive_rng(spec.seed, "antidistill/proxy-data");
         let cfg = TrainConfig {
@@ -127,7 +127,7 @@ impl Proxy {
                 *x += spec.eps * (gi as f64 / norm) as f32;
             }
         }
-        let mut shifted = crate::model::new_engine(Backend::BURN, model, spec.seed)?;
+        let mut shifted = crate::model::new_engine(Backend::FUSED, model, spec.seed)?;
         shifted.set_weights(&w)?;
         Ok(Proxy {
             base,
@@ -244,7 +244,7 @@ mod tests {
         };
         let after = |ex: Vec<Example>| -> f32 {
             let mut e =
-                crate::model::new_engine(Backend::BURN, proxy.base.spec().clone(), 0).unwrap();
+                crate::model::new_engine(Backend::FUSED, proxy.base.spec().clone(), 0).unwrap();
             e.set_weights(&proxy.base.weights()).unwrap();
             let refs: Vec<&Example> = ex.iter().collect();
             let (b, t) = make_batch(&refs, v, e.spec().context);

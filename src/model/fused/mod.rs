@@ -4,7 +4,7 @@
 //! matmuls run through the `gemm` crate in fixed tiles on rayon's global pool, the other
 //! layers in parallel over rows of the batch.
 //!
-//! The model is the one of the burn engine ([`super::burn_engine`]) to the last detail that
+//! The model is the one of the burn engine (`burn_engine.rs`) to the last detail that
 //! changes a value: layer norm with the biased variance and eps 1e-5, exact (erf) GELU (erf
 //! and exp through vectorisable approximations within 4e-7 of libm's), rotary halves, scores
 //! divided by `sqrt(hs)`, the voice projection added where the position is 0, the same loss
@@ -21,6 +21,9 @@
 //!
 //! Same seed and same inputs give bit-identical results at any thread count: work is split
 //! by the shapes alone (never by the number of threads) and every sum runs in a fixed order.
+//! The per-task kernels (`ops::kernel!`) are compiled twice, for AVX2 (chosen at run time)
+//! and for the baseline target; both compute the same bits. Across CPU types the last bits
+//! differ: `gemm` picks its micro-kernel for the CPU it runs on.
 
 mod ops;
 #[cfg(test)]

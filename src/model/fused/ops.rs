@@ -625,37 +625,52 @@ kernel! {
             h, t, s, hs, col0, ..
         } = sh;
         let (d, scale) = (h * hs, (hs as f32).sqrt());
-            for hh in 0..h {
-                let qb = &q[hh * t * hs..(hh + 1) * t * hs]; // (t, hs)
-                let kb = &kc[hh * s * hs..(hh + 1) * s * hs]; // (S, hs)
-                let vb = &vc[hh * s * hs..(hh + 1) * s * hs]; // (S, hs)
-                for i in 0..t {
-                    let p = &mut att_r[(hh * t + i) * s..(hh * t + i + 1) * s]; // (S)
-                    let yi = &mut y_r[i * d + hh * hs..i * d + (hh + 1) * hs]; // (hs)
-                    p.fill(0.0);
-                    yi.fill(0.0);
-                    let (first, last) = (lo, col0 + i);
-                    if last < first {
-                        continue;
-                    }
-                    let qi = &qb[i * hs..(i + 1) * hs];
-                    let mut mx = f32::NEG_INFINITY;
-                    for j in first..=last {
-                        let sc = dot(qi, &kb[j * hs..(j + 1) * hs]) / scale;
-                        p[j] = sc;
-                        mx = mx.max(sc);
-                    }
-                    let mut sum = 0.0f32;
-                    for pj in &mut p[first..=last] {
-                        *pj = (*pj - mx).exp();
-                        sum += *pj;
-                    }
-                    for j in first..=last {
-                        p[j] /= sum;
-                        axpy(yi, p[j], &vb[j * hs..(j + 1) * hs]);
-                    }
-                }
+        for hh in 0..h {
+            let qb = &q[hh * t * hs..(hh + 1) * t * hs]; // (t, hs)
+            let kb = &kc[hh * s * hs..(hh + 1) * s * hs]; // (S, hs)
+            let vb = &vc[hh * s * hs..(hh + 1) * s * hs]; // (S, hs)
+            for i in 0..t {
+                let p = &mut att_r[(hh * t + i) * s..(hh * t + i + 1) * s]; // (S)
+                let yi = &mut y_r[i * d + hh * hs..i * d + (hh + 1) * hs]; // (hs)
+                attend(&qb[i * hs..(i + 1) * hs], kb, vb, p, yi, (lo, col0 + i), scale);
             }
+        }
+    }
+}
+
+/// One query's attention over the keys of columns `first..=last` (none when `last < first`):
+/// scores `q k / sqrt(hs)` softmaxed into `p[first..=last]` (the rest of `p` zero) and
+/// `y (hs) = sum_j p_j v_j`.
+#[inline(always)]
+fn attend(
+    qi: &[f32],
+    kb: &[f32],
+    vb: &[f32],
+    p: &mut [f32],
+    yi: &mut [f32],
+    (first, last): (usize, usize),
+    scale: f32,
+) {
+    let hs = qi.len();
+    p.fill(0.0);
+    yi.fill(0.0);
+    if last < first {
+        return;
+    }
+    let mut mx = f32::NEG_INFINITY;
+    for j in first..=last {
+        let sc = dot(qi, &kb[j * hs..(j + 1) * hs]) / scale;
+        p[j] = sc;
+        mx = mx.max(sc);
+    }
+    let mut sum = 0.0f32;
+    for pj in &mut p[first..=last] {
+        *pj = (*pj - mx).exp();
+        sum += *pj;
+    }
+    for j in first..=last {
+        p[j] /= sum;
+        axpy(yi, p[j], &vb[j * hs..(j + 1) * hs]);
     }
 }
 
@@ -828,24 +843,7 @@ kernel! {
             for i in 0..len {
                 let p = &mut att_r[(hh * len + i) * len..(hh * len + i + 1) * len]; // (len)
                 let yi = &mut y_r[i * d + hh * hs..i * d + (hh + 1) * hs]; // (hs)
-                p.fill(0.0);
-                yi.fill(0.0);
-                let qi = &qb[i * hs..(i + 1) * hs];
-                let mut mx = f32::NEG_INFINITY;
-                for j in 0..=i {
-                    let sc = dot(qi, &kb[j * hs..(j + 1) * hs]) / scale;
-                    p[j] = sc;
-                    mx = mx.max(sc);
-                }
-                let mut sum = 0.0f32;
-                for pj in &mut p[..=i] {
-                    *pj = (*pj - mx).exp();
-                    sum += *pj;
-                }
-                for j in 0..=i {
-                    p[j] /= sum;
-                    axpy(yi, p[j], &vb[j * hs..(j + 1) * hs]);
-                }
+                attend(&qb[i * hs..(i + 1) * hs], kb, vb, p, yi, (0, i), scale);
             }
         }
     }
