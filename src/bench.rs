@@ -39,7 +39,9 @@ pub const GEN_BATCH: usize = 256;
 /// Training: batches of this many ideal-policy sequences.
 pub const TRAIN_BATCH: usize = 64;
 
-fn workload() -> (Vec<Prompt>, Vec<Example>) {
+/// The benchmark workload: `GEN_PROMPTS` benign prompts sorted by length, and their
+/// ideal-policy examples in the order the training batches take them.
+pub fn workload() -> (Vec<Prompt>, Vec<Example>) {
     let mut rng = derive_rng(0, "bench");
     let mix = Mix::benign();
     let mut prompts: Vec<Prompt> = (0..GEN_PROMPTS).map(|_| mix.sample(&mut rng)).collect();
