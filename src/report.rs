@@ -6,6 +6,18 @@ use crate::eval::{direction, Direction};
 use crate::experiment::results::{load_dir, Checkpoint, RunRecord};
 
 /// Columns of the standard run table.
+/// The sweep table's columns for an experiment: detection with traffic, defense columns
+/// where defenses are on or swept, the run columns otherwise.
+pub fn columns_for(cfg: &crate::experiment::config::ExperimentConfig) -> &'static [&'static str] {
+    if cfg.traffic.enabled {
+        &DETECTION_COLUMNS
+    } else if cfg.api.defenses.is_empty() && !cfg.grid.contains_key("api.defenses") {
+        &RUN_COLUMNS
+    } else {
+        &DEFENSE_COLUMNS
+    }
+}
+
 pub const RUN_COLUMNS: [&str; 10] = [
     "parity",
     "parity.hard",

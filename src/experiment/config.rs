@@ -2,7 +2,8 @@
 //! and line), one optional `base:` file, a sweep grid over any config key, and seeds.
 
 use super::locate::{
-    config_err, find_key_line, located, prefix_context, validation_error, yaml_error,
+    config_err, find_grid_line, find_key_line, located, prefix_context, validation_error,
+    yaml_error,
 };
 use crate::api::ApiConfig;
 use crate::attacker::AttackerConfig;
@@ -140,7 +141,7 @@ impl ExperimentConfig {
                     .join(", ")
             ));
         }
-        if let Err((_, msg)) = super::schema::check_value(
+        if let Err((_, msg)) = super::ranges::check_value(
             &serde_json::to_value(self).map_err(|e| format!("config: {e}"))?,
         ) {
             return Err(msg);
@@ -168,10 +169,29 @@ impl ExperimentConfig {
 pub const MAX_REPLAY_QUERIES: f64 = 2e9;
 
 impl ExperimentConfig {
-    /// Bounds that depend on another key (the fixed ranges are in `schema::RANGES`), and
+    /// Bounds that depend on another key (the fixed ranges are in `ranges::RANGES`), and
     /// pairs of keys that contradict each other.
     fn check_relations(&self) -> std::result::Result<(), String> {
-        let a = &self.attacker;
+        self.check_steps()?;
+        self.check_targets()?;
+        self.check_world()?;
+        if self.student.chain.is_some() && self.student.method == crate::student::Method::OnPolicy {
+            return Err(
+                "student.chain: the chain's second stage learns offline from the larger \
+                 model, but student.method `on_policy` scores through the API; use text or \
+                 logprobs"
+                    .into(),
+            );
+        }
+        if self.traffic.enabled {
+            self.check_traffic()?;
+        }
+        Ok(())
+    }
+
+    /// Warmup within the steps, the students' fewest steps within their cap, checkpoints
+    /// within the budget.
+    fn check_steps(&self) -> std::result::Result<(), String> {
         for (name, t) in [
             ("teacher.train", &self.teacher.train),
             ("student.train", &self.student.train),
@@ -191,15 +211,21 @@ impl ExperimentConfig {
             ));
         }
         for &c in &self.checkpoints {
-            if c > a.budget {
+            if c > self.attacker.budget {
                 return Err(format!(
                     "checkpoints: {c} is above attacker.budget ({}); a checkpoint is a prefix \
                      of the harvest",
-                    a.budget
+                    self.attacker.budget
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The student's targets are ones the attacker asks the API for.
+    fn check_targets(&self) -> std::result::Result<(), String> {
         use crate::student::Method;
+        let a = &self.attacker;
         if a.top_k == 0 && matches!(self.student.method, Method::Logprobs | Method::OnPolicy) {
             return Err(format!(
                 "attacker.top_k: 0 asks the API for no logprobs, but student.method `{}` learns \
@@ -227,6 +253,11 @@ impl ExperimentConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// World settings the teacher, the base and the defenses can serve.
+    fn check_world(&self) -> std::result::Result<(), String> {
         if self.world.near_miss_share > 0.0 && self.world.answers == crate::world::Answers::One {
             return Err(format!(
                 "world.near_miss_share: {} is part of the several-answer world's distribution, \
@@ -267,57 +298,52 @@ impl ExperimentConfig {
                 );
             }
         }
-        if self.student.chain.is_some() && self.student.method == Method::OnPolicy {
+        Ok(())
+    }
+
+    /// A traffic replay the simulator can run in minutes, and a campaign it can replay.
+    fn check_traffic(&self) -> std::result::Result<(), String> {
+        let (a, tr) = (&self.attacker, &self.traffic);
+        // The replay simulates every query: bound the total to what runs in minutes.
+        let c = &tr.campaign;
+        let p = &tr.population;
+        for (key, planned) in [
+            ("traffic.campaign", c.planned(a.accounts, a.max_days)),
+            (
+                "traffic.population",
+                p.users as f64 * p.daily_median * a.max_days,
+            ),
+        ] {
+            if planned > MAX_REPLAY_QUERIES {
+                return Err(format!(
+                    "{key}: {planned:.3e} planned queries (accounts x per day x days) is \
+                     above the replay's limit of {MAX_REPLAY_QUERIES:.0e} (about an hour \
+                     on 2 cores)"
+                ));
+            }
+        }
+        if matches!(a.strategy, crate::attacker::Strategy::Active { .. }) {
             return Err(
-                "student.chain: the chain's second stage learns offline from the larger \
-                 model, but student.method `on_policy` scores through the API; use text or \
-                 logprobs"
+                "attacker.strategy: `active` trains a student between rounds and \
+                 cannot run inside a traffic replay; use another strategy or set \
+                 traffic.enabled: false"
                     .into(),
             );
         }
-        if self.traffic.enabled {
-            let tr = &self.traffic;
-            // The replay simulates every query: bound the total to what runs in minutes.
-            let c = &tr.campaign;
-            let p = &tr.population;
-            for (key, planned) in [
-                ("traffic.campaign", c.planned(a.accounts, a.max_days)),
-                (
-                    "traffic.population",
-                    p.users as f64 * p.daily_median * a.max_days,
-                ),
-            ] {
-                if planned > MAX_REPLAY_QUERIES {
-                    return Err(format!(
-                        "{key}: {planned:.3e} planned queries (accounts x per day x days) is \
-                         above the replay's limit of {MAX_REPLAY_QUERIES:.0e} (about an hour \
-                         on 2 cores)"
-                    ));
-                }
-            }
-            if matches!(a.strategy, crate::attacker::Strategy::Active { .. }) {
-                return Err(
-                    "attacker.strategy: `active` trains a student between rounds and \
-                     cannot run inside a traffic replay; use another strategy or set \
-                     traffic.enabled: false"
-                        .into(),
-                );
-            }
-            if let (Some(ch), Some(d)) = (&tr.limit_change, Some(a.max_days)) {
-                if ch.day >= d {
-                    return Err(format!(
-                        "traffic.limit_change.day: {} is not inside the campaign \
-                         (attacker.max_days: {d})",
-                        ch.day
-                    ));
-                }
-            }
-            if self.api.tier_index(&tr.population.tier).is_none() {
+        if let (Some(ch), Some(d)) = (&tr.limit_change, Some(a.max_days)) {
+            if ch.day >= d {
                 return Err(format!(
-                    "traffic.population.tier: `{}` is not one of api.tiers",
-                    tr.population.tier
+                    "traffic.limit_change.day: {} is not inside the campaign \
+                     (attacker.max_days: {d})",
+                    ch.day
                 ));
             }
+        }
+        if self.api.tier_index(&tr.population.tier).is_none() {
+            return Err(format!(
+                "traffic.population.tier: `{}` is not one of api.tiers",
+                tr.population.tier
+            ));
         }
         Ok(())
     }
@@ -332,7 +358,7 @@ fn typed(
     grid_keys: &[&str],
 ) -> Result<ExperimentConfig> {
     // Numbers first: one too large for its field (1e39 for an f32) would become infinite.
-    if let Err((key, msg)) = super::schema::check_value(&v) {
+    if let Err((key, msg)) = super::ranges::check_value(&v) {
         return Err(prefix_context(
             located(files, overrides, &key, &msg, grid_keys),
             context,
@@ -666,10 +692,7 @@ pub fn value_label(v: &Value) -> String {
     }
 }
 
-/// Most runs one experiment may expand to (variants x grid points x seeds). A run takes
-/// minutes, so this is years of compute on one machine; past it the sweep is refused before
-/// anything is expanded (memory and time stay bounded), and is better split into experiments.
-pub const MAX_RUNS: usize = 10_000;
+pub use super::ranges::MAX_RUNS;
 
 /// Longest experiment name or run id, in bytes: one directory name (255 on common file
 /// systems) with room for the temporary name a run is written under.
@@ -678,28 +701,6 @@ pub const MAX_NAME_BYTES: usize = 200;
 /// Top-level keys that shape the sweep itself and cannot be grid axes (nor, with
 /// `description`, set per variant).
 const NOT_SWEEPABLE: [&str; 5] = ["name", "base", "seeds", "grid", "variants"];
-
-/// The line of a grid axis (`grid: {attacker.budget: [...]}` or the block form), for errors
-/// about one of its values.
-pub(super) fn find_grid_line(text: &str, key: &str) -> Option<usize> {
-    let mut in_grid = false;
-    for (i, l) in text.lines().enumerate() {
-        let top = !l.starts_with([' ', '\t']) && !l.trim().is_empty() && !l.starts_with('#');
-        if top {
-            in_grid = l.starts_with("grid:");
-        }
-        if !in_grid {
-            continue;
-        }
-        let hit = l
-            .match_indices(&format!("{key}:"))
-            .any(|(j, _)| l[..j].chars().last().is_none_or(|c| " {,\"'".contains(c)));
-        if hit {
-            return Some(i + 1);
-        }
-    }
-    None
-}
 
 /// An error about top-level `key`, at its origin: `--set key=...` when an override set it,
 /// else its line in the file.
@@ -736,65 +737,61 @@ fn at_key(text: &str, key: &str, msg: impl std::fmt::Display) -> String {
     }
 }
 
-/// Load an experiment file, apply its base and `--set key=value` overrides, expand the grid.
+/// Load an experiment file, apply its base and `--set key=value` overrides, expand the grid:
+/// the sources merged, the sweep's own shape checked (grid keys, name, variants, size,
+/// seeds), then one typed and validated config per grid point and seed.
 pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
     let (_, own, own_text) = parse_file(path)?;
+    let (merged, base_file) = merge_sources(path, own, &own_text, overrides)?;
+    let mut files: Vec<(&Path, &str)> = vec![(path, own_text.as_str())];
+    if let Some((p, t)) = &base_file {
+        files.push((p.as_path(), t.as_str()));
+    }
+    let src = Source {
+        path,
+        own_text: &own_text,
+        overrides,
+        files,
+    };
+    check_grid_keys(&src, &merged)?;
+    let mut config = typed(merged, &src.files, overrides, "", &[])?;
+    name_config(&src, &mut config)?;
+    config
+        .validate()
+        .map_err(|e| validation_error(&src.files, overrides, e, "", &[]))?;
+    let variants = parse_variants(&src, &config)?;
+    let n_runs = check_sweep_size(&src, &config, variants.len())?;
+    check_seeds(&src, &config)?;
+    let runs = expand(&src, &config, &variants, n_runs)?;
+    check_unique_ids(&src, &runs)?;
+    Ok(Experiment {
+        file: path.to_path_buf(),
+        config,
+        runs,
+    })
+}
+
+/// Where an experiment came from, for errors that point at a line or a `--set`.
+struct Source<'a> {
+    path: &'a Path,
+    own_text: &'a str,
+    overrides: &'a [(String, String)],
+    /// The experiment file and its base file, with their texts.
+    files: Vec<(&'a Path, &'a str)>,
+}
+
+/// The defaults, the base file (without its sweep), the experiment file and the `--set`
+/// overrides, merged in that order; with the base file's path and text.
+fn merge_sources(
+    path: &Path,
+    own: Value,
+    own_text: &str,
+    overrides: &[(String, String)],
+) -> Result<(Value, Option<(PathBuf, String)>)> {
     let mut merged = serde_json::to_value(ExperimentConfig::default()).expect("default serialises");
-    let mut base_file: Option<(PathBuf, String)> = None;
-    // `--set base=...` chooses the base file (relative to the experiment file, as in it);
-    // `--set base=null` drops the file's base.
-    let set_base = overrides.iter().rev().find(|(k, _)| k == "base");
-    let base_value = match set_base {
-        Some((_, v)) => serde_saphyr::from_str::<Value>(v).unwrap_or(Value::String(v.clone())),
-        None => own.get("base").cloned().unwrap_or(Value::Null),
-    };
-    let base_origin = |msg: String| match set_base {
-        Some((_, v)) => config_err(path, format!("--set base={v}: {msg}")),
-        None => config_err(path, at_key(&own_text, "base", msg)),
-    };
-    match &base_value {
-        Value::Null => {}
-        Value::String(base) => {
-            let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
-            if base_path.is_dir() {
-                return Err(base_origin(format!(
-                    "`{base}` is a directory ({}); a base is a YAML file, relative to the \
-                     experiment file",
-                    base_path.display()
-                )));
-            }
-            if !base_path.is_file() {
-                return Err(base_origin(format!(
-                    "`{base}` is not a file ({} does not exist; the path is relative to the \
-                     experiment file)",
-                    base_path.display()
-                )));
-            }
-            let (base_cfg, base_val, base_text) = parse_file(&base_path)?;
-            base_file = Some((base_path.clone(), base_text));
-            if base_cfg.base.is_some() {
-                return Err(config_err(
-                    &base_path,
-                    at_key(
-                        &base_file.as_ref().expect("set above").1,
-                        "base",
-                        "a base file cannot have a base of its own (one level only)",
-                    ),
-                ));
-            }
-            // A base shares settings, not its sweep: its grid and variants are not inherited.
-            let mut base_val = base_val;
-            if let Some(o) = base_val.as_object_mut() {
-                o.remove("grid");
-                o.remove("variants");
-            }
-            merge(&mut merged, base_val);
-        }
-        other => {
-            return Err(base_origin(format!(
-                "must be a file name (a string), got {other}"
-            )))
-        }
+    let base_file = read_base(path, &own, own_text, overrides)?;
+    if let Some((_, base_val, _)) = &base_file {
+        merge(&mut merged, base_val.clone());
     }
     merge(&mut merged, own);
     for (k, v) in overrides {
@@ -805,32 +802,97 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
             grid.remove(k);
         }
     }
-    let mut files: Vec<(&Path, &str)> = vec![(path, own_text.as_str())];
-    if let Some((p, t)) = &base_file {
-        files.push((p.as_path(), t.as_str()));
+    Ok((merged, base_file.map(|(p, _, t)| (p, t))))
+}
+
+/// The base file the experiment names (or `--set base=...` chooses, relative to the
+/// experiment file; `--set base=null` drops it): its path, its settings without its sweep
+/// (grid and variants are not inherited) and its text.
+fn read_base(
+    path: &Path,
+    own: &Value,
+    own_text: &str,
+    overrides: &[(String, String)],
+) -> Result<Option<(PathBuf, Value, String)>> {
+    let set_base = overrides.iter().rev().find(|(k, _)| k == "base");
+    let base_value = match set_base {
+        Some((_, v)) => serde_saphyr::from_str::<Value>(v).unwrap_or(Value::String(v.clone())),
+        None => own.get("base").cloned().unwrap_or(Value::Null),
+    };
+    let base_origin = |msg: String| match set_base {
+        Some((_, v)) => config_err(path, format!("--set base={v}: {msg}")),
+        None => config_err(path, at_key(own_text, "base", msg)),
+    };
+    let base = match &base_value {
+        Value::Null => return Ok(None),
+        Value::String(base) => base,
+        other => {
+            return Err(base_origin(format!(
+                "must be a file name (a string), got {other}"
+            )))
+        }
+    };
+    let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
+    if base_path.is_dir() {
+        return Err(base_origin(format!(
+            "`{base}` is a directory ({}); a base is a YAML file, relative to the experiment \
+             file",
+            base_path.display()
+        )));
     }
-    // The grid's own shape first: keys that cannot be axes, and the size of the product,
-    // before anything is expanded.
-    if let Some(grid) = merged.get("grid").and_then(Value::as_object) {
-        for key in grid.keys() {
-            let top = key.split('.').next().unwrap_or(key);
-            if NOT_SWEEPABLE.contains(&top) {
-                let hint = if top == "seeds" {
-                    "list the seeds in `seeds:` (every grid point runs once per seed)"
-                } else {
-                    "it shapes the sweep (results directory, base file, seeds, axes), so it \
-                     cannot be an axis; sweep config keys, or use variants"
-                };
-                return Err(grid_err(
-                    path,
-                    &own_text,
-                    key,
-                    format!("`{key}` cannot be swept: {hint}"),
-                ));
-            }
+    if !base_path.is_file() {
+        return Err(base_origin(format!(
+            "`{base}` is not a file ({} does not exist; the path is relative to the \
+             experiment file)",
+            base_path.display()
+        )));
+    }
+    let (base_cfg, mut base_val, base_text) = parse_file(&base_path)?;
+    if base_cfg.base.is_some() {
+        return Err(config_err(
+            &base_path,
+            at_key(
+                &base_text,
+                "base",
+                "a base file cannot have a base of its own (one level only)",
+            ),
+        ));
+    }
+    if let Some(o) = base_val.as_object_mut() {
+        o.remove("grid");
+        o.remove("variants");
+    }
+    Ok(Some((base_path, base_val, base_text)))
+}
+
+/// The grid's own shape first: keys that cannot be axes, before anything is expanded.
+fn check_grid_keys(src: &Source, merged: &Value) -> Result<()> {
+    let Some(grid) = merged.get("grid").and_then(Value::as_object) else {
+        return Ok(());
+    };
+    for key in grid.keys() {
+        let top = key.split('.').next().unwrap_or(key);
+        if NOT_SWEEPABLE.contains(&top) {
+            let hint = if top == "seeds" {
+                "list the seeds in `seeds:` (every grid point runs once per seed)"
+            } else {
+                "it shapes the sweep (results directory, base file, seeds, axes), so it \
+                 cannot be an axis; sweep config keys, or use variants"
+            };
+            return Err(grid_err(
+                src.path,
+                src.own_text,
+                key,
+                format!("`{key}` cannot be swept: {hint}"),
+            ));
         }
     }
-    let mut config = typed(merged.clone(), &files, overrides, "", &[])?;
+    Ok(())
+}
+
+/// The experiment's name (the file's stem unless set), checked as a directory name.
+fn name_config(src: &Source, config: &mut ExperimentConfig) -> Result<()> {
+    let (path, overrides) = (src.path, src.overrides);
     if config.name.is_empty() {
         config.name = path
             .file_stem()
@@ -838,10 +900,10 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
             .unwrap_or_else(|| "experiment".into());
     }
     let named =
-        overrides.iter().any(|(k, _)| k == "name") || find_key_line(&own_text, "name").is_some();
+        overrides.iter().any(|(k, _)| k == "name") || find_key_line(src.own_text, "name").is_some();
     let name_origin = |msg: String| {
         if named {
-            at_origin(path, &own_text, overrides, "name", msg)
+            at_origin(path, src.own_text, overrides, "name", msg)
         } else {
             config_err(path, format!("name (the file's stem): {msg}"))
         }
@@ -859,16 +921,17 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
             config.name.len()
         )));
     }
-    config
-        .validate()
-        .map_err(|e| validation_error(&files, overrides, e, "", &[]))?;
+    Ok(())
+}
 
-    // Variants: (name, partial config), checked before anything runs.
+/// Variants: (name, partial config), checked before anything runs; one unnamed empty
+/// variant when there are none.
+fn parse_variants(src: &Source, config: &ExperimentConfig) -> Result<Vec<(String, Value)>> {
     let variant_err = |i: usize, msg: String| {
         at_origin(
-            path,
-            &own_text,
-            overrides,
+            src.path,
+            src.own_text,
+            src.overrides,
             "variants",
             format!("variants[{i}]: {msg}"),
         )
@@ -908,60 +971,66 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
     if variants.is_empty() {
         variants.push((String::new(), Value::Object(Default::default())));
     }
+    Ok(variants)
+}
 
-    // The size of the sweep, before it is expanded.
-    let mut n_runs = variants.len().saturating_mul(config.seeds.len().max(1));
+/// The number of runs (variants x grid x seeds), before the sweep is expanded: every axis
+/// has a value and the product stays under [`MAX_RUNS`].
+fn check_sweep_size(src: &Source, config: &ExperimentConfig, n_variants: usize) -> Result<usize> {
+    let mut n_runs = n_variants.saturating_mul(config.seeds.len().max(1));
     for (key, values) in &config.grid {
         if values.is_empty() {
-            return Err(grid_err(path, &own_text, key, "needs at least one value"));
+            return Err(grid_err(
+                src.path,
+                src.own_text,
+                key,
+                "needs at least one value",
+            ));
         }
         n_runs = n_runs.saturating_mul(values.len());
     }
-    if n_runs > MAX_RUNS {
-        let axes: Vec<String> = config
-            .grid
-            .iter()
-            .map(|(k, v)| format!("{k}: {}", v.len()))
-            .collect();
-        return Err(config_err(
-            path,
-            format!(
-                "the sweep has {} runs ({} variant(s) x grid [{}] x {} seed(s)), above the \
-                 limit of {MAX_RUNS} runs per experiment; split it into experiments",
-                if n_runs == usize::MAX {
-                    "more than 2^64".to_string()
-                } else {
-                    n_runs.to_string()
-                },
-                variants.len(),
-                axes.join(", "),
-                config.seeds.len()
-            ),
-        ));
+    if n_runs <= MAX_RUNS {
+        return Ok(n_runs);
     }
+    let axes: Vec<String> = config
+        .grid
+        .iter()
+        .map(|(k, v)| format!("{k}: {}", v.len()))
+        .collect();
+    Err(config_err(
+        src.path,
+        format!(
+            "the sweep has {} runs ({} variant(s) x grid [{}] x {} seed(s)), above the limit \
+             of {MAX_RUNS} runs per experiment; split it into experiments",
+            if n_runs == usize::MAX {
+                "more than 2^64".to_string()
+            } else {
+                n_runs.to_string()
+            },
+            n_variants,
+            axes.join(", "),
+            config.seeds.len()
+        ),
+    ))
+}
+
+/// At least one seed, none twice.
+fn check_seeds(src: &Source, config: &ExperimentConfig) -> Result<()> {
+    let at = |msg: String| at_origin(src.path, src.own_text, src.overrides, "seeds", msg);
     if config.seeds.is_empty() {
-        return Err(at_origin(
-            path,
-            &own_text,
-            overrides,
-            "seeds",
-            "needs at least one seed",
-        ));
+        return Err(at("needs at least one seed".into()));
     }
-    let mut seen_seeds = std::collections::HashSet::new();
+    let mut seen = std::collections::HashSet::new();
     for &seed in &config.seeds {
-        if !seen_seeds.insert(seed) {
-            return Err(at_origin(
-                path,
-                &own_text,
-                overrides,
-                "seeds",
-                format!("{seed} is listed twice"),
-            ));
+        if !seen.insert(seed) {
+            return Err(at(format!("{seed} is listed twice")));
         }
     }
+    Ok(())
+}
 
-    // Expand the grid: product of variants x axes (in key order) x seeds.
+/// The grid's points: the product of its axes, in key order.
+fn grid_points(config: &ExperimentConfig) -> Vec<Vec<(String, Value)>> {
     let mut points: Vec<Vec<(String, Value)>> = vec![vec![]];
     for (key, values) in &config.grid {
         points = points
@@ -975,6 +1044,17 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
             })
             .collect();
     }
+    points
+}
+
+/// The runs: variants x grid points x seeds, one typed and validated config per point.
+fn expand(
+    src: &Source,
+    config: &ExperimentConfig,
+    variants: &[(String, Value)],
+    n_runs: usize,
+) -> Result<Vec<RunSpec>> {
+    let points = grid_points(config);
     // The resolved config without its sweep (grid, variants, seeds): serialised once, so that
     // expanding is linear in the number of runs.
     let mut bare = config.clone();
@@ -983,58 +1063,15 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
     bare.seeds = vec![];
     let bare = serde_json::to_value(&bare).expect("config serialises");
     let mut runs = Vec::with_capacity(n_runs);
-    for (vname, overlay) in &variants {
+    for (vname, overlay) in variants {
         for grid_point in &points {
             let mut point = grid_point.clone();
             if !vname.is_empty() {
                 point.insert(0, ("variant".to_string(), Value::String(vname.clone())));
             }
-            let grid_keys: Vec<&str> = grid_point.iter().map(|(k, _)| k.as_str()).collect();
+            check_id_len(src, config, &point)?;
+            let cfg = point_config(src, &bare, overlay, grid_point, &point, config.seeds[0])?;
             let point_label = label(&point);
-            // The longest run id of the point (its largest seed), before the point is typed.
-            let max_seed = config.seeds.iter().max().copied().unwrap_or(0);
-            let id_len = point_label.len()
-                + usize::from(!point_label.is_empty())
-                + 5
-                + max_seed.to_string().len();
-            if id_len > MAX_NAME_BYTES {
-                let key = point
-                    .iter()
-                    .max_by_key(|(_, v)| value_label(v).len())
-                    .map(|(k, _)| k.clone())
-                    .unwrap_or_else(|| "seeds".into());
-                let at = if key == "variant" {
-                    find_key_line(&own_text, "variants")
-                        .map(|n| format!("line {n}: key `variants`: "))
-                } else {
-                    find_grid_line(&own_text, &key).map(|n| format!("line {n}: key `grid.{key}`: "))
-                }
-                .unwrap_or_default();
-                return Err(config_err(
-                    path,
-                    format!(
-                        "{at}the run id `{}...` is {id_len} bytes, above the limit of \
-                         {MAX_NAME_BYTES} (it names the run's directory); use shorter values, \
-                         or variants with short names",
-                        point_label.chars().take(40).collect::<String>(),
-                    ),
-                ));
-            }
-            let context = if point.is_empty() {
-                String::new()
-            } else {
-                format!("grid point {}", label(&point))
-            };
-            let mut v = bare.clone();
-            merge(&mut v, overlay.clone());
-            for (k, val) in grid_point {
-                set_key(&mut v, k, val.clone()).map_err(|e| grid_err(path, &own_text, k, e))?;
-            }
-            // One typed and validated config per point; the seeds only differ in `seeds`.
-            v["seeds"] = Value::Array(vec![Value::from(config.seeds[0])]);
-            let cfg = typed(v, &files, overrides, &context, &grid_keys)?;
-            cfg.validate()
-                .map_err(|e| validation_error(&files, overrides, e, &context, &grid_keys))?;
             for &seed in &config.seeds {
                 let mut c = cfg.clone();
                 c.seeds = vec![seed];
@@ -1053,38 +1090,98 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
             }
         }
     }
-    // Every run needs a directory of its own: two grid points that map to one name would
-    // silently leave one of them unrun.
-    let mut seen: std::collections::HashMap<&str, &RunSpec> = Default::default();
-    for r in &runs {
-        if let Some(other) = seen.insert(&r.id, r) {
-            let key = r
-                .point
-                .iter()
-                .zip(&other.point)
-                .find(|(a, b)| a.1 != b.1)
-                .map(|(a, _)| a.0.clone())
-                .unwrap_or_default();
-            let at = find_grid_line(&own_text, &key)
-                .map(|n| format!("line {n}: key `grid.{key}`: "))
-                .unwrap_or_default();
-            return Err(config_err(
-                path,
-                format!(
-                    "{at}grid: the points {} and {} would share the run directory `{}`; give \
-                     them values that read differently",
-                    serde_json::to_string(&other.point).unwrap_or_default(),
-                    serde_json::to_string(&r.point).unwrap_or_default(),
-                    r.id
-                ),
-            ));
-        }
+    Ok(runs)
+}
+
+/// The longest run id of a point (its largest seed) fits a directory name, checked before
+/// the point is typed.
+fn check_id_len(src: &Source, config: &ExperimentConfig, point: &[(String, Value)]) -> Result<()> {
+    let point_label = label(point);
+    let max_seed = config.seeds.iter().max().copied().unwrap_or(0);
+    let id_len =
+        point_label.len() + usize::from(!point_label.is_empty()) + 5 + max_seed.to_string().len();
+    if id_len <= MAX_NAME_BYTES {
+        return Ok(());
     }
-    Ok(Experiment {
-        file: path.to_path_buf(),
-        config,
-        runs,
-    })
+    let key = point
+        .iter()
+        .max_by_key(|(_, v)| value_label(v).len())
+        .map(|(k, _)| k.clone())
+        .unwrap_or_else(|| "seeds".into());
+    let at = if key == "variant" {
+        find_key_line(src.own_text, "variants").map(|n| format!("line {n}: key `variants`: "))
+    } else {
+        find_grid_line(src.own_text, &key).map(|n| format!("line {n}: key `grid.{key}`: "))
+    }
+    .unwrap_or_default();
+    Err(config_err(
+        src.path,
+        format!(
+            "{at}the run id `{}...` is {id_len} bytes, above the limit of {MAX_NAME_BYTES} (it \
+             names the run's directory); use shorter values, or variants with short names",
+            point_label.chars().take(40).collect::<String>(),
+        ),
+    ))
+}
+
+/// The typed and validated config of one grid point: the bare config, the variant's overlay
+/// and the point's values (the seeds only differ in `seeds`: typed once, with the first).
+fn point_config(
+    src: &Source,
+    bare: &Value,
+    overlay: &Value,
+    grid_point: &[(String, Value)],
+    point: &[(String, Value)],
+    first_seed: u64,
+) -> Result<ExperimentConfig> {
+    let grid_keys: Vec<&str> = grid_point.iter().map(|(k, _)| k.as_str()).collect();
+    let context = if point.is_empty() {
+        String::new()
+    } else {
+        format!("grid point {}", label(point))
+    };
+    let mut v = bare.clone();
+    merge(&mut v, overlay.clone());
+    for (k, val) in grid_point {
+        set_key(&mut v, k, val.clone()).map_err(|e| grid_err(src.path, src.own_text, k, e))?;
+    }
+    v["seeds"] = Value::Array(vec![Value::from(first_seed)]);
+    let cfg = typed(v, &src.files, src.overrides, &context, &grid_keys)?;
+    cfg.validate()
+        .map_err(|e| validation_error(&src.files, src.overrides, e, &context, &grid_keys))?;
+    Ok(cfg)
+}
+
+/// Every run needs a directory of its own: two grid points that map to one name would
+/// silently leave one of them unrun.
+fn check_unique_ids(src: &Source, runs: &[RunSpec]) -> Result<()> {
+    let mut seen: std::collections::HashMap<&str, &RunSpec> = Default::default();
+    for r in runs {
+        let Some(other) = seen.insert(&r.id, r) else {
+            continue;
+        };
+        let key = r
+            .point
+            .iter()
+            .zip(&other.point)
+            .find(|(a, b)| a.1 != b.1)
+            .map(|(a, _)| a.0.clone())
+            .unwrap_or_default();
+        let at = find_grid_line(src.own_text, &key)
+            .map(|n| format!("line {n}: key `grid.{key}`: "))
+            .unwrap_or_default();
+        return Err(config_err(
+            src.path,
+            format!(
+                "{at}grid: the points {} and {} would share the run directory `{}`; give them \
+                 values that read differently",
+                serde_json::to_string(&other.point).unwrap_or_default(),
+                serde_json::to_string(&r.point).unwrap_or_default(),
+                r.id
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `name` is a single path component that stays inside its parent directory.
@@ -1238,14 +1335,8 @@ mod tests {
         }
     }
 
-    /// Mutation fuzzing of the loader over the committed experiments and fixtures: each case
-    /// changes one value to an edge (negative, zero, huge, NaN, infinite, wrong type), drops,
-    /// repeats or truncates lines, or adds an unknown key. Whatever comes in, the loader must
-    /// not panic or hang, and must return either a config that passes validation (every run,
-    /// every number in range) or an error that names the file and a line or key.
-    #[test]
-    fn fuzzed_configs_give_a_located_error_or_a_valid_config() {
-        use rand::Rng;
+    /// The experiment files and test fixtures the fuzzer mutates, by file name.
+    fn fuzz_corpus() -> Vec<(String, String)> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut corpus: Vec<(String, String)> = Vec::new();
         for dir in ["experiments", "tests/fixtures"] {
@@ -1258,36 +1349,224 @@ mod tests {
             }
         }
         corpus.sort();
-        const EDGES: &[&str] = &[
-            "-1",
-            "0",
-            "1",
-            "2",
-            "0.5",
-            "1.5",
-            "-0.0",
-            "1e39",
-            "-1e39",
-            "1e12",
-            "1e18",
-            "18446744073709551616",
-            ".nan",
-            ".inf",
-            "-.inf",
-            "\"x\"",
-            "x",
-            "[]",
-            "{}",
-            "[1, 1]",
-            "null",
-            "true",
-            "~",
-            "tier9",
-            "[[1]]",
-            "{kind: nope}",
-            "1e-12",
-            "4294967296",
+        corpus
+    }
+
+    const EDGES: &[&str] = &[
+        "-1",
+        "0",
+        "1",
+        "2",
+        "0.5",
+        "1.5",
+        "-0.0",
+        "1e39",
+        "-1e39",
+        "1e12",
+        "1e18",
+        "18446744073709551616",
+        ".nan",
+        ".inf",
+        "-.inf",
+        "\"x\"",
+        "x",
+        "[]",
+        "{}",
+        "[1, 1]",
+        "null",
+        "true",
+        "~",
+        "tier9",
+        "[[1]]",
+        "{kind: nope}",
+        "1e-12",
+        "4294967296",
+    ];
+
+    /// One random mutation of a file's lines: its class, and a byte sequence to insert at an
+    /// offset after the lines are joined (control bytes, invalid UTF-8), if any.
+    fn mutate(
+        rng: &mut impl rand::Rng,
+        lines: &mut Vec<String>,
+    ) -> (&'static str, Option<(usize, Vec<u8>)>) {
+        let at = rng.random_range(0..lines.len().max(1));
+        let kind = rng.random_range(0..15);
+        let class = match kind {
+            0..=5 => "edge values",
+            6..=9 => "lines dropped, repeated, added, truncated",
+            10 | 11 => "control bytes and invalid UTF-8",
+            12 => "tabs",
+            13 => "huge seed lists",
+            _ => "huge grids",
+        };
+        let mut raw = None;
+        match kind {
+            // The value of a `key: value` line (most cases).
+            0..=5 => edge_value(rng, lines),
+            6 => {
+                if !lines.is_empty() {
+                    lines.remove(at);
+                }
+            }
+            7 => {
+                if !lines.is_empty() {
+                    let l = lines[at].clone();
+                    lines.insert(at, l);
+                }
+            }
+            8 => lines.insert(at, "bogus_key: 1".into()),
+            9 => lines.truncate(at),
+            // A control byte (NUL among them) or an invalid UTF-8 sequence at a random offset.
+            10 | 11 => raw = Some(bad_bytes(rng, lines)),
+            12 => tabs(rng, lines, at),
+            // Huge grids and seed lists (most past the run limit).
+            13 => huge_seeds(rng, lines),
+            _ => huge_grid(rng, lines),
+        }
+        (class, raw)
+    }
+
+    /// An edge value in place of a random `key: value` line's value.
+    fn edge_value(rng: &mut impl rand::Rng, lines: &mut [String]) {
+        let candidates: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains(": ") && !l.trim_start().starts_with('#'))
+            .map(|(i, _)| i)
+            .collect();
+        if let Some(&i) = candidates.get(rng.random_range(0..candidates.len().max(1))) {
+            let edge = EDGES[rng.random_range(0..EDGES.len())];
+            let l = &lines[i];
+            // In flow style, one of the values inside the braces.
+            let cut = if l.contains('{') && rng.random_bool(0.5) {
+                l.rfind(": ").unwrap()
+            } else {
+                l.find(": ").unwrap()
+            };
+            let tail = if l[cut..].contains('}') && cut == l.rfind(": ").unwrap() {
+                "}".repeat(l[cut..].matches('}').count())
+            } else {
+                String::new()
+            };
+            lines[i] = format!("{}: {edge}{tail}", &l[..cut]);
+        }
+    }
+
+    fn bad_bytes(rng: &mut impl rand::Rng, lines: &[String]) -> (usize, Vec<u8>) {
+        const BAD: &[&[u8]] = &[
+            b"\0",
+            b"\x01",
+            b"\x07",
+            b"\x1b",
+            b"\x7f",
+            b"\r",
+            b"\x0b",
+            b"\x0c",
+            b"\xff",
+            b"\xc3",
+            b"\xe2\x82",
+            b"\xed\xa0\x80",
+            b"\xc0\xaf",
         ];
+        let len = lines.join("\n").len();
+        (
+            rng.random_range(0..=len),
+            BAD[rng.random_range(0..BAD.len())].to_vec(),
+        )
+    }
+
+    /// Tabs: after a colon or comma (valid YAML, read as a space) or in the indentation
+    /// (invalid YAML, refused).
+    fn tabs(rng: &mut impl rand::Rng, lines: &mut Vec<String>, at: usize) {
+        let i = at.min(lines.len().saturating_sub(1));
+        if lines.is_empty() {
+            lines.push(String::new());
+        }
+        let l = &mut lines[i];
+        *l = if rng.random_bool(0.7) {
+            l.replacen(": ", ":\t", 1).replacen(", ", ",\t", 1)
+        } else {
+            format!("\t{l}")
+        };
+    }
+
+    fn huge_seeds(rng: &mut impl rand::Rng, lines: &mut Vec<String>) {
+        let n = [10usize, 1_000, 20_000, 200_000][rng.random_range(0..4)];
+        let list: Vec<String> = (0..n).map(|i| (i + 1).to_string()).collect();
+        lines.retain(|l| !l.starts_with("seeds:"));
+        lines.push(format!("seeds: [{}]", list.join(", ")));
+    }
+
+    fn huge_grid(rng: &mut impl rand::Rng, lines: &mut Vec<String>) {
+        let n = [2usize, 5, 10, 21, 50, 200][rng.random_range(0..6)];
+        let list: Vec<String> = (0..n).map(|i| (i + 1).to_string()).collect();
+        let list = list.join(", ");
+        if let Some(g) = lines.iter().position(|l| l.starts_with("grid:")) {
+            let end = (g + 1..lines.len())
+                .find(|&i| !lines[i].starts_with(' '))
+                .unwrap_or(lines.len());
+            lines.drain(g..end);
+        }
+        lines.push(format!(
+            "grid: {{teacher.seed: [{list}], student.min_steps: [{list}], \
+             attacker.accounts: [{list}]}}"
+        ));
+    }
+
+    /// Load `file` in a thread: its number of runs or its error; a hang or a panic fails.
+    fn load_guarded(file: &Path, what: &str) -> std::result::Result<usize, String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let f = file.to_path_buf();
+        let worker = std::thread::spawn(move || {
+            let r = load(&f, &[])
+                .map(|exp| exp.runs.len())
+                .map_err(|e| e.to_string());
+            let _ = tx.send(r);
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("{what} hung or panicked"));
+        worker.join().expect("no panic");
+        result
+    }
+
+    /// Whether an error names a file of the corpus (or the mutated one) and a line or key.
+    fn located(e: &str, file: &Path, corpus: &[(String, String)]) -> bool {
+        let file_named = e.contains(&file.display().to_string())
+            || corpus.iter().any(|(n, _)| e.contains(n.as_str()));
+        let pointed = e.contains("line ")
+            || e.contains("no settings")
+            || e.contains("key `")
+            || e.contains("variants[")
+            || e.contains("grid")
+            || e.contains("seeds:")
+            || e.contains("name:")
+            || e.contains("the sweep has");
+        file_named && pointed
+    }
+
+    /// The process's peak resident set in KiB (Linux), every case so far included.
+    fn peak_rss_kib() -> Option<u64> {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|n| n.parse::<u64>().ok())
+                })
+            })
+    }
+
+    /// Mutation fuzzing of the loader over the committed experiments and fixtures: each case
+    /// changes one value to an edge (negative, zero, huge, NaN, infinite, wrong type), drops,
+    /// repeats or truncates lines, or adds an unknown key. Whatever comes in, the loader must
+    /// not panic or hang, and must return either a config that passes validation (every run,
+    /// every number in range) or an error that names the file and a line or key.
+    #[test]
+    fn fuzzed_configs_give_a_located_error_or_a_valid_config() {
+        use rand::Rng;
+        let corpus = fuzz_corpus();
         let dir = std::env::temp_dir().join(format!("distill-sim-fuzz-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         // Bases the corpus refers to, beside the mutated files.
@@ -1302,139 +1581,15 @@ mod tests {
         for case in 0..cases {
             let (name, text) = &corpus[rng.random_range(0..corpus.len())];
             let mut lines: Vec<String> = text.lines().map(String::from).collect();
-            let at = rng.random_range(0..lines.len().max(1));
-            // Byte-level mutations (control bytes, invalid UTF-8) apply after the line ones.
-            let mut raw: Option<(usize, Vec<u8>)> = None;
-            let kind = rng.random_range(0..15);
-            let class = match kind {
-                0..=5 => "edge values",
-                6..=9 => "lines dropped, repeated, added, truncated",
-                10 | 11 => "control bytes and invalid UTF-8",
-                12 => "tabs",
-                13 => "huge seed lists",
-                _ => "huge grids",
-            };
-            match kind {
-                // The value of a `key: value` line (most cases).
-                0..=5 => {
-                    let candidates: Vec<usize> = lines
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, l)| l.contains(": ") && !l.trim_start().starts_with('#'))
-                        .map(|(i, _)| i)
-                        .collect();
-                    if let Some(&i) = candidates.get(rng.random_range(0..candidates.len().max(1))) {
-                        let edge = EDGES[rng.random_range(0..EDGES.len())];
-                        let l = &lines[i];
-                        // In flow style, one of the values inside the braces.
-                        let cut = if l.contains('{') && rng.random_bool(0.5) {
-                            l.rfind(": ").unwrap()
-                        } else {
-                            l.find(": ").unwrap()
-                        };
-                        let tail = if l[cut..].contains('}') && cut == l.rfind(": ").unwrap() {
-                            "}".repeat(l[cut..].matches('}').count())
-                        } else {
-                            String::new()
-                        };
-                        lines[i] = format!("{}: {edge}{tail}", &l[..cut]);
-                    }
-                }
-                6 => {
-                    if !lines.is_empty() {
-                        lines.remove(at);
-                    }
-                }
-                7 => {
-                    if !lines.is_empty() {
-                        let l = lines[at].clone();
-                        lines.insert(at, l);
-                    }
-                }
-                8 => lines.insert(at, "bogus_key: 1".into()),
-                9 => lines.truncate(at),
-                // A control byte (NUL among them) or an invalid UTF-8 sequence at a random
-                // offset.
-                10 | 11 => {
-                    const BAD: &[&[u8]] = &[
-                        b"\0",
-                        b"\x01",
-                        b"\x07",
-                        b"\x1b",
-                        b"\x7f",
-                        b"\r",
-                        b"\x0b",
-                        b"\x0c",
-                        b"\xff",
-                        b"\xc3",
-                        b"\xe2\x82",
-                        b"\xed\xa0\x80",
-                        b"\xc0\xaf",
-                    ];
-                    let len = lines.join("\n").len();
-                    raw = Some((
-                        rng.random_range(0..=len),
-                        BAD[rng.random_range(0..BAD.len())].to_vec(),
-                    ));
-                }
-                // Tabs: after a colon or comma (valid YAML, read as a space) or in the
-                // indentation (invalid YAML, refused).
-                12 => {
-                    let i = at.min(lines.len().saturating_sub(1));
-                    if lines.is_empty() {
-                        lines.push(String::new());
-                    }
-                    let l = &mut lines[i];
-                    *l = if rng.random_bool(0.7) {
-                        l.replacen(": ", ":\t", 1).replacen(", ", ",\t", 1)
-                    } else {
-                        format!("\t{l}")
-                    };
-                }
-                // Huge grids and seed lists (most past the run limit).
-                13 => {
-                    let n = [10usize, 1_000, 20_000, 200_000][rng.random_range(0..4)];
-                    let list: Vec<String> = (0..n).map(|i| (i + 1).to_string()).collect();
-                    lines.retain(|l| !l.starts_with("seeds:"));
-                    lines.push(format!("seeds: [{}]", list.join(", ")));
-                }
-                _ => {
-                    let n = [2usize, 5, 10, 21, 50, 200][rng.random_range(0..6)];
-                    let list: Vec<String> = (0..n).map(|i| (i + 1).to_string()).collect();
-                    let list = list.join(", ");
-                    if let Some(g) = lines.iter().position(|l| l.starts_with("grid:")) {
-                        let end = (g + 1..lines.len())
-                            .find(|&i| !lines[i].starts_with(' '))
-                            .unwrap_or(lines.len());
-                        lines.drain(g..end);
-                    }
-                    lines.push(format!(
-                        "grid: {{teacher.seed: [{list}], student.min_steps: [{list}], \
-                         attacker.accounts: [{list}]}}"
-                    ));
-                }
-            }
-            let mutated = lines.join("\n");
-            let mut bytes = mutated.clone().into_bytes();
+            let (class, raw) = mutate(&mut rng, &mut lines);
+            let mut bytes = lines.join("\n").into_bytes();
             if let Some((at, b)) = raw {
                 bytes.splice(at..at, b);
             }
             let mutated = String::from_utf8_lossy(&bytes).into_owned();
             let file = dir.join(format!("case-{case}.yaml"));
             std::fs::write(&file, &bytes).unwrap();
-            let (tx, rx) = std::sync::mpsc::channel();
-            let f = file.clone();
-            let worker = std::thread::spawn(move || {
-                let r = load(&f, &[])
-                    .map(|exp| exp.runs.len())
-                    .map_err(|e| e.to_string());
-                let _ = tx.send(r);
-            });
-            let result = rx
-                .recv_timeout(std::time::Duration::from_secs(20))
-                .unwrap_or_else(|_| panic!("{name} case {case} hung or panicked:\n{mutated}"));
-            worker.join().expect("no panic");
-            match result {
+            match load_guarded(&file, &format!("{name} case {case}:\n{mutated}")) {
                 Ok(n) => {
                     by_class.entry(class).or_default().0 += 1;
                     let exp = load(&file, &[]).unwrap();
@@ -1442,23 +1597,13 @@ mod tests {
                     for r in &exp.runs {
                         assert!(r.config.validate().is_ok(), "{name} case {case}");
                         let v = serde_json::to_value(&r.config).unwrap();
-                        assert!(super::super::schema::check_value(&v).is_ok());
+                        assert!(super::super::ranges::check_value(&v).is_ok());
                     }
                     ok += 1;
                 }
                 Err(e) => {
-                    let located = e.contains(&file.display().to_string())
-                        || corpus.iter().any(|(n, _)| e.contains(n.as_str()));
-                    let pointed = e.contains("line ")
-                        || e.contains("no settings")
-                        || e.contains("key `")
-                        || e.contains("variants[")
-                        || e.contains("grid")
-                        || e.contains("seeds:")
-                        || e.contains("name:")
-                        || e.contains("the sweep has");
                     assert!(
-                        located && pointed,
+                        located(&e, &file, &corpus),
                         "{name} case {case}: an error without a file and a line or key: {e}\n---\n{mutated}"
                     );
                     refused += 1;
@@ -1466,16 +1611,7 @@ mod tests {
                 }
             }
         }
-        // Memory: the process's peak resident set (every case included) stays bounded.
-        let peak_kib = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                    l.split_whitespace()
-                        .nth(1)
-                        .and_then(|n| n.parse::<u64>().ok())
-                })
-            });
+        let peak_kib = peak_rss_kib();
         eprintln!(
             "config fuzz: {cases} cases ({ok} loaded and valid, {refused} refused with a located \
              error) in {:.2} s, peak memory {} MiB",

@@ -70,7 +70,7 @@ pub(super) fn yaml_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> Er
             format!(
                 "{at}the file is larger than the YAML parser's limits allow (at most 250,000 \
                  values, nesting and aliases bounded); a sweep has at most {} runs",
-                super::config::MAX_RUNS
+                super::ranges::MAX_RUNS
             ),
         );
     }
@@ -235,7 +235,7 @@ pub(super) fn located(
         .find(|k| plain == **k || plain.starts_with(&format!("{k}.")))
     {
         for (file, text) in files {
-            if let Some(n) = super::config::find_grid_line(text, axis) {
+            if let Some(n) = find_grid_line(text, axis) {
                 return config_err(file, format!("line {n}: key `grid.{axis}`: {body}"));
             }
         }
@@ -282,4 +282,26 @@ pub(super) fn validation_error(
         None => config_err(files[0].0, msg.clone()),
     };
     prefix_context(e, context)
+}
+
+/// The line of a grid axis (`grid: {attacker.budget: [...]}` or the block form), for errors
+/// about one of its values.
+pub(super) fn find_grid_line(text: &str, key: &str) -> Option<usize> {
+    let mut in_grid = false;
+    for (i, l) in text.lines().enumerate() {
+        let top = !l.starts_with([' ', '\t']) && !l.trim().is_empty() && !l.starts_with('#');
+        if top {
+            in_grid = l.starts_with("grid:");
+        }
+        if !in_grid {
+            continue;
+        }
+        let hit = l
+            .match_indices(&format!("{key}:"))
+            .any(|(j, _)| l[..j].chars().last().is_none_or(|c| " {,\"'".contains(c)));
+        if hit {
+            return Some(i + 1);
+        }
+    }
+    None
 }

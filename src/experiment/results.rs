@@ -287,37 +287,7 @@ pub fn check_one_config(dir: &Path, exp: &super::config::Experiment, replace: bo
             }
         }
     }
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    let mut seen = std::collections::HashSet::new();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let path = e.path();
-        if name.starts_with('.') || !path.is_dir() || (replace && ids.contains(name.as_str())) {
-            continue;
-        }
-        let (Some(cfg), Some(summary)) = (
-            read_json(&path.join("config.json")),
-            read_json(&path.join("summary.json")),
-        ) else {
-            continue;
-        };
-        let point = summary["point"].as_object().cloned().unwrap_or_default();
-        // A run of a variant this sweep does not define set keys the sweep cannot name.
-        if let Some(v) = point.get("variant").and_then(Value::as_str) {
-            if !variants.contains(v) {
-                continue;
-            }
-        }
-        swept.extend(point.keys().filter(|k| *k != "variant").cloned());
-        // Runs that read the same are compared once.
-        let mut c = cfg.clone();
-        if let Some(o) = c.as_object_mut() {
-            o.remove("seeds");
-        }
-        if seen.insert(c.to_string()) {
-            others.push((name, cfg));
-        }
-    }
+    others.extend(run_configs(dir, &ids, &variants, replace, &mut swept)?);
     for (name, other) in &others {
         let diffs = differ_outside(other, &mine, &swept);
         if !diffs.is_empty() {
@@ -355,6 +325,52 @@ pub fn check_one_config(dir: &Path, exp: &super::config::Experiment, replace: bo
         )?;
     }
     Ok(())
+}
+
+/// The configs of the runs already in `dir` (each distinct config once, seeds aside), with
+/// the directory's name; adds the keys their grid points set to `swept`. Runs of a variant
+/// this sweep does not define, and with `replace` the runs this sweep will replace, are left
+/// out.
+fn run_configs(
+    dir: &Path,
+    ids: &std::collections::HashSet<&str>,
+    variants: &std::collections::BTreeSet<String>,
+    replace: bool,
+    swept: &mut std::collections::BTreeSet<String>,
+) -> Result<Vec<(String, Value)>> {
+    let mut others = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut seen = std::collections::HashSet::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if name.starts_with('.') || !path.is_dir() || (replace && ids.contains(name.as_str())) {
+            continue;
+        }
+        let (Some(cfg), Some(summary)) = (
+            read_json(&path.join("config.json")),
+            read_json(&path.join("summary.json")),
+        ) else {
+            continue;
+        };
+        let point = summary["point"].as_object().cloned().unwrap_or_default();
+        // A run of a variant this sweep does not define set keys the sweep cannot name.
+        if let Some(v) = point.get("variant").and_then(Value::as_str) {
+            if !variants.contains(v) {
+                continue;
+            }
+        }
+        swept.extend(point.keys().filter(|k| *k != "variant").cloned());
+        // Runs that read the same are compared once.
+        let mut c = cfg.clone();
+        if let Some(o) = c.as_object_mut() {
+            o.remove("seeds");
+        }
+        if seen.insert(c.to_string()) {
+            others.push((name, cfg));
+        }
+    }
+    Ok(others)
 }
 
 /// Refuse a report that would average runs of different configs: the runs of one variant

@@ -1,0 +1,189 @@
+//! The command line's arguments (clap): subcommands and the options sweeps share.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "distill-sim",
+    version = env!("DISTILL_SIM_VERSION"),
+    about = "Simulate distillation attacks on model APIs and the defenses against them"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+pub struct Common {
+    /// Override a config key, e.g. `--set attacker.budget=2000` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Root of the results tree.
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    /// Cache of trained teachers.
+    #[arg(long, default_value = "results/.cache")]
+    pub cache: PathBuf,
+    /// Runs in parallel, as worker processes (default: the number of cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Run only the i-th of n deterministic slices of the runs, e.g. `--shard 0/2`.
+    #[arg(long, value_name = "I/N", allow_hyphen_values = true)]
+    pub shard: Option<String>,
+    /// Neural engine: fused (default; the hand-written pure-Rust CPU engine), burn (burn 0.22,
+    /// pure-Rust flex CPU backend) or tch (LibTorch; a build with `--features tch`). The same
+    /// as `--set engine=...`.
+    #[arg(long, value_parser = ["burn", "fused", "tch"])]
+    pub engine: Option<String>,
+    /// Device: cpu (default) or cuda (LibTorch on a CUDA GPU; implies `--engine tch`). The
+    /// same as `--set device=...`.
+    #[arg(long, value_parser = ["cpu", "cuda"])]
+    pub device: Option<String>,
+    /// After the sweep, also print paired differences (same seed and budget) to this grid
+    /// point, e.g. `--baseline api.logprobs=0` or `--baseline variant=none`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub baseline: Option<String>,
+    /// Re-run finished runs whose stored config differs from the requested one, replacing
+    /// their results (without it such a sweep stops and lists the keys that differ).
+    #[arg(long)]
+    pub replace_changed: bool,
+    /// Internal: a worker process's slice (set by the parent process).
+    #[arg(long, hide = true)]
+    pub worker: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run an experiment's sweep (every variant, grid point and seed) with a progress bar;
+    /// finished runs are skipped, half-written ones redone, failures recorded.
+    Sweep {
+        config: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        /// List the runs and whether each is finished, then exit.
+        #[arg(long)]
+        list: bool,
+    },
+    /// The same as `sweep` (kept for scripts).
+    Run {
+        config: PathBuf,
+        #[command(flatten)]
+        common: Common,
+        /// List the runs and whether each is finished, then exit.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Markdown table (mean ± 95% interval over seeds) of a results directory, written as
+    /// report.md with runs.csv and summary.csv beside it.
+    Report {
+        /// An experiment's results, e.g. `results/quickstart`.
+        dir: PathBuf,
+        /// Columns (comma-separated metric names; default: chosen from the metrics present).
+        #[arg(long, value_delimiter = ',')]
+        metrics: Option<Vec<String>>,
+        /// Paired differences (same seed and budget) to this grid point, e.g.
+        /// `--baseline variant=none` or `--baseline api.logprobs=0`.
+        #[arg(long, value_name = "KEY=VALUE")]
+        baseline: Option<String>,
+    },
+    /// Figures of a results directory (PNG and SVG): parity curves, safety and EI transfer,
+    /// defense Pareto, detection timeline, as the data allows.
+    Plot {
+        /// An experiment's results, e.g. `results/quickstart`.
+        dir: PathBuf,
+        /// Output directory (default: `<dir>/figures`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print every metric a run records: name, direction and definition (Markdown).
+    Metrics,
+    /// Print the fully resolved config of each run of an experiment (after its base, variants,
+    /// grid and `--set`), every key with its meaning, unit and allowed range; or, with
+    /// `--schema`, the JSON Schema of experiment files (for editors).
+    Config {
+        /// An experiment file (not needed with `--schema`).
+        #[arg(required_unless_present = "schema")]
+        config: Option<PathBuf>,
+        /// Override a config key, e.g. `--set attacker.budget=2000` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Only the run with this id (as `sweep --list` prints it).
+        #[arg(long)]
+        run: Option<String>,
+        /// Write the JSON Schema of experiment files instead.
+        #[arg(long, conflicts_with_all = ["config", "run", "set"])]
+        schema: bool,
+        /// Write to this file (atomically) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Teacher commands.
+    Teacher {
+        #[command(subcommand)]
+        cmd: TeacherCmd,
+    },
+    /// Print teacher generation queries/s and student training tokens/s on this machine.
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand)]
+pub enum TeacherCmd {
+    /// Train (or load from cache) the teacher of an experiment config and print its table.
+    Train {
+        config: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+impl Common {
+    /// `--engine` and `--device` as `--set` overrides (so that worker processes get them too).
+    pub fn fold_backend(mut self) -> Common {
+        let engine = match (&self.engine, self.device.as_deref()) {
+            (None, Some("cuda")) => Some("tch".to_string()),
+            (e, _) => e.clone(),
+        };
+        if let Some(e) = engine {
+            self.set.push(format!("engine={e}"));
+        }
+        if let Some(d) = self.device.take() {
+            self.set.push(format!("device={d}"));
+        }
+        self.engine = None;
+        self
+    }
+}
+
+/// Options of `bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Fewer repetitions (for CI).
+    #[arg(long)]
+    pub quick: bool,
+    /// Benchmark the traffic layer (clock, limits, ledgers, detectors) instead of the models.
+    #[arg(long)]
+    pub traffic: bool,
+    /// Engines side by side: burn, fused, tch-cpu, tch-cuda (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "fused")]
+    pub engines: Vec<String>,
+    /// Model sizes (comma-separated presets).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "student-s,teacher-s,teacher-m"
+    )]
+    pub sizes: Vec<String>,
+    /// Queries of the end-to-end harvest + distillation (0 = skip).
+    #[arg(long, default_value_t = 0)]
+    pub harvest: usize,
+    /// Cache of trained teachers (the end-to-end run uses the default teacher).
+    #[arg(long, default_value = "results/.cache")]
+    pub cache: PathBuf,
+    /// Write the weights and workload as safetensors here, for scripts/torch_reference.py.
+    #[arg(long)]
+    pub dump: Option<PathBuf>,
+    /// Compute threads for LibTorch on the CPU (default: LibTorch's own choice).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
