@@ -37,10 +37,30 @@ pub struct TeacherConfig {
     pub train: TrainConfig,
     /// Weight of each skill in the training mix (missing skills weigh 1; empty = uniform).
     pub skill_weights: std::collections::BTreeMap<crate::world::Skill, f64>,
+    /// Phases trained before the main mix, in order (empty: none). Skills that form late in
+    /// a mix (lookup's induction, addition's carries) can be given their own phase first.
+    pub curriculum: Vec<Phase>,
     /// Oracle: probability of the ideal token on easy items.
     pub oracle_confidence_easy: f32,
     /// Oracle: probability of the ideal token on hard items, affect and safety.
     pub oracle_confidence_hard: f32,
+}
+
+/// One curriculum phase: `steps` steps (the main schedule's batch size, learning rate and
+/// warmup) on skill prompts of `skills` only, with `hard_share` of them hard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    pub steps: usize,
+    /// The skills of the phase (non-empty).
+    pub skills: Vec<crate::world::Skill>,
+    /// Share of hard prompts (default: the main mix's 0.6).
+    #[serde(default = "default_hard_share")]
+    pub hard_share: f64,
+}
+
+fn default_hard_share() -> f64 {
+    Mix::teacher_training().hard_share
 }
 
 impl Default for TeacherConfig {
@@ -60,6 +80,7 @@ impl Default for TeacherConfig {
             // Uniform: weighting addition and lookup 2-3x (tried) cost copy/reverse and sort
             // more than it gained (see README, "The teacher").
             skill_weights: Default::default(),
+            curriculum: vec![],
             oracle_confidence_easy: 0.95,
             oracle_confidence_hard: 0.8,
         }
@@ -67,6 +88,11 @@ impl Default for TeacherConfig {
 }
 
 impl TeacherConfig {
+    /// Training steps in all: the curriculum's phases and the main mix.
+    pub fn total_steps(&self) -> usize {
+        self.curriculum.iter().map(|p| p.steps).sum::<usize>() + self.train.steps
+    }
+
     pub fn spec(&self) -> Result<ModelSpec> {
         ModelSpec::preset(&self.size).ok_or_else(|| {
             Error::Invalid(format!(
@@ -90,6 +116,10 @@ impl TeacherConfig {
             "skill_weights": self.skill_weights,
             "engine": engine.tag(),
         });
+        // Without a curriculum the key is as before it existed (cached teachers still hold).
+        if !self.curriculum.is_empty() {
+            key["curriculum"] = serde_json::json!(self.curriculum);
+        }
         if answers.several() {
             key["answers"] = serde_json::json!({
                 "several": true,
@@ -108,6 +138,24 @@ impl TeacherConfig {
         h.update(key.to_string().as_bytes());
         let out = h.finalize();
         out.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// What the teacher learns for prompt `p` in `world`: the graded-harm world's label where it
+/// flips, else the ideal response (one answer), else an answer drawn from the world's answer
+/// distribution with the exact next-token distribution as the target.
+fn teacher_example(p: &Prompt, world: &WorldConfig, rng: &mut SimRng) -> Example {
+    if let Some(flipped) = boundary_label(p, world) {
+        return example(p, &flipped);
+    }
+    let answers = world.answer_space();
+    if !answers.several() {
+        return example(p, &ideal_response(p));
+    }
+    let (resp, targets) = answers.sample(p, rng);
+    Example {
+        targets,
+        ..example(p, &resp)
     }
 }
 
@@ -143,24 +191,29 @@ impl Teacher {
     ) -> Result<Teacher> {
         let spec = cfg.spec()?;
         let mut eng = crate::model::new_engine(engine, spec, cfg.seed)?;
+        // Curriculum phases first, each on its own skills, counted in the progress steps.
+        let mut done = 0;
+        for (i, phase) in cfg.curriculum.iter().enumerate() {
+            let mut rng = derive_rng(cfg.seed, &format!("teacher/phase{i}/answers"));
+            let examples: Vec<Example> = Self::phase_prompts(cfg, i, world.harm)
+                .map(|p| teacher_example(&p, world, &mut rng))
+                .collect();
+            let tc = TrainConfig {
+                steps: phase.steps,
+                warmup: cfg.train.warmup.min(phase.steps / 5),
+                ..cfg.train.clone()
+            };
+            let seed = crate::rng::derive_seed(cfg.seed, &format!("teacher/phase{i}"));
+            train::train(eng.as_mut(), &examples, &tc, seed, |s, l| progress(done + s, l));
+            done += phase.steps;
+        }
         let mut rng = derive_rng(cfg.seed, "teacher/answers");
-        let answers = world.answer_space();
         let examples: Vec<Example> = Self::training_prompts_in(cfg, world.harm)
-            .map(|p| {
-                if let Some(flipped) = boundary_label(&p, world) {
-                    return example(&p, &flipped);
-                }
-                if !answers.several() {
-                    return example(&p, &ideal_response(&p));
-                }
-                let (resp, targets) = answers.sample(&p, &mut rng);
-                Example {
-                    targets,
-                    ..example(&p, &resp)
-                }
-            })
+            .map(|p| teacher_example(&p, world, &mut rng))
             .collect();
-        train::train(eng.as_mut(), &examples, &cfg.train, cfg.seed, &mut progress);
+        train::train(eng.as_mut(), &examples, &cfg.train, cfg.seed, |s, l| {
+            progress(done + s, l)
+        });
         Ok(Teacher::Neural(eng))
     }
 
@@ -168,6 +221,25 @@ impl Teacher {
     /// train side of the held-out split.
     pub fn training_prompts(cfg: &TeacherConfig) -> impl Iterator<Item = Prompt> {
         Self::training_prompts_in(cfg, Harm::Intent)
+    }
+
+    /// The prompts of curriculum phase `i`: skill prompts of its skills only.
+    fn phase_prompts(cfg: &TeacherConfig, i: usize, harm: Harm) -> impl Iterator<Item = Prompt> {
+        let phase = &cfg.curriculum[i];
+        let mix = Mix {
+            skills: 1.0,
+            harmful: 0.0,
+            lookalike: 0.0,
+            affect: 0.0,
+            probe: 0.0,
+            only_skills: phase.skills.clone(),
+            hard_share: phase.hard_share,
+            harm,
+            ..Mix::teacher_training()
+        };
+        let mut rng = derive_rng(cfg.seed, &format!("teacher/phase{i}/data"));
+        let n = phase.steps * cfg.train.batch_size;
+        (0..n).map(move |_| mix.sample(&mut rng))
     }
 
     /// [`Self::training_prompts`] in a world whose harm model is `harm`.
@@ -514,6 +586,41 @@ fn oracle_generate(
 mod tests {
     use super::*;
     use crate::world::vocab::REFUSE;
+    use crate::world::Skill;
+
+    /// A curriculum phase trains on its own skills only, with its hard share; it changes the
+    /// cache key, and a config without one keeps the key it had before curricula existed.
+    #[test]
+    fn curriculum_phases_draw_their_skills_and_key_the_cache() {
+        let plain = TeacherConfig::default();
+        let world = WorldConfig::default();
+        let mut cfg = plain.clone();
+        cfg.train.batch_size = 8;
+        cfg.curriculum = vec![Phase {
+            steps: 50,
+            skills: vec![Skill::Lookup, Skill::Add],
+            hard_share: 0.25,
+        }];
+        let prompts: Vec<Prompt> = Teacher::phase_prompts(&cfg, 0, Harm::Intent).collect();
+        assert_eq!(prompts.len(), 50 * 8);
+        let mut hard = 0;
+        for p in &prompts {
+            match p.kind {
+                Kind::Skill(Skill::Lookup | Skill::Add, t) => hard += (t == Tier::Hard) as usize,
+                ref k => panic!("a phase of lookup and add drew {k:?}"),
+            }
+        }
+        let share = hard as f64 / prompts.len() as f64;
+        assert!((share - 0.25).abs() < 0.07, "hard share {share}");
+        assert_eq!(cfg.total_steps(), 50 + cfg.train.steps);
+        let key = |c: &TeacherConfig| c.hash(Backend::FUSED, &world);
+        let mut same_train = cfg.clone();
+        same_train.curriculum.clear();
+        assert_ne!(key(&cfg), key(&same_train), "the curriculum is in the key");
+        // The default teacher's key is the one it had before curricula existed (the key of
+        // the quickstart's cached teacher, computed by the commit before them).
+        assert_eq!(key(&plain), "e4e29b308476b3ca");
+    }
 
     /// Graded worlds only: the teacher's labels flip on disputed combinations, consistently
     /// (every request with the same context, topic and intent), on about `boundary_noise` of

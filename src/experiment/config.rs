@@ -203,6 +203,16 @@ impl ExperimentConfig {
                 ));
             }
         }
+        if let Some(i) = self.teacher.curriculum.iter().position(|p| p.skills.is_empty()) {
+            return Err(format!(
+                "teacher.curriculum[{i}].skills: a phase needs at least one skill (one of: {})",
+                crate::world::Skill::ALL
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         if self.student.min_steps > self.student.train.steps {
             return Err(format!(
                 "student.min_steps: {} is above student.train.steps ({}), which caps every \

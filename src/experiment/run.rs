@@ -120,7 +120,7 @@ impl Runner {
         let key = Self::teacher_key(spec);
         if !self.teachers.contains_key(&key) {
             let t0 = Instant::now();
-            let steps = cfg.teacher.train.steps;
+            let steps = cfg.teacher.total_steps();
             let (teacher, from_cache) = Teacher::load_or_train(
                 &cfg.teacher,
                 cfg.backend(),

@@ -215,7 +215,7 @@ fn maximal_config() -> Value {
     // Every optional section set and one defense of every kind, so that every numeric key
     // appears once.
     let yaml = r#"
-teacher: {skill_weights: {add: 2}}
+teacher: {skill_weights: {add: 2}, curriculum: [{steps: 10, skills: [lookup], hard_share: 0.5}]}
 student: {init: base, base: {seed: 3, corpus: {skills: 1, hard_share: 0.1, harmful: 0, lookalike: 0, affect: 0, probe: 1, distress_share: 0.5, voice_share: 0.5, skill_weights: {add: 2}}}}
 attacker: {hard_share: 0.5}
 api:
