@@ -603,9 +603,12 @@ pub fn set_key(root: &mut Value, key: &str, v: Value) -> std::result::Result<(),
         let obj = cur
             .as_object_mut()
             .ok_or_else(|| format!("`{key}`: `{}` is not a section", parts[..i].join(".")))?;
-        if !obj.contains_key(*part) {
+        let here = parts[..=i].join(".");
+        // A new entry of a map (`teacher.skill_weights.add`): the typed config checks its name.
+        let map_entry = i + 1 == parts.len()
+            && super::ranges::range_of(&here).is_some_and(|r| r.key.ends_with(".*"));
+        if !obj.contains_key(*part) && !map_entry {
             let allowed: Vec<&String> = obj.keys().collect();
-            let here = parts[..=i].join(".");
             return Err(format!(
                 "`{key}`: unknown key `{part}` (allowed: {}){}",
                 allowed
@@ -1238,6 +1241,27 @@ mod tests {
             }
         }
         assert!(n >= 9, "{n} experiments");
+    }
+
+    /// `--set` adds an entry to a map (a skill weight), and a name the map does not take is an
+    /// error that names it; an unknown key elsewhere is still an error.
+    #[test]
+    fn set_adds_map_entries_and_names_bad_ones() {
+        let p = write("maps.yaml", "seeds: [1]\n");
+        let set = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let exp = load(&p, &set("teacher.skill_weights.lookup", "3")).unwrap();
+        let w = &exp.runs[0].config.teacher.skill_weights;
+        assert_eq!(w.get(&crate::world::Skill::Lookup), Some(&3.0));
+        let e = load(&p, &set("teacher.skill_weights.nope", "3"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope") && e.contains("lookup"), "{e}");
+        let e = load(&p, &set("teacher.train.nope", "3")).unwrap_err().to_string();
+        assert!(e.contains("unknown key `nope`"), "{e}");
+        let e = load(&p, &set("teacher.skill_weights.add", "-1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside"), "{e}");
     }
 
     #[test]
