@@ -1,6 +1,7 @@
 //! The command line's arguments (clap): subcommands and the options sweeps share.
 
 use clap::{Parser, Subcommand};
+use distill_sim::experiment::sweep::SweepArgs;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -139,6 +140,20 @@ pub enum TeacherCmd {
 
 impl Common {
     /// `--engine` and `--device` as `--set` overrides (so that worker processes get them too).
+    /// The sweep these options ask for, of the experiment at `config`.
+    pub fn sweep_args(self, config: PathBuf) -> SweepArgs {
+        SweepArgs {
+            config,
+            set: self.set,
+            results: self.results,
+            cache: self.cache,
+            jobs: self.jobs,
+            shard: self.shard,
+            worker: self.worker,
+            replace_changed: self.replace_changed,
+        }
+    }
+
     pub fn fold_backend(mut self) -> Common {
         let engine = match (&self.engine, self.device.as_deref()) {
             (None, Some("cuda")) => Some("tch".to_string()),

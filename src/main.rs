@@ -6,7 +6,7 @@ use clap::Parser;
 use cli::{Cli, Cmd, Common, TeacherCmd};
 use distill_sim::experiment::config;
 use distill_sim::experiment::run::Runner;
-use distill_sim::experiment::sweep::{self, SweepArgs};
+use distill_sim::experiment::sweep;
 use distill_sim::report;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -62,16 +62,8 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
     } else {
         load_checked(&config_path, &common)?
     };
-    let args = SweepArgs {
-        config: config_path,
-        set: common.set,
-        results: common.results,
-        cache: common.cache,
-        jobs: common.jobs,
-        shard: common.shard,
-        worker: common.worker,
-        replace_changed: common.replace_changed,
-    };
+    let baseline = common.baseline.clone();
+    let args = common.sweep_args(config_path);
     if list {
         for (i, state, id) in sweep::list(&exp, &args)? {
             emit(&format!("{}\t{}\t{id}\n", i + 1, state.as_str()));
@@ -82,8 +74,7 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
     if args.worker.is_some() {
         return Ok(ExitCode::SUCCESS);
     }
-    let baseline = common
-        .baseline
+    let baseline = baseline
         .as_deref()
         .map(report::parse_baseline)
         .transpose()?;

@@ -204,7 +204,9 @@ impl Teacher {
                 ..cfg.train.clone()
             };
             let seed = crate::rng::derive_seed(cfg.seed, &format!("teacher/phase{i}"));
-            train::train(eng.as_mut(), &examples, &tc, seed, |s, l| progress(done + s, l));
+            train::train(eng.as_mut(), &examples, &tc, seed, |s, l| {
+                progress(done + s, l)
+            });
             done += phase.steps;
         }
         let mut rng = derive_rng(cfg.seed, "teacher/answers");

@@ -203,7 +203,12 @@ impl ExperimentConfig {
                 ));
             }
         }
-        if let Some(i) = self.teacher.curriculum.iter().position(|p| p.skills.is_empty()) {
+        if let Some(i) = self
+            .teacher
+            .curriculum
+            .iter()
+            .position(|p| p.skills.is_empty())
+        {
             return Err(format!(
                 "teacher.curriculum[{i}].skills: a phase needs at least one skill (one of: {})",
                 crate::world::Skill::ALL
@@ -1256,7 +1261,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("nope") && e.contains("lookup"), "{e}");
-        let e = load(&p, &set("teacher.train.nope", "3")).unwrap_err().to_string();
+        let e = load(&p, &set("teacher.train.nope", "3"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown key `nope`"), "{e}");
         let e = load(&p, &set("teacher.skill_weights.add", "-1"))
             .unwrap_err()

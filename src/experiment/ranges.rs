@@ -51,7 +51,12 @@ pub const RANGES: &[Range] = &[
     r("teacher.seed", 0.0, 9.007e15, "seed"),
     r("teacher.skill_weights.*", 0.0, 1e6, "relative weight"),
     r("teacher.curriculum[].steps", 1.0, 1e7, "optimiser steps"),
-    r("teacher.curriculum[].hard_share", 0.0, 1.0, "share of the phase's prompts"),
+    r(
+        "teacher.curriculum[].hard_share",
+        0.0,
+        1.0,
+        "share of the phase's prompts",
+    ),
     r("teacher.oracle_confidence_easy", 0.0, 1.0, "probability"),
     r("teacher.oracle_confidence_hard", 0.0, 1.0, "probability"),
     r("teacher.train.steps", 1.0, 1e7, "optimiser steps"),
