@@ -865,18 +865,12 @@ impl Rect {
         )
     }
     fn cut_bottom(&self, h: i32) -> (Rect, Rect) {
-        let (a, b) = self.cut_top(self.h - h);
-        (a, b)
+        self.cut_top(self.h - h)
     }
     /// `n` equal columns.
     fn columns(&self, n: usize) -> Vec<Rect> {
-        let n = n.max(1) as i32;
-        (0..n)
-            .map(|i| Rect {
-                x: self.x + self.w * i / n,
-                w: self.w * (i + 1) / n - self.w * i / n,
-                ..*self
-            })
+        split(self.x, self.w, n)
+            .map(|(x, w)| Rect { x, w, ..*self })
             .collect()
     }
     /// `n` cells, at most `max_cols` a row, rows of equal height.
@@ -888,16 +882,19 @@ impl Rect {
             .take(n)
             .collect()
     }
+    /// `n` equal rows.
     fn rows(&self, n: usize) -> Vec<Rect> {
-        let n = n.max(1) as i32;
-        (0..n)
-            .map(|i| Rect {
-                y: self.y + self.h * i / n,
-                h: self.h * (i + 1) / n - self.h * i / n,
-                ..*self
-            })
+        split(self.y, self.h, n)
+            .map(|(y, h)| Rect { y, h, ..*self })
             .collect()
     }
+}
+
+/// `len` pixels from `start` cut into `n` parts (at least one) that differ by at most one
+/// pixel: each part's start and length.
+fn split(start: i32, len: i32, n: usize) -> impl Iterator<Item = (i32, i32)> {
+    let n = n.max(1) as i32;
+    (0..n).map(move |i| (start + len * i / n, len * (i + 1) / n - len * i / n))
 }
 
 fn text<DB: DrawingBackend>(
