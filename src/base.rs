@@ -127,8 +127,13 @@ impl BaseConfig {
         let path = self.cache_path(size, engine, cache_dir);
         let t0 = std::time::Instant::now();
         let steps = self.train.steps;
-        let (_, cached) =
-            crate::teacher::cached_engine(&path, spec.clone(), engine, "student.base", || {
+        let (_, cached) = crate::teacher::cached_engine(
+            &path,
+            None,
+            spec.clone(),
+            engine,
+            "student.base",
+            || {
                 let mut eng = crate::model::new_engine(engine, spec.clone(), self.seed)?;
                 let examples = self.examples();
                 train::train(
@@ -147,7 +152,8 @@ impl BaseConfig {
                     },
                 );
                 Ok(eng)
-            })?;
+            },
+        )?;
         let secs = if cached {
             0.0
         } else {

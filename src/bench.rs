@@ -229,38 +229,19 @@ pub fn run(opts: &BenchOptions) -> crate::Result<()> {
 fn end_to_end(opts: &BenchOptions) -> crate::Result<()> {
     use crate::teacher::{Teacher, TeacherConfig};
     let tcfg = TeacherConfig::default();
-    // The default teacher, trained once by any engine: weights load into every engine.
-    let mut source = None;
-    for b in std::iter::once(Backend::default()).chain(opts.backends.iter().copied()) {
-        let p = Teacher::cache_path(&tcfg, b, &crate::world::WorldConfig::default(), &opts.cache);
-        if p.exists() {
-            source = Some(p);
-            break;
-        }
+    // The default teacher (shipped, cached or trained once by the fused engine): its
+    // weights load into every engine.
+    let world = crate::world::WorldConfig::default();
+    let t0 = Instant::now();
+    let (_, cached) =
+        Teacher::load_or_train(&tcfg, Backend::FUSED, &world, &opts.cache, |_, _| {})?;
+    if !cached {
+        eprintln!(
+            "[bench] default teacher trained in {:.1} s (cached for next time)",
+            t0.elapsed().as_secs_f64()
+        );
     }
-    let source = match source {
-        Some(p) => p,
-        None => {
-            let b = opts.backends[0];
-            eprintln!(
-                "[bench] training the default teacher with {} (cached for next time)",
-                b.tag()
-            );
-            let t0 = Instant::now();
-            let _ = Teacher::load_or_train(
-                &tcfg,
-                b,
-                &crate::world::WorldConfig::default(),
-                &opts.cache,
-                |_, _| {},
-            )?;
-            eprintln!(
-                "[bench] teacher trained in {:.1} s",
-                t0.elapsed().as_secs_f64()
-            );
-            Teacher::cache_path(&tcfg, b, &crate::world::WorldConfig::default(), &opts.cache)
-        }
-    };
+    let source = Teacher::weights_path(&tcfg, &world, &opts.cache)?;
     println!(
         "End to end: {} queries harvested from the default teacher ({}) through the API, then \
          the default student ({}) distilled on them.",

@@ -130,9 +130,16 @@ pub enum Cmd {
 
 #[derive(Subcommand)]
 pub enum TeacherCmd {
-    /// Train (or load from cache) the teacher of an experiment config and print its table.
+    /// Load (shipped or cached) or train every teacher an experiment's runs use, and print
+    /// each one's held-out table.
     Train {
         config: PathBuf,
+        /// Train them again, from scratch, and compare each SHA-256 with the shipped file's.
+        #[arg(long)]
+        retrain: bool,
+        /// With --retrain: write them, with manifests, into the shipped models (shipped/).
+        #[arg(long)]
+        ship: bool,
         #[command(flatten)]
         common: Common,
     },

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod model;
 pub mod rng;
+pub mod shipped;
 pub mod student;
 pub mod teacher;
 pub mod world;

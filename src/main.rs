@@ -5,8 +5,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use cli::{Cli, Cmd, Common, TeacherCmd};
 use distill_sim::experiment::config;
-use distill_sim::experiment::run::Runner;
 use distill_sim::experiment::sweep;
+use distill_sim::experiment::teachers::TeacherArgs;
 use distill_sim::report;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -122,28 +122,12 @@ fn show_config(
     Ok(ExitCode::SUCCESS)
 }
 
-fn teacher_train(config_path: PathBuf, common: Common) -> Result<ExitCode> {
+fn teacher_train(config_path: PathBuf, args: TeacherArgs, common: Common) -> Result<ExitCode> {
     let common = common.fold_backend();
     let exp = load_checked(&config_path, &common)?;
-    let spec = exp.runs.first().context("the experiment has no runs")?;
-    let path = distill_sim::teacher::Teacher::cache_path(
-        &spec.config.teacher,
-        spec.config.backend(),
-        &spec.config.world,
-        &common.cache,
-    );
-    let mut runner = Runner::new(common.results, common.cache);
-    let t = runner.teacher(spec)?;
-    eprintln!(
-        "[teacher] {} ({})",
-        if t.from_cache {
-            "loaded from cache"
-        } else {
-            "trained"
-        },
-        path.display()
-    );
-    emit(&format!("{}\n", report::teacher_table(&t.scores)));
+    for (head, scores) in distill_sim::experiment::teachers::run(&exp, &common.cache, args)? {
+        emit(&format!("{head}\n{}\n", report::teacher_table(&scores)));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -218,8 +202,14 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Teacher {
-            cmd: TeacherCmd::Train { config, common },
-        } => teacher_train(config, common),
+            cmd:
+                TeacherCmd::Train {
+                    config,
+                    retrain,
+                    ship,
+                    common,
+                },
+        } => teacher_train(config, TeacherArgs { retrain, ship }, common),
         Cmd::Bench(b) => bench_cmd(b),
     }
 }

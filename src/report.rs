@@ -201,9 +201,11 @@ fn teacher_value(c: &Checkpoint, column: &str) -> Option<f64> {
 }
 
 /// The distinct teachers of a set of runs (told apart by every `teacher.*` value they
-/// recorded), each with a label: `teacher` when there is one, else `teacher (k=v)` with the
-/// grid keys that every run of that teacher shares.
-fn teachers(runs: &[RunRecord]) -> Vec<(String, &Checkpoint)> {
+/// recorded), grouped by a label: `teacher` when there is one, else `teacher (k=v)` with the
+/// grid keys that every run of that teacher shares. Teachers that no grid key tells apart
+/// (a run's seed picking its teacher from a pool, `teacher.pool`) share one row, labelled
+/// `teacher (pool of N)` where N > 1, whose cells are mean ± 95% half-width over the N.
+fn teachers(runs: &[RunRecord]) -> Vec<(String, Vec<&Checkpoint>)> {
     // (every teacher.* value, a checkpoint recording them, the runs with this teacher)
     type Found<'a> = (Vec<(String, u64)>, &'a Checkpoint, Vec<&'a RunRecord>);
     let mut found: Vec<Found> = Vec::new();
@@ -220,10 +222,7 @@ fn teachers(runs: &[RunRecord]) -> Vec<(String, &Checkpoint)> {
             None => found.push((key, c, vec![r])),
         }
     }
-    if found.len() == 1 {
-        return vec![("teacher".into(), found[0].1)];
-    }
-    found
+    let labelled: Vec<(String, &Checkpoint)> = found
         .iter()
         .map(|(_, c, rs)| {
             let shared: Vec<String> = rs[0]
@@ -232,7 +231,32 @@ fn teachers(runs: &[RunRecord]) -> Vec<(String, &Checkpoint)> {
                 .filter(|kv| rs.iter().all(|r| r.point.contains(kv)))
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
-            (format!("teacher ({})", shared.join(",")), *c)
+            (shared.join(","), *c)
+        })
+        .collect();
+    let mut out: Vec<(String, Vec<&Checkpoint>)> = Vec::new();
+    for (shared, c) in labelled {
+        match out.iter_mut().find(|(l, _)| *l == shared) {
+            Some((_, cs)) => cs.push(c),
+            None => out.push((shared, vec![c])),
+        }
+    }
+    let single = out.len() == 1;
+    out.into_iter()
+        .map(|(shared, cs)| {
+            let mut parts = Vec::new();
+            if !single && !shared.is_empty() {
+                parts.push(shared);
+            }
+            if cs.len() > 1 {
+                parts.push(format!("pool of {}", cs.len()));
+            }
+            let label = if parts.is_empty() {
+                "teacher".to_string()
+            } else {
+                format!("teacher ({})", parts.join(", "))
+            };
+            (label, cs)
         })
         .collect()
 }
@@ -242,11 +266,16 @@ fn teachers(runs: &[RunRecord]) -> Vec<(String, &Checkpoint)> {
 pub fn aggregate_table(runs: &[RunRecord], columns: &[&str]) -> String {
     let mut out = header(&["setting", "budget", "seeds"], columns);
     let groups = group(runs);
-    for (label, c0) in teachers(runs) {
+    for (label, cs) in teachers(runs) {
         out.push_str(&format!("| {label} | - | - |"));
         for c in columns {
-            let v = teacher_value(c0, c);
-            out.push_str(&format!(" {} |", v.map_or("-".into(), num)));
+            let vs: Vec<f64> = cs.iter().filter_map(|c0| teacher_value(c0, c)).collect();
+            let cell = match vs.as_slice() {
+                [] => "-".into(),
+                [v] => num(*v),
+                _ => Stat::of(&vs).cell(),
+            };
+            out.push_str(&format!(" {cell} |"));
         }
         out.push('\n');
     }
@@ -615,6 +644,35 @@ mod tests {
         );
         let md = aggregate_table(&runs[..2], &["capability"]);
         assert!(md.contains("| teacher | - | - | 0.560 |"), "{md}");
+
+        // A pool: seed 2 faces another teacher in each world. No grid key tells the two
+        // teachers of a world apart, so they share one row: mean ± half-width over the two.
+        let mut pooled = runs.clone();
+        for (point, cap) in [
+            (&[("variant", "text"), ("world.answers", "one")], 0.58),
+            (&[("variant", "logprobs"), ("world.answers", "one")], 0.58),
+            (&[("variant", "text"), ("world.answers", "several")], 0.50),
+            (
+                &[("variant", "logprobs"), ("world.answers", "several")],
+                0.50,
+            ),
+        ] {
+            pooled.push(with_teacher(point, 2, cap));
+        }
+        let md = aggregate_table(&pooled, &["capability"]);
+        let half = Stat::of(&[0.56, 0.58]).half;
+        assert!(half > 0.0);
+        let one = format!(
+            "| teacher (world.answers=one, pool of 2) | - | - | {} |",
+            Stat::of(&[0.56, 0.58]).cell()
+        );
+        assert!(md.contains(&one), "{md}");
+        assert!(
+            md.contains("| teacher (world.answers=several, pool of 2) |"),
+            "{md}"
+        );
+        let md = aggregate_table(&[pooled[0].clone(), pooled[4].clone()], &["capability"]);
+        assert!(md.contains("| teacher (pool of 2) |"), "{md}");
     }
 
     #[test]

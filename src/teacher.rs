@@ -14,7 +14,12 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Version of the world and training recipe; bump it whenever a cached teacher could change.
-pub const TEACHER_VERSION: u32 = 3;
+pub const TEACHER_VERSION: u32 = 4;
+
+/// The engine teachers are trained by unless `teacher.trainer` says otherwise: the key names
+/// the weights, not the engine that serves them, so a teacher trained once serves fused, burn
+/// and LibTorch runs alike.
+pub const TRAINER: Backend = Backend::FUSED;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -31,9 +36,16 @@ pub struct TeacherConfig {
     pub kind: TeacherKind,
     /// Model size preset (see `ModelSpec::preset`).
     pub size: String,
-    /// Seed of the teacher's initialisation and training data (independent of run seeds, so
-    /// that every run of an experiment faces the same teacher).
+    /// Seed of the teacher's initialisation and training data; with `pool` above 1, the
+    /// pool's first seed.
     pub seed: u64,
+    /// Teachers of this recipe the runs draw from: the run of seed `s` faces the teacher of
+    /// seed `seed + s mod pool`, so that intervals over run seeds cover the teacher's variance
+    /// too and runs of one seed stay paired (same teacher). 1: every run faces `seed`.
+    pub pool: u64,
+    /// The engine that trains the teacher (on the CPU): `fused` (default), or `burn` / `tch`
+    /// to reproduce results measured on a teacher those engines trained. Any engine serves it.
+    pub trainer: crate::model::EngineKind,
     pub train: TrainConfig,
     /// Weight of each skill in the training mix (missing skills weigh 1; empty = uniform).
     pub skill_weights: std::collections::BTreeMap<crate::world::Skill, f64>,
@@ -69,8 +81,10 @@ impl Default for TeacherConfig {
             kind: TeacherKind::Trained,
             size: "teacher-s".into(),
             seed: 0,
+            pool: 5,
+            trainer: crate::model::EngineKind::Fused,
             train: TrainConfig {
-                steps: 3000,
+                steps: 15000,
                 batch_size: 64,
                 lr: 2e-3,
                 warmup: 100,
@@ -88,6 +102,23 @@ impl Default for TeacherConfig {
 }
 
 impl TeacherConfig {
+    /// The engine that trains this teacher.
+    pub fn trainer(&self) -> Backend {
+        Backend {
+            engine: self.trainer,
+            ..Backend::FUSED
+        }
+    }
+
+    /// The teacher the run of seed `run_seed` faces: the pool resolved to one seed.
+    pub fn for_run(&self, run_seed: u64) -> TeacherConfig {
+        TeacherConfig {
+            seed: self.seed.wrapping_add(run_seed % self.pool.max(1)),
+            pool: 1,
+            ..self.clone()
+        }
+    }
+
     /// Training steps in all: the curriculum's phases and the main mix.
     pub fn total_steps(&self) -> usize {
         self.curriculum.iter().map(|p| p.steps).sum::<usize>() + self.train.steps
@@ -104,21 +135,30 @@ impl TeacherConfig {
     }
 
     /// Cache key: everything that can change the trained weights, the world's answer
-    /// distribution included (a one-answer world adds nothing, so earlier keys still hold).
-    pub fn hash(&self, engine: Backend, world: &WorldConfig) -> String {
-        let answers = world.answer_space();
+    /// distribution included (a one-answer world adds nothing). Not the engine that serves
+    /// it (only a `trainer` other than [`TRAINER`]).
+    pub fn hash(&self, world: &WorldConfig) -> String {
         let mut h = Sha256::new();
+        h.update(self.key_json(world).to_string().as_bytes());
+        let out = h.finalize();
+        out.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// What the cache key hashes (recorded in a shipped teacher's manifest).
+    pub fn key_json(&self, world: &WorldConfig) -> serde_json::Value {
+        let answers = world.answer_space();
         let mut key = serde_json::json!({
             "version": TEACHER_VERSION,
             "size": self.size,
             "seed": self.seed,
             "train": self.train,
             "skill_weights": self.skill_weights,
-            "engine": engine.tag(),
         });
-        // Without a curriculum the key is as before it existed (cached teachers still hold).
         if !self.curriculum.is_empty() {
             key["curriculum"] = serde_json::json!(self.curriculum);
+        }
+        if self.trainer() != TRAINER {
+            key["trainer"] = serde_json::json!(self.trainer);
         }
         if answers.several() {
             key["answers"] = serde_json::json!({
@@ -135,9 +175,7 @@ impl TeacherConfig {
                 "boundary_noise": world.boundary_noise,
             });
         }
-        h.update(key.to_string().as_bytes());
-        let out = h.finalize();
-        out.iter().take(8).map(|b| format!("{b:02x}")).collect()
+        key
     }
 }
 
@@ -229,15 +267,8 @@ impl Teacher {
     fn phase_prompts(cfg: &TeacherConfig, i: usize, harm: Harm) -> impl Iterator<Item = Prompt> {
         let phase = &cfg.curriculum[i];
         let mix = Mix {
-            skills: 1.0,
-            harmful: 0.0,
-            lookalike: 0.0,
-            affect: 0.0,
-            probe: 0.0,
-            only_skills: phase.skills.clone(),
-            hard_share: phase.hard_share,
             harm,
-            ..Mix::teacher_training()
+            ..Mix::skills_only(phase.skills.clone(), phase.hard_share)
         };
         let mut rng = derive_rng(cfg.seed, &format!("teacher/phase{i}/data"));
         let n = phase.steps * cfg.train.batch_size;
@@ -281,14 +312,19 @@ impl Teacher {
                 true,
             ));
         }
-        let path = Self::cache_path(cfg, engine, world, cache_dir);
-        let (eng, cached) =
-            cached_engine(&path, cfg.spec()?, engine, "teacher", || match Self::train(
-                cfg, engine, world, progress,
-            )? {
+        let path = Self::cache_path(cfg, world, cache_dir);
+        let shipped = crate::shipped::find("teachers", &cfg.hash(world))?.map(|(p, _)| p);
+        let (eng, cached) = cached_engine(
+            &path,
+            shipped.as_deref(),
+            cfg.spec()?,
+            engine,
+            "teacher",
+            || match Self::train(cfg, cfg.trainer(), world, progress)? {
                 Teacher::Neural(e) => Ok(e),
                 Teacher::Oracle { .. } => Err(Error::Invalid("an oracle is not trained".into())),
-            })?;
+            },
+        )?;
         if !cached {
             let meta = serde_json::to_vec_pretty(cfg).unwrap_or_default();
             crate::fsutil::write_atomic(&path.with_file_name("teacher.json"), &meta)?;
@@ -296,15 +332,23 @@ impl Teacher {
         Ok((Teacher::Neural(eng), cached))
     }
 
-    pub fn cache_path(
+    /// The weights file a teacher of `cfg` loads from: the shipped one if there is one, else
+    /// the cache's (which may not exist yet).
+    pub fn weights_path(
         cfg: &TeacherConfig,
-        engine: Backend,
         world: &WorldConfig,
         cache_dir: &Path,
-    ) -> PathBuf {
+    ) -> Result<PathBuf> {
+        Ok(match crate::shipped::find("teachers", &cfg.hash(world))? {
+            Some((p, _)) => p,
+            None => Self::cache_path(cfg, world, cache_dir),
+        })
+    }
+
+    pub fn cache_path(cfg: &TeacherConfig, world: &WorldConfig, cache_dir: &Path) -> PathBuf {
         cache_dir
             .join("teachers")
-            .join(cfg.hash(engine, world))
+            .join(cfg.hash(world))
             .join("model.safetensors")
     }
 
@@ -438,12 +482,7 @@ fn boundary_label(p: &Prompt, world: &WorldConfig) -> Option<Vec<Tok>> {
     })
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+use crate::shipped::sha256_hex;
 
 /// A model with a non-finite weight (diverged training, a corrupt cache file) would serve
 /// nonsense that still looks like results: refuse it, naming the tensor.
@@ -460,17 +499,24 @@ fn check_finite(e: &dyn Engine, path: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Load the model cached at `path` (checked against the SHA-256 recorded beside it), or train
-/// it with `train` and cache it. One process trains; another that needs it waits on the lock,
-/// then loads it. Returns the model and whether it came from the cache. `what` names it in
-/// messages (`teacher`, `student.base`).
+/// Load the shipped model `shipped` (already checked, see [`crate::shipped::find`]), else the
+/// model cached at `path` (checked against the SHA-256 recorded beside it), else train it with
+/// `train` and cache it. One process trains; another that needs it waits on the lock, then
+/// loads it. Returns the model and whether it came from the cache or the shipped models.
+/// `what` names it in messages (`teacher`, `student.base`).
 pub fn cached_engine(
     path: &Path,
+    shipped: Option<&Path>,
     spec: ModelSpec,
     engine: Backend,
     what: &str,
     train: impl FnOnce() -> Result<Box<dyn Engine>>,
 ) -> Result<(Box<dyn Engine>, bool)> {
+    if let Some(p) = shipped {
+        let eng = crate::model::load_engine(engine, spec, p)?;
+        check_finite(eng.as_ref(), p, what)?;
+        return Ok((eng, true));
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     let sum_path = path.with_extension("sha256");
     let load_checked = |recorded: &str| -> Result<Box<dyn Engine>> {
@@ -591,7 +637,7 @@ mod tests {
     use crate::world::Skill;
 
     /// A curriculum phase trains on its own skills only, with its hard share; it changes the
-    /// cache key, and a config without one keeps the key it had before curricula existed.
+    /// cache key; the key of a shipped teacher is pinned.
     #[test]
     fn curriculum_phases_draw_their_skills_and_key_the_cache() {
         let plain = TeacherConfig::default();
@@ -615,13 +661,20 @@ mod tests {
         let share = hard as f64 / prompts.len() as f64;
         assert!((share - 0.25).abs() < 0.07, "hard share {share}");
         assert_eq!(cfg.total_steps(), 50 + cfg.train.steps);
-        let key = |c: &TeacherConfig| c.hash(Backend::FUSED, &world);
+        let key = |c: &TeacherConfig| c.hash(&world);
         let mut same_train = cfg.clone();
         same_train.curriculum.clear();
         assert_ne!(key(&cfg), key(&same_train), "the curriculum is in the key");
-        // The default teacher's key is the one it had before curricula existed (the key of
-        // the quickstart's cached teacher, computed by the commit before them).
-        assert_eq!(key(&plain), "e4e29b308476b3ca");
+        // Shipped teachers are found by their key: the quickstart's teacher of run seed 1
+        // (teacher seed 1 of the default pool) has the key of its shipped file. The pool size
+        // is not in the key (a teacher of seed 1 is the same teacher in any pool).
+        assert_eq!(key(&plain.for_run(1)), "277c5f8ab4cc0b52");
+        let bigger_pool = TeacherConfig {
+            pool: 9,
+            ..plain.clone()
+        };
+        assert_eq!(key(&bigger_pool.for_run(1)), key(&plain.for_run(1)));
+        assert_eq!(plain.for_run(6).seed, 1, "run seeds wrap around the pool");
     }
 
     /// Graded worlds only: the teacher's labels flip on disputed combinations, consistently

@@ -798,8 +798,7 @@ fn case_7_messages_name_file_key_and_line() {
         .config
         .clone();
     let other = distill_sim::teacher::Teacher::cache_path(
-        &spec.teacher,
-        spec.backend(),
+        &spec.run_teacher(),
         &spec.world,
         &d.join("cache"),
     );

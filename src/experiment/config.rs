@@ -75,6 +75,12 @@ impl Default for ExperimentConfig {
 }
 
 impl ExperimentConfig {
+    /// The teacher a run of this config faces: the pool resolved by the run's seed.
+    pub fn run_teacher(&self) -> crate::teacher::TeacherConfig {
+        self.teacher
+            .for_run(self.seeds.first().copied().unwrap_or(0))
+    }
+
     /// Budget checkpoints in increasing order, capped by the budget.
     /// The budgets a run reports a row for: its checkpoints, after the base itself (budget 0)
     /// when students start from the attacker's base.

@@ -9,3 +9,4 @@ pub mod run;
 pub mod schema;
 pub mod stages;
 pub mod sweep;
+pub mod teachers;

@@ -49,6 +49,7 @@ pub const RANGES: &[Range] = &[
     r("student.temperature", 0.1, 20.0, "distillation temperature"),
     r("student.hard_weight", 0.0, 1.0, "share of the loss"),
     r("teacher.seed", 0.0, 9.007e15, "seed"),
+    r("teacher.pool", 1.0, 100.0, "teacher seeds"),
     r("teacher.skill_weights.*", 0.0, 1e6, "relative weight"),
     r("teacher.curriculum[].steps", 1.0, 1e7, "optimiser steps"),
     r(

@@ -66,6 +66,13 @@ fn without_inert(mut v: Value) -> Value {
             w.remove("boundary_noise");
         }
     }
+    // Before `teacher.pool` and `teacher.trainer` existed, every run faced `teacher.seed`,
+    // trained by the run's engine.
+    let engine = v.get("engine").cloned().unwrap_or_else(|| "fused".into());
+    if let Some(t) = v["teacher"].as_object_mut() {
+        t.entry("pool").or_insert(1.into());
+        t.entry("trainer").or_insert(engine);
+    }
     if v["traffic"]["enabled"] == Value::Bool(false) {
         v["traffic"] = serde_json::json!({"enabled": false});
     }

@@ -55,10 +55,11 @@ impl Runner {
     fn teacher_key(spec: &RunSpec) -> String {
         let cfg = &spec.config;
         format!(
-            "{}/{:?}/{:?}",
-            cfg.teacher.hash(cfg.backend(), &cfg.world),
+            "{}/{:?}/{:?}/{}",
+            cfg.run_teacher().hash(&cfg.world),
             cfg.teacher.kind,
-            cfg.world
+            cfg.world,
+            cfg.backend().tag()
         )
     }
 
@@ -120,9 +121,10 @@ impl Runner {
         let key = Self::teacher_key(spec);
         if !self.teachers.contains_key(&key) {
             let t0 = Instant::now();
-            let steps = cfg.teacher.total_steps();
+            let tcfg = cfg.run_teacher();
+            let steps = tcfg.total_steps();
             let (teacher, from_cache) = Teacher::load_or_train(
-                &cfg.teacher,
+                &tcfg,
                 cfg.backend(),
                 &cfg.world,
                 &self.cache_dir,
@@ -233,6 +235,11 @@ impl Runner {
             "status": status,
             "error": error,
             "seed": spec.seed,
+            // The teacher the run faced (its seed in the pool and its cache key).
+            "teacher": {
+                "seed": spec.config.run_teacher().seed,
+                "key": spec.config.run_teacher().hash(&spec.config.world),
+            },
             "point": spec.point.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<serde_json::Map<_, _>>(),
             "wall_seconds": wall,
             "versions": versions(),

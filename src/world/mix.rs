@@ -74,6 +74,21 @@ impl Mix {
         }
     }
 
+    /// Skill prompts of `skills` only (empty: every skill), a share `hard_share` of them hard;
+    /// the teacher's mix otherwise (curriculum phases, single-skill learning curves).
+    pub fn skills_only(skills: Vec<crate::world::Skill>, hard_share: f64) -> Mix {
+        Mix {
+            skills: 1.0,
+            harmful: 0.0,
+            lookalike: 0.0,
+            affect: 0.0,
+            probe: 0.0,
+            only_skills: skills,
+            hard_share,
+            ..Mix::teacher_training()
+        }
+    }
+
     /// Sample one prompt.
     pub fn sample<R: Rng>(&self, rng: &mut R) -> Prompt {
         let w = [
