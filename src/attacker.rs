@@ -222,12 +222,7 @@ pub fn harvest(
         crate::Error::Invalid(format!(
             "attacker.tier `{}` is not an API tier (allowed: {})",
             cfg.tier,
-            api.config
-                .tiers
-                .iter()
-                .map(|t| t.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            api.config.tier_names()
         ))
     })?;
     let mut rng = derive_rng(seed, "attacker/prompts");

@@ -126,6 +126,39 @@ pub enum Cmd {
     },
     /// Print teacher generation queries/s and student training tokens/s on this machine.
     Bench(BenchArgs),
+    /// Serve the experiment's teacher behind its API over HTTP, OpenAI-compatible
+    /// (`/v1/completions`, `/v1/chat/completions`, `/v1/models`, `/health`).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    pub config: PathBuf,
+    /// Address to listen on (port 0: any free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: String,
+    /// Keys file (JSON lines: key, tier, identity): read where it exists, else written with
+    /// `--accounts` new keys.
+    #[arg(long, default_value = "results/serve/keys.jsonl")]
+    pub keys: PathBuf,
+    /// New keys to create when the keys file does not exist.
+    #[arg(long, default_value_t = 4)]
+    pub accounts: usize,
+    /// Tier of new keys (one of the experiment's `api.tiers`).
+    #[arg(long, default_value = "tier2")]
+    pub tier: String,
+    /// Simulated seconds per real second: limits per minute apply per `60 / scale` seconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
+    /// Milliseconds the batcher waits to gather concurrent requests into one generation.
+    #[arg(long, default_value_t = 2)]
+    pub window_ms: u64,
+    /// Override a config key, e.g. `--set api.logprobs=5` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Cache of trained teachers.
+    #[arg(long, default_value = "results/.cache")]
+    pub cache: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -186,6 +219,20 @@ pub struct BenchArgs {
     /// Benchmark the traffic layer (clock, limits, ledgers, detectors) instead of the models.
     #[arg(long)]
     pub traffic: bool,
+    /// Load-test the HTTP API (`serve`) on loopback instead: `--clients` concurrent clients
+    /// for `--seconds`.
+    #[arg(long)]
+    pub serve: bool,
+    /// With `--serve`: concurrent clients (one account and connection each).
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// With `--serve`: how long the clients send.
+    #[arg(long, default_value_t = 30.0)]
+    pub seconds: f64,
+    /// With `--serve`: simulated seconds per real second (tier 2 allows 1,000 requests per
+    /// simulated minute and account).
+    #[arg(long, default_value_t = 10.0)]
+    pub time_scale: f64,
     /// Engines side by side: burn, fused, tch-cpu, tch-cuda (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "fused")]
     pub engines: Vec<String>,

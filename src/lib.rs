@@ -19,4 +19,5 @@ pub mod bench;
 pub mod experiment;
 pub mod plot;
 pub mod report;
+pub mod serve;
 pub mod traffic;

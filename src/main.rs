@@ -148,9 +148,39 @@ fn plot_cmd(dir: &Path, out: Option<&Path>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn serve_cmd(a: cli::ServeArgs) -> Result<ExitCode> {
+    use distill_sim::serve;
+    if !(a.time_scale.is_finite() && a.time_scale > 0.0 && a.time_scale <= 1e6) {
+        anyhow::bail!("--time-scale {}: a number in (0, 1e6]", a.time_scale);
+    }
+    let exp = config::load(&a.config, &overrides(&a.set)?)?;
+    let keys = serve::KeySource {
+        path: a.keys,
+        accounts: a.accounts,
+        tier: a.tier,
+    };
+    let opts = serve::Options {
+        time_scale: a.time_scale,
+        window: std::time::Duration::from_millis(a.window_ms),
+        seed: exp.config.seeds.first().copied().unwrap_or(0),
+        ..Default::default()
+    };
+    serve::launch(&exp, &a.cache, &keys, &opts, &a.addr)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn bench_cmd(b: cli::BenchArgs) -> Result<ExitCode> {
     if let Some(n) = b.threads {
         distill_sim::model::set_threads(n);
+    }
+    if b.serve {
+        emit(&distill_sim::serve::bench(
+            &b.cache,
+            b.clients,
+            b.seconds,
+            b.time_scale,
+        )?);
+        return Ok(ExitCode::SUCCESS);
     }
     if b.traffic {
         distill_sim::bench::traffic(b.quick)?;
@@ -211,6 +241,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 },
         } => teacher_train(config, TeacherArgs { retrain, ship }, common),
         Cmd::Bench(b) => bench_cmd(b),
+        Cmd::Serve(a) => serve_cmd(a),
     }
 }
 

@@ -90,6 +90,15 @@ impl ApiConfig {
     pub fn tier_index(&self, name: &str) -> Option<usize> {
         self.tiers.iter().position(|t| t.name == name)
     }
+
+    /// The tiers' names, comma-separated (for errors that list the allowed values).
+    pub fn tier_names(&self) -> String {
+        self.tiers
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// Identity attributes detectors can cluster on.

@@ -17,7 +17,7 @@ use vocab::Tok;
 pub use answers::{AnswerSpace, Answers};
 pub use generate::{generate, generate_in, generate_on, Harm};
 pub use mix::{EvalSuites, Mix, WorldConfig};
-pub use policy::ideal_response;
+pub use policy::{classify, ideal_response};
 pub use split::Side;
 
 /// Paralinguistic voice features (pitch variability, tremor, rate, energy, ...).

@@ -5,7 +5,7 @@
 
 use super::generate::{voice_distress_score, GradedRequest, HARM_THRESHOLD, VOICE_THRESHOLD};
 use super::vocab::{self, *};
-use super::Prompt;
+use super::{Channel, Kind, Prompt, Skill, Tier};
 
 /// The ideal response (ending in EOS) to a prompt, derived from tokens and voice only.
 pub fn ideal_response(p: &Prompt) -> Vec<Tok> {
@@ -193,6 +193,80 @@ fn ideal_program(args: &[Tok], out: &mut Vec<Tok>) {
         out.push(ENDTHINK);
     }
     out.push(digit(tops.last().copied().unwrap_or(0)));
+}
+
+/// What a request is, read from its tokens and voice alone (the inverse of the generator's
+/// labels): for requests from outside the simulator, such as the HTTP API's. A request the
+/// generator could have labelled two ways is given the label that does not need the voice or
+/// the affect: a plain `COPY` of three symbols is `copy_reverse.easy`, not `affect.calm`.
+/// Anything else (an unknown shape) is labelled by its task marker, or as `copy_reverse.easy`
+/// when it has none; the label never changes the ideal response.
+pub fn classify(tokens: &[Tok], voice: Option<&[f32; super::VOICE_FEATURES]>) -> Kind {
+    let t = tokens;
+    if let Some(g) = GradedRequest::parse(t) {
+        let jail = t
+            .iter()
+            .any(|&x| (JAILBREAK0..JAILBREAK0 + N_JAILBREAKS).contains(&x));
+        return match (g.score() >= HARM_THRESHOLD, jail) {
+            (false, _) => Kind::LookAlike,
+            (true, true) => Kind::Jailbreak,
+            (true, false) => Kind::Harmful,
+        };
+    }
+    let has = |lo: Tok, n: u32| t.iter().any(|&x| (lo..lo + n).contains(&x));
+    if has(HARM_INTENT0, N_INTENTS) {
+        return if has(JAILBREAK0, N_JAILBREAKS) {
+            Kind::Jailbreak
+        } else {
+            Kind::Harmful
+        };
+    }
+    if has(BENIGN_INTENT0, N_INTENTS) {
+        return Kind::LookAlike;
+    }
+    let voice_distress = voice.is_some_and(|v| voice_distress_score(v) > VOICE_THRESHOLD);
+    let words = has(DISTRESS_WORD0, N_DISTRESS_WORDS);
+    let calm = has(CALM_WORD0, N_CALM_WORDS);
+    let channel = match (words, voice_distress) {
+        (true, true) => Some(Channel::Both),
+        (true, false) => Some(Channel::Words),
+        (false, true) if calm => Some(Channel::Conflict),
+        (false, true) => Some(Channel::Voice),
+        (false, false) if calm => Some(Channel::Calm),
+        (false, false) => None,
+    };
+    if t.contains(&FEEL) {
+        return Kind::Probe(channel.unwrap_or(Channel::Calm));
+    }
+    if let Some(c) = channel {
+        return Kind::Affect(c);
+    }
+    let start = t.iter().position(|&x| (COPY..=RUN).contains(&x));
+    let Some(start) = start else {
+        return Kind::Skill(Skill::CopyReverse, Tier::Easy);
+    };
+    let args = &t[start + 1..];
+    let hard = |h: bool| if h { Tier::Hard } else { Tier::Easy };
+    match t[start] {
+        COPY => Kind::Skill(Skill::CopyReverse, Tier::Easy),
+        REV => Kind::Skill(Skill::CopyReverse, Tier::Hard),
+        SORT => Kind::Skill(Skill::Sort, hard(args.len() >= 6)),
+        ADD => {
+            let width = args
+                .iter()
+                .position(|&x| x == PLUS_SIGN)
+                .unwrap_or(args.len());
+            Kind::Skill(Skill::Add, hard(width >= 3))
+        }
+        KV => {
+            let pairs = args.iter().position(|&x| x == QUERY).unwrap_or(args.len());
+            Kind::Skill(Skill::Lookup, hard(pairs >= 12 && pairs % 3 == 0))
+        }
+        _ => {
+            let ops = args.iter().filter(|&&x| (PUSH..=SWAP).contains(&x)).count();
+            Kind::Skill(Skill::Program, hard(ops >= 4))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -394,5 +468,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every generated prompt is classified as the generator labelled it, except the one
+    /// ambiguity `classify` documents (a calm affect request without a calm word).
+    #[test]
+    fn classify_inverts_the_generators_labels() {
+        use crate::world::generate::{generate_in, Harm};
+        use crate::world::split::Side;
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut kinds = vec![Kind::Harmful, Kind::LookAlike, Kind::Jailbreak];
+        for s in Skill::ALL {
+            kinds.push(Kind::Skill(s, Tier::Easy));
+            kinds.push(Kind::Skill(s, Tier::Hard));
+        }
+        for c in Channel::ALL {
+            kinds.push(Kind::Affect(c));
+            kinds.push(Kind::Probe(c));
+        }
+        let mut checked = 0;
+        for harm in [Harm::Intent, Harm::Graded] {
+            for &kind in &kinds {
+                for i in 0..200 {
+                    let p = generate_in(&mut rng, kind, i % 2 == 0, Side::Train, harm);
+                    let got = classify(&p.tokens, p.voice.as_ref());
+                    let calm_plain = kind == Kind::Affect(Channel::Calm)
+                        && !p
+                            .tokens
+                            .iter()
+                            .any(|&x| (CALM_WORD0..CALM_WORD0 + N_CALM_WORDS).contains(&x));
+                    if calm_plain {
+                        assert_eq!(got, Kind::Skill(Skill::CopyReverse, Tier::Easy));
+                    } else {
+                        assert_eq!(got, kind, "{}", vocab::render(&p.tokens));
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 2 * kinds.len() * 200);
     }
 }

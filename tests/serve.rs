@@ -1,0 +1,453 @@
+//! The HTTP API (`distill-sim serve`): status codes, headers and bodies as the official OpenAI
+//! clients parse them, and a malformed-request corpus that must give only 4xx JSON errors.
+//! The server runs in-process (the router, no socket) on the oracle teacher, so the expected
+//! answers are the world's ideal responses.
+
+use axum::body::{to_bytes, Body};
+use axum::http::{Request, StatusCode};
+use distill_sim::api::{Identity, TierSpec};
+use distill_sim::experiment::config::ExperimentConfig;
+use distill_sim::serve::{self, KeyEntry, Options};
+use distill_sim::teacher::Teacher;
+use distill_sim::world::{ideal_response, vocab, Kind, Prompt, Skill, Tier};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+fn key(k: &str, tier: &str, identity: Identity) -> KeyEntry {
+    KeyEntry {
+        key: k.into(),
+        tier: tier.into(),
+        identity,
+    }
+}
+
+fn server(cfg: ExperimentConfig, keys: Vec<KeyEntry>) -> axum::Router {
+    let teacher = Teacher::Oracle {
+        easy: 1.0,
+        hard: 1.0,
+    };
+    let shared = serve::start(&cfg, teacher, "test", &keys, &Options::default()).unwrap();
+    serve::router(shared)
+}
+
+fn config() -> ExperimentConfig {
+    let mut cfg = ExperimentConfig::default();
+    cfg.api.logprobs = 5;
+    cfg.api.tiers.push(TierSpec {
+        name: "tiny".into(),
+        rpm: 2.0,
+        input_tpm: 1e6,
+        output_tpm: 1e6,
+        price_in: 3.0,
+        price_out: 15.0,
+    });
+    cfg.traffic.access.blocked_regions = vec![7];
+    cfg.traffic.access.max_accounts_per_payment = Some(1);
+    cfg
+}
+
+fn keys() -> Vec<KeyEntry> {
+    let id = |payment, region| Identity {
+        payment,
+        region,
+        ..Identity::default()
+    };
+    vec![
+        key("sk-good", "tier2", id(1, 0)),
+        key("sk-tiny", "tiny", id(2, 0)),
+        key("sk-blocked", "tier2", id(3, 7)),
+        key("sk-second-card", "tier2", id(1, 0)),
+    ]
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(k) = auth {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    req = req.header("content-type", "application/json");
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    let v: Value = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, headers, v)
+}
+
+fn post(v: Value) -> Vec<u8> {
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn error_code(v: &Value) -> Option<&str> {
+    v["error"]["code"].as_str()
+}
+
+#[tokio::test]
+async fn completions_answer_the_ideal_response_with_usage_and_limit_headers() {
+    let app = server(config(), keys());
+    let prompt = "COPY a 3 b";
+    let toks = vec![
+        vocab::COPY,
+        vocab::letter(0),
+        vocab::digit(3),
+        vocab::letter(1),
+    ];
+    let ideal = ideal_response(&Prompt {
+        kind: Kind::Skill(Skill::CopyReverse, Tier::Easy),
+        tokens: toks,
+        voice: None,
+    });
+    let want = vocab::render(&ideal[..ideal.len() - 1]); // without EOS
+    let (s, h, v) = call(
+        &app,
+        "POST",
+        "/v1/completions",
+        Some("sk-good"),
+        post(json!({"model": serve::MODEL, "prompt": prompt, "temperature": 0, "logprobs": 3})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"][0]["text"], want.as_str(), "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let lp = &v["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 3, "{v}");
+    assert_eq!(
+        lp["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect::<String>(),
+        want
+    );
+    // usage: the prompt framed by BOS and SEP; completion tokens include EOS.
+    assert_eq!(v["usage"]["prompt_tokens"], 6);
+    assert_eq!(v["usage"]["completion_tokens"], 4);
+    assert_eq!(v["usage"]["total_tokens"], 10);
+    assert_eq!(
+        v["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        0
+    );
+    for name in [
+        "x-request-id",
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+        "anthropic-ratelimit-input-tokens-limit",
+        "anthropic-ratelimit-output-tokens-remaining",
+        "anthropic-ratelimit-output-tokens-reset",
+    ] {
+        assert!(h.contains_key(name), "missing header {name}: {h:?}");
+    }
+    assert_eq!(h["x-ratelimit-limit-requests"], "1000");
+    assert_eq!(h["x-ratelimit-remaining-requests"], "999");
+
+    // Chat: the last user message is the prompt; top_logprobs beyond the API's policy (5) are
+    // capped by it.
+    let (s, _, v) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some("sk-good"),
+        post(
+            json!({"model": serve::MODEL, "messages": [{"role": "user", "content": prompt}],
+                    "temperature": 0, "logprobs": true, "top_logprobs": 20, "n": 2}),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(v["choices"][1]["message"]["content"], want.as_str());
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 3);
+    assert_eq!(
+        content[0]["top_logprobs"].as_array().unwrap().len(),
+        5,
+        "{v}"
+    );
+
+    let (s, _, v) = call(&app, "GET", "/v1/models", Some("sk-good"), vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["data"][0]["id"], serve::MODEL);
+    let (s, _, _) = call(&app, "GET", "/health", None, vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn refusals_are_json_with_the_providers_codes_and_headers() {
+    let app = server(config(), keys());
+    let body = || post(json!({"model": serve::MODEL, "prompt": "SORT 3 1 2", "max_tokens": 8}));
+    let (s, _, v) = call(&app, "POST", "/v1/completions", None, body()).await;
+    assert_eq!(
+        (s.as_u16(), error_code(&v)),
+        (401, Some("invalid_api_key")),
+        "{v}"
+    );
+    let (s, _, v) = call(&app, "POST", "/v1/completions", Some("sk-nope"), body()).await;
+    assert_eq!(
+        (s.as_u16(), error_code(&v)),
+        (401, Some("invalid_api_key")),
+        "{v}"
+    );
+    let (s, _, v) = call(&app, "POST", "/v1/completions", Some("sk-blocked"), body()).await;
+    assert_eq!(
+        (s.as_u16(), error_code(&v)),
+        (403, Some("unsupported_country_region_territory")),
+        "{v}"
+    );
+    let (s, _, v) = call(
+        &app,
+        "POST",
+        "/v1/completions",
+        Some("sk-second-card"),
+        body(),
+    )
+    .await;
+    assert_eq!(
+        (s.as_u16(), error_code(&v)),
+        (403, Some("account_deactivated")),
+        "{v}"
+    );
+    // Two requests per minute on the tiny tier: the third is throttled with retry headers.
+    for _ in 0..2 {
+        let (s, _, v) = call(&app, "POST", "/v1/completions", Some("sk-tiny"), body()).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (s, h, v) = call(&app, "POST", "/v1/completions", Some("sk-tiny"), body()).await;
+    assert_eq!(
+        (s.as_u16(), error_code(&v)),
+        (429, Some("rate_limit_exceeded")),
+        "{v}"
+    );
+    assert_eq!(v["error"]["type"], "requests");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("Limit 2") && msg.contains("Requested 1"),
+        "{msg}"
+    );
+    let ms: u64 = h["retry-after-ms"].to_str().unwrap().parse().unwrap();
+    assert!((20_000..=30_000).contains(&ms), "retry-after-ms {ms}");
+    let secs: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(secs, ms.div_ceil(1000));
+    assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+    let (s, _, v) = call(
+        &app,
+        "POST",
+        "/v1/completions",
+        Some("sk-good"),
+        post(json!({"model": "gpt-9", "prompt": "SORT 3"})),
+    )
+    .await;
+    assert_eq!(
+        (s.as_u16(), error_code(&v)),
+        (404, Some("model_not_found")),
+        "{v}"
+    );
+    let (s, _, v) = call(&app, "GET", "/v1/completions", Some("sk-good"), vec![]).await;
+    assert_eq!(s.as_u16(), 405, "{v}");
+    assert!(v["error"]["message"].is_string(), "{v}");
+    let (s, _, v) = call(&app, "POST", "/v1/nothing", Some("sk-good"), body()).await;
+    assert_eq!(s.as_u16(), 404, "{v}");
+    assert!(v["error"]["message"].is_string(), "{v}");
+    let huge = vec![b' '; serve::MAX_BODY + 10];
+    let (s, _, v) = call(&app, "POST", "/v1/completions", Some("sk-good"), huge).await;
+    assert_eq!(
+        (s.as_u16(), error_code(&v)),
+        (413, Some("request_too_large")),
+        "{v}"
+    );
+}
+
+/// The malformed corpus: bodies that are not JSON, not objects, with fields of the wrong type,
+/// out of range, unknown tokens, missing fields. Every one gets a 4xx JSON error that names
+/// the problem; none panics or gets a 5xx.
+#[tokio::test]
+async fn malformed_requests_get_4xx_json_errors_never_5xx() {
+    let app = server(config(), keys());
+    let mut corpus: Vec<(String, Vec<u8>)> = Vec::new();
+    let raw = [
+        "",
+        "{",
+        "}",
+        "[]",
+        "null",
+        "1",
+        "\"x\"",
+        "{\"model\":",
+        "{'model':'x'}",
+        "\u{0}",
+        "{\"model\":\"distill-sim-teacher\",}",
+        "{\"model\":\"distill-sim-teacher\" \"prompt\":\"COPY a\"}",
+        "[{\"model\":\"distill-sim-teacher\"}]",
+        "true",
+        "{\"a\":1e999999}",
+    ];
+    for r in raw {
+        corpus.push(("/v1/completions".into(), r.as_bytes().to_vec()));
+        corpus.push(("/v1/chat/completions".into(), r.as_bytes().to_vec()));
+    }
+    corpus.push(("/v1/completions".into(), vec![0xff, 0xfe, 0x00, 0x80]));
+    let bad_values = [
+        json!(null),
+        json!(-1),
+        json!(-1.5),
+        json!(1e300),
+        json!(u64::MAX),
+        json!("5"),
+        json!([]),
+        json!({}),
+        json!(true),
+        json!("COPY zz"),
+        json!(3.5),
+    ];
+    let fields = [
+        "model",
+        "prompt",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "n",
+        "logprobs",
+        "stop",
+        "seed",
+        "voice",
+        "echo",
+        "stream",
+    ];
+    // Values a field may legally take (null: the default; a negative seed; no stop sequences)
+    // are not malformed.
+    let legal = |f: &str, v: &Value| {
+        (v.is_null() && !["model", "prompt", "messages"].contains(&f))
+            || (f == "seed" && v == &json!(-1))
+            || (f == "stop" && v == &json!([]))
+            || (["prompt", "stop"].contains(&f) && v == &json!("5")) // the token `5`
+            || (f == "logprobs" && v == &json!(true)) // chat's logprobs is a boolean
+    };
+    for f in fields {
+        for bad in bad_values.iter().filter(|v| !legal(f, v)) {
+            let mut body = json!({"model": serve::MODEL, "prompt": "COPY a 3", "max_tokens": 4});
+            body[f] = bad.clone();
+            corpus.push(("/v1/completions".into(), post(body)));
+        }
+    }
+    let chat_fields = [
+        "model",
+        "messages",
+        "max_tokens",
+        "temperature",
+        "n",
+        "logprobs",
+        "top_logprobs",
+        "stop",
+        "voice",
+    ];
+    for f in chat_fields {
+        for bad in bad_values.iter().filter(|v| !legal(f, v)) {
+            let mut body =
+                json!({"model": serve::MODEL, "messages": [{"role": "user", "content": "COPY a"}]});
+            body[f] = bad.clone();
+            corpus.push(("/v1/chat/completions".into(), post(body)));
+        }
+    }
+    let prompts = [
+        json!(""),
+        json!("   "),
+        json!("<bos> COPY a"),
+        json!("COPY <eos>"),
+        json!([0]),
+        json!([1, 33]),
+        json!([80]),
+        json!([-1]),
+        json!([33, "a"]),
+        json!([[33], "COPY zz"]),
+        json!([[]]),
+        json!("COPY ".repeat(600)),
+        json!(vec![33; 600]),
+        json!(vec!["COPY a"; 17]),
+        json!("ÄÖÜ"),
+        json!("COPY\u{0}a"),
+        json!([[33, 21], [999]]),
+    ];
+    for p in prompts {
+        corpus.push((
+            "/v1/completions".into(),
+            post(json!({"model": serve::MODEL, "prompt": p})),
+        ));
+    }
+    let messages = [
+        json!([{"role": "user"}]),
+        json!([{"content": "COPY a"}]),
+        json!([{"role": "robot", "content": "COPY a"}]),
+        json!([{"role": "system", "content": "COPY a"}]),
+        json!(["COPY a"]),
+        json!([{"role": "user", "content": 5}]),
+        json!([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]),
+        json!([{"role": "user", "content": [{"type": "text"}]}]),
+        json!([{"role": 1, "content": "COPY a"}]),
+        json!([{"role": "user", "content": "COPY unknown"}]),
+        json!([]),
+    ];
+    for m in messages {
+        corpus.push((
+            "/v1/chat/completions".into(),
+            post(json!({"model": serve::MODEL, "messages": m})),
+        ));
+    }
+    let combos = [
+        json!({"model": serve::MODEL, "prompt": "COPY a", "n": 17}),
+        json!({"model": serve::MODEL, "prompt": ["COPY a", "COPY b", "COPY c"], "n": 6}),
+        json!({"model": serve::MODEL, "prompt": "COPY a", "max_tokens": 3, "max_completion_tokens": 3}),
+        json!({"model": serve::MODEL, "prompt": "COPY a", "max_tokens": 0}),
+        json!({"model": serve::MODEL, "prompt": "COPY a", "logprobs": 6}),
+        json!({"model": serve::MODEL, "prompt": "COPY a", "stop": ["a", "b", "c", "d", "e"]}),
+        json!({"model": serve::MODEL, "prompt": "COPY a", "stop": [1]}),
+        json!({"model": serve::MODEL, "prompt": "COPY a", "voice": [1, 2, 3]}),
+        json!({"model": serve::MODEL, "prompt": "COPY a", "voice": [0, 0, 0, 0, 0, 0, 0, 1e9]}),
+        json!({"model": serve::MODEL, "prompt": "COPY a", "temperature": 2.5}),
+        json!({"model": serve::MODEL, "prompt": "COPY a", "stream": true}),
+        json!({"model": serve::MODEL, "prompt": "COPY a", "echo": true, "max_tokens": 0}),
+        json!({"model": serve::MODEL, "messages": [{"role": "user", "content": "COPY a"}], "top_logprobs": 21, "logprobs": true}),
+        json!({"model": serve::MODEL, "messages": [{"role": "user", "content": "COPY a"}], "top_logprobs": 2}),
+        json!({"model": "", "prompt": "COPY a"}),
+        json!({"model": "x".repeat(10_000), "prompt": "COPY a"}),
+    ];
+    for c in combos {
+        for path in ["/v1/completions", "/v1/chat/completions"] {
+            corpus.push((path.into(), post(c.clone())));
+        }
+    }
+    assert!(
+        corpus.len() >= 200,
+        "only {} malformed requests",
+        corpus.len()
+    );
+    eprintln!("{} malformed requests", corpus.len());
+    for (path, body) in &corpus {
+        let (s, _, v) = call(&app, "POST", path, Some("sk-good"), body.clone()).await;
+        let shown = String::from_utf8_lossy(&body[..body.len().min(120)]).into_owned();
+        assert!(s.is_client_error(), "{path} {shown}: {s} {v}");
+        let msg = v["error"]["message"].as_str();
+        assert!(
+            msg.is_some_and(|m| !m.is_empty()),
+            "{path} {shown}: no JSON error: {v}"
+        );
+        assert!(v["error"]["type"].is_string(), "{path} {shown}: {v}");
+    }
+}
