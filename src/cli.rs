@@ -150,6 +150,10 @@ pub struct ServeArgs {
     /// Simulated seconds per real second: limits per minute apply per `60 / scale` seconds.
     #[arg(long, default_value_t = 1.0)]
     pub time_scale: f64,
+    /// Durable ledger (JSON lines, one per decided request, synced before responses are
+    /// sent); a server restarted on it restores spend, usage and limits.
+    #[arg(long)]
+    pub ledger: Option<PathBuf>,
     /// Milliseconds the batcher waits to gather concurrent requests into one generation.
     #[arg(long, default_value_t = 2)]
     pub window_ms: u64,

@@ -163,6 +163,7 @@ fn serve_cmd(a: cli::ServeArgs) -> Result<ExitCode> {
         time_scale: a.time_scale,
         window: std::time::Duration::from_millis(a.window_ms),
         seed: exp.config.seeds.first().copied().unwrap_or(0),
+        ledger: a.ledger,
         ..Default::default()
     };
     serve::launch(&exp, &a.cache, &keys, &opts, &a.addr)?;

@@ -18,16 +18,24 @@ fn key(k: &str, tier: &str, identity: Identity) -> KeyEntry {
         key: k.into(),
         tier: tier.into(),
         identity,
+        quota_usd: None,
     }
 }
 
 fn server(cfg: ExperimentConfig, keys: Vec<KeyEntry>) -> axum::Router {
+    serve::router(shared(cfg, keys, Options::default()))
+}
+
+fn shared(
+    cfg: ExperimentConfig,
+    keys: Vec<KeyEntry>,
+    opts: Options,
+) -> std::sync::Arc<serve::Shared> {
     let teacher = Teacher::Oracle {
         easy: 1.0,
         hard: 1.0,
     };
-    let shared = serve::start(&cfg, teacher, "test", &keys, &Options::default()).unwrap();
-    serve::router(shared)
+    serve::start(&cfg, teacher, "test", &keys, &opts).unwrap()
 }
 
 fn config() -> ExperimentConfig {
@@ -450,4 +458,99 @@ async fn malformed_requests_get_4xx_json_errors_never_5xx() {
         );
         assert!(v["error"]["type"].is_string(), "{path} {shown}: {v}");
     }
+}
+
+/// The durable ledger: a server restarted on it has the same ledgers, spend and limit levels
+/// (the tiny tier's third request is still throttled); a torn last line is cut off; a
+/// corrupt line inside the file is an error naming it. Quotas answer 429 `insufficient_quota`.
+#[tokio::test]
+async fn a_restarted_server_restores_its_ledger_and_limits() {
+    let dir = std::env::temp_dir().join(format!("ds-serve-ledger-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("ledger.jsonl");
+    let opts = Options {
+        ledger: Some(path.clone()),
+        ..Options::default()
+    };
+    let mut ks = keys();
+    ks[0].quota_usd = Some(1e-9);
+    let body = || post(json!({"model": serve::MODEL, "prompt": "SORT 3 1 2", "max_tokens": 8}));
+    let mut before = {
+        let s = shared(config(), ks.clone(), opts.clone());
+        let app = serve::router(s.clone());
+        for _ in 0..2 {
+            let (st, _, v) = call(&app, "POST", "/v1/completions", Some("sk-tiny"), body()).await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+        }
+        let (st, _, _) = call(&app, "POST", "/v1/completions", Some("sk-tiny"), body()).await;
+        assert_eq!(st.as_u16(), 429);
+        // The quota: the first request is served (spend 0), the next is refused for good.
+        let (st, _, v) = call(&app, "POST", "/v1/completions", Some("sk-good"), body()).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let (st, h, v) = call(&app, "POST", "/v1/completions", Some("sk-good"), body()).await;
+        assert_eq!(
+            (st.as_u16(), error_code(&v)),
+            (429, Some("insufficient_quota")),
+            "{v}"
+        );
+        assert_eq!(h["x-should-retry"], "false");
+        s.ledgers().await.unwrap()
+    };
+    assert_eq!(before[1].requests, 2);
+    assert_eq!(before[1].throttled, 1);
+    assert!(before[0].spend_usd > 0.0);
+    let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+    assert_eq!(lines, 4, "2 + 1 throttled + 1 on the quota account");
+    for torn in [false, true] {
+        if torn {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            f.write_all(b"{\"v\":1,\"t\":0.5,\"acc").unwrap();
+        }
+        let s = shared(config(), ks.clone(), opts.clone());
+        assert_eq!(s.ledgers().await.unwrap(), before, "torn {torn}");
+        let app = serve::router(s.clone());
+        let (st, _, v) = call(&app, "POST", "/v1/completions", Some("sk-tiny"), body()).await;
+        assert_eq!(
+            (st.as_u16(), error_code(&v)),
+            (429, Some("rate_limit_exceeded")),
+            "{v}"
+        );
+        let (st, _, v) = call(&app, "POST", "/v1/completions", Some("sk-good"), body()).await;
+        assert_eq!(error_code(&v), Some("insufficient_quota"), "{st} {v}");
+        before[1].throttled += 1; // this restart's throttled request, now in the ledger
+    }
+    // The two restarts each added one throttled line; the torn bytes are gone.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().count(), 6);
+    assert!(text.ends_with('\n'));
+    // A corrupt line that is not the last is refused, naming the file and line.
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.insert(1, "not json");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let teacher = Teacher::Oracle {
+        easy: 1.0,
+        hard: 1.0,
+    };
+    let err = serve::start(&config(), teacher, "test", &ks, &opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("ledger.jsonl:2"), "{err}");
+    // And a ledger written with other keys is refused.
+    std::fs::write(&path, text).unwrap();
+    ks[1].key = "sk-another".into();
+    let teacher = Teacher::Oracle {
+        easy: 1.0,
+        hard: 1.0,
+    };
+    let err = serve::start(&config(), teacher, "test", &ks, &opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("keys file"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

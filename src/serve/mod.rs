@@ -7,6 +7,7 @@
 //! [`Api::serve`] call, so they share one batched generation. The simulated clock is the wall
 //! clock since start times `time_scale` (1: limits per real minute).
 
+pub mod ledger;
 pub mod load;
 pub mod wire;
 
@@ -45,6 +46,9 @@ pub struct KeyEntry {
     pub tier: String,
     #[serde(default)]
     pub identity: Identity,
+    /// Spend (USD) after which the account's requests get 429 `insufficient_quota`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_usd: Option<f64>,
 }
 
 /// How the server batches and keeps time.
@@ -57,6 +61,8 @@ pub struct Options {
     /// Most generations in one batch.
     pub max_batch: usize,
     pub seed: u64,
+    /// The durable ledger (JSON lines), replayed at start where it exists.
+    pub ledger: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -66,6 +72,7 @@ impl Default for Options {
             window: Duration::from_millis(2),
             max_batch: 256,
             seed: 0,
+            ledger: None,
         }
     }
 }
@@ -90,6 +97,7 @@ pub fn new_keys(count: usize, tier: &str, seed: u64) -> Vec<KeyEntry> {
                 region: 0,
                 verified: false,
             },
+            quota_usd: None,
         })
         .collect()
 }
@@ -148,10 +156,17 @@ pub struct Served {
     /// For a throttled request: which limit (0, 1, 2), what it needed, and real seconds until
     /// it is available.
     pub throttle: Option<(usize, f64, f64)>,
+    /// The account's spend has reached its quota: nothing was served.
+    pub over_quota: bool,
+    /// The ledger could not be written or synced: what was served is not durable.
+    pub ledger_error: Option<String>,
 }
 
 struct Job {
     reqs: Vec<Request>,
+    request_id: String,
+    /// The client's `x-stainless-retry-count`.
+    retry_count: Option<u32>,
     reply: tokio::sync::oneshot::Sender<Served>,
 }
 
@@ -195,13 +210,36 @@ pub fn start(
         let id = api.open_account(tier, 0.0, k.identity);
         map.insert(k.key.clone(), id);
     }
+    let tails: Vec<String> = keys.iter().map(|k| ledger::key_tail(&k.key)).collect();
+    let (file, clock0) = match &opts.ledger {
+        Some(path) => {
+            let (file, entries) = ledger::LedgerFile::open(path)?;
+            let last = ledger::replay(&mut api.accounts, &tails, &entries)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+            if !entries.is_empty() {
+                eprintln!(
+                    "[serve] {}: {} requests replayed (simulated clock resumes at {last:.1} s)",
+                    path.display(),
+                    entries.len()
+                );
+            }
+            (Some(file), last)
+        }
+        None => (None, 0.0),
+    };
+    let book = Book {
+        file,
+        tails,
+        quotas: keys.iter().map(|k| k.quota_usd).collect(),
+        clock0,
+    };
     let (tx, rx) = mpsc::channel::<Msg>();
     let o = opts.clone();
     let t0 = Instant::now();
     let rng = derive_rng(opts.seed, "serve/sampling");
     std::thread::Builder::new()
         .name("distill-sim-batcher".into())
-        .spawn(move || batcher(rx, api, teacher, rng, o, t0))
+        .spawn(move || batcher(rx, api, teacher, rng, o, book, t0))
         .map_err(|e| Error::Invalid(format!("cannot start the batcher thread: {e}")))?;
     Ok(Arc::new(Shared {
         jobs: tx,
@@ -216,12 +254,24 @@ pub fn start(
     }))
 }
 
+/// What the batcher thread owns besides the API.
+struct Book {
+    /// The durable ledger, if the server keeps one.
+    file: Option<ledger::LedgerFile>,
+    /// Each account's key tail (for ledger lines) and quota in USD.
+    tails: Vec<String>,
+    quotas: Vec<Option<f64>>,
+    /// Simulated time at start (the last ledger entry's, after a restart).
+    clock0: f64,
+}
+
 fn batcher(
     rx: mpsc::Receiver<Msg>,
     mut api: Api,
     teacher: Teacher,
     mut rng: SimRng,
     opts: Options,
+    mut book: Book,
     t0: Instant,
 ) {
     let ledgers = |api: &Api, reply: tokio::sync::oneshot::Sender<_>| {
@@ -250,12 +300,51 @@ fn batcher(
                 Err(_) => break,
             }
         }
-        let now = t0.elapsed().as_secs_f64() * opts.time_scale;
-        let reqs: Vec<Request> = jobs.iter().flat_map(|j| j.reqs.iter().cloned()).collect();
+        let now = book.clock0 + t0.elapsed().as_secs_f64() * opts.time_scale;
+        // Accounts past their quota are answered without reaching the API.
+        let over: Vec<bool> = jobs
+            .iter()
+            .map(|j| {
+                let a = j.reqs[0].account as usize;
+                book.quotas[a].is_some_and(|q| api.accounts.ledger[a].spend_usd >= q)
+            })
+            .collect();
+        let reqs: Vec<Request> = jobs
+            .iter()
+            .zip(&over)
+            .filter(|(_, &o)| !o)
+            .flat_map(|(j, _)| j.reqs.iter().cloned())
+            .collect();
         let mut responses = api.serve(now, &reqs, &teacher, &mut rng).into_iter();
-        for j in jobs {
-            let rs: Vec<Response> = responses.by_ref().take(j.reqs.len()).collect();
+        let mut replies = Vec::with_capacity(jobs.len());
+        let mut failed = None;
+        for (j, over) in jobs.into_iter().zip(over) {
+            let rs: Vec<Response> = if over {
+                vec![]
+            } else {
+                responses.by_ref().take(j.reqs.len()).collect()
+            };
             let a = j.reqs[0].account as usize;
+            if let Some(f) = book.file.as_mut() {
+                for r in &rs {
+                    let e = ledger::Entry {
+                        v: ledger::LEDGER_VERSION,
+                        t: now,
+                        account: a as u32,
+                        key_tail: book.tails[a].clone(),
+                        request_id: j.request_id.clone(),
+                        retry_count: j.retry_count,
+                        code: r.code,
+                        input_tokens: r.usage.input_tokens,
+                        output_tokens: r.usage.output_tokens,
+                        hidden_reasoning_tokens: r.usage.hidden_reasoning_tokens,
+                        spend_usd: r.usage.spend_usd,
+                    };
+                    if let Err(err) = f.append(&e) {
+                        failed = Some(err.to_string());
+                    }
+                }
+            }
             let b = &mut api.accounts.buckets[a];
             let mut limits = [Limit::default(); 3];
             for (l, bucket) in limits.iter_mut().zip(b.iter_mut()) {
@@ -275,13 +364,31 @@ fn batcher(
                     / opts.time_scale;
                 (which, need[which], wait)
             });
+            replies.push((
+                j.reply,
+                Served {
+                    responses: rs,
+                    limits,
+                    throttle,
+                    over_quota: over,
+                    ledger_error: None,
+                },
+            ));
+        }
+        // Group commit: the batch's lines are durable before any of its responses is sent.
+        if let Some(f) = book.file.as_mut() {
+            if let Err(err) = f.commit() {
+                failed = Some(err.to_string());
+            }
+        }
+        if let Some(err) = &failed {
+            eprintln!("[serve] ledger: {err}");
+        }
+        for (reply, mut served) in replies {
+            served.ledger_error = failed.clone();
             // The receiver may have gone (client disconnected): the request was served and
             // billed all the same, as a provider's would be.
-            let _ = j.reply.send(Served {
-                responses: rs,
-                limits,
-                throttle,
-            });
+            let _ = reply.send(served);
         }
         for reply in asked {
             ledgers(&api, reply);
@@ -371,7 +478,18 @@ async fn chat(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> H
 fn request_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!("req_{:016x}", NEXT.fetch_add(1, Ordering::Relaxed))
+    static NONCE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    // Unique across restarts on one ledger: the process's start time, then a counter.
+    let nonce = NONCE.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u32)
+            .unwrap_or(0)
+    });
+    format!(
+        "req_{nonce:08x}{:012x}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn limit_headers(l: &[Limit; 3]) -> Vec<(String, String)> {
@@ -463,7 +581,17 @@ async fn handle(s: Arc<Shared>, headers: HeaderMap, body: Body, ep: Endpoint) ->
         }
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
-    if s.jobs.send(Msg::Serve(Job { reqs, reply: tx })).is_err() {
+    let retry_count = headers
+        .get("x-stainless-retry-count")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let job = Job {
+        reqs,
+        request_id: rid.clone(),
+        retry_count,
+        reply: tx,
+    };
+    if s.jobs.send(Msg::Serve(job)).is_err() {
         return error_response(
             &ApiError::new(
                 503,
@@ -486,6 +614,24 @@ async fn handle(s: Arc<Shared>, headers: HeaderMap, body: Body, ep: Endpoint) ->
         );
     };
     extra.extend(limit_headers(&served.limits));
+    if let Some(err) = &served.ledger_error {
+        return error_response(
+            &ApiError::new(500, "server_error", "ledger_unavailable", format!("The request was served but could not be recorded durably ({err}); it is billed.")),
+            &extra,
+        );
+    }
+    if served.over_quota {
+        extra.push(("x-should-retry".into(), "false".into()));
+        return error_response(
+            &ApiError::new(
+                429,
+                "insufficient_quota",
+                "insufficient_quota",
+                "You exceeded your current quota: this account's spend has reached its quota_usd.",
+            ),
+            &extra,
+        );
+    }
     let answered: Vec<(usize, &Response)> = served
         .responses
         .iter()
@@ -742,8 +888,12 @@ pub fn bench(cache: &Path, clients: usize, seconds: f64, time_scale: f64) -> Res
     let tcfg = cfg.run_teacher();
     let (teacher, _) = Teacher::load_or_train(&tcfg, cfg.backend(), &cfg.world, cache, |_, _| {})?;
     let keys = new_keys(clients, "tier2", 0);
+    let dir = std::env::temp_dir().join(format!("distill-sim-serve-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ledger_path = dir.join("ledger.jsonl");
     let opts = Options {
         time_scale,
+        ledger: Some(ledger_path.clone()),
         ..Options::default()
     };
     let shared = start(&cfg, teacher, &tcfg.hash(&cfg.world), &keys, &opts)?;
@@ -784,11 +934,18 @@ pub fn bench(cache: &Path, clients: usize, seconds: f64, time_scale: f64) -> Res
         Ok::<_, Error>((report, ledgers))
     })?;
     let billed: u64 = ledgers.iter().map(|l| l.requests).sum();
+    let text = std::fs::read_to_string(&ledger_path).map_err(|e| Error::io(&ledger_path, e))?;
+    let durable = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<ledger::Entry>(l).ok())
+        .filter(|e| e.code.answered())
+        .count() as u64;
+    let _ = std::fs::remove_dir_all(&dir);
     let throttled: u64 = ledgers.iter().map(|l| l.throttled).sum();
     Ok(format!(
-        "| clients | seconds | sent | ok | 429 | failed | completions/s | completion tokens/s | p50 ms | p99 ms | max ms | billed requests | billed = ok | throttled in ledger |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n\
-         | {clients} | {:.1} | {} | {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {billed} | {} | {throttled} |\n",
+        "| clients | seconds | sent | ok | 429 | failed | completions/s | completion tokens/s | p50 ms | p99 ms | max ms | billed requests | in the ledger file | billed = file = ok | throttled |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n\
+         | {clients} | {:.1} | {} | {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {billed} | {durable} | {} | {throttled} |\n",
         report.seconds,
         report.sent,
         report.ok,
@@ -799,6 +956,10 @@ pub fn bench(cache: &Path, clients: usize, seconds: f64, time_scale: f64) -> Res
         report.p50_ms,
         report.p99_ms,
         report.max_ms,
-        if billed == report.ok { "yes" } else { "NO" },
+        if billed == report.ok && durable == report.ok {
+            "yes"
+        } else {
+            "NO"
+        },
     ))
 }
