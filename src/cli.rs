@@ -233,6 +233,16 @@ pub struct BenchArgs {
     /// With `--serve`: how long the clients send.
     #[arg(long, default_value_t = 30.0)]
     pub seconds: f64,
+    /// With `--serve`: load-test a server already running at this IP:PORT instead (with
+    /// `--keys`; `--ledger` to check its ledger file afterwards).
+    #[arg(long, requires = "keys")]
+    pub target: Option<String>,
+    /// With `--target`: the server's keys file.
+    #[arg(long)]
+    pub keys: Option<PathBuf>,
+    /// With `--target`: the server's ledger file, read after the test.
+    #[arg(long)]
+    pub ledger: Option<PathBuf>,
     /// With `--serve`: simulated seconds per real second (tier 2 allows 1,000 requests per
     /// simulated minute and account).
     #[arg(long, default_value_t = 10.0)]

@@ -174,6 +174,16 @@ fn bench_cmd(b: cli::BenchArgs) -> Result<ExitCode> {
     if let Some(n) = b.threads {
         distill_sim::model::set_threads(n);
     }
+    if let (true, Some(target), Some(keys)) = (b.serve, &b.target, &b.keys) {
+        emit(&distill_sim::serve::bench_target(
+            target,
+            keys,
+            b.ledger.as_deref(),
+            b.clients,
+            b.seconds,
+        )?);
+        return Ok(ExitCode::SUCCESS);
+    }
     if b.serve {
         emit(&distill_sim::serve::bench(
             &b.cache,

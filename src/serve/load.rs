@@ -27,8 +27,10 @@ pub struct LoadReport {
     pub ok: u64,
     /// Status 429.
     pub throttled: u64,
-    /// Any other status, or a broken connection.
+    /// Any other status, or a broken connection (the request's fate unknown to the client).
     pub failed: u64,
+    /// Connection attempts refused (no server listening).
+    pub reconnects: u64,
     pub completion_tokens: u64,
     pub seconds: f64,
     pub p50_ms: f64,
@@ -109,14 +111,25 @@ pub async fn run(addr: SocketAddr, keys: &[String], o: &LoadOptions) -> Result<L
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut r = LoadReport::default();
-            let Ok(mut stream) = TcpStream::connect(addr).await else {
-                r.failed += 1;
-                return (r, lat);
-            };
-            let _ = stream.set_nodelay(true);
+            let mut stream: Option<TcpStream> = None;
             let mut buf = Vec::with_capacity(16 << 10);
             let mut i = c;
             while Instant::now() < deadline {
+                // (Re)connect: a server that was killed and restarted is found again.
+                if stream.is_none() {
+                    match TcpStream::connect(addr).await {
+                        Ok(st) => {
+                            let _ = st.set_nodelay(true);
+                            stream = Some(st);
+                        }
+                        Err(_) => {
+                            r.reconnects += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                }
+                let Some(st) = stream.as_mut() else { continue };
                 if o.max_requests > 0
                     && budget.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= o.max_requests
                 {
@@ -136,7 +149,7 @@ pub async fn run(addr: SocketAddr, keys: &[String], o: &LoadOptions) -> Result<L
                 );
                 let t = Instant::now();
                 r.sent += 1;
-                match exchange(&mut stream, &mut buf, req.as_bytes()).await {
+                match exchange(st, &mut buf, req.as_bytes()).await {
                     Ok((200, body)) => {
                         r.ok += 1;
                         lat.push(t.elapsed().as_secs_f64() * 1e3);
@@ -149,7 +162,7 @@ pub async fn run(addr: SocketAddr, keys: &[String], o: &LoadOptions) -> Result<L
                     Ok(_) => r.failed += 1,
                     Err(_) => {
                         r.failed += 1;
-                        break;
+                        stream = None;
                     }
                 }
             }
@@ -166,6 +179,7 @@ pub async fn run(addr: SocketAddr, keys: &[String], o: &LoadOptions) -> Result<L
         total.ok += r.ok;
         total.throttled += r.throttled;
         total.failed += r.failed;
+        total.reconnects += r.reconnects;
         total.completion_tokens += r.completion_tokens;
         lat.extend(l);
     }

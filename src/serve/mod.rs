@@ -878,12 +878,75 @@ pub fn serve_blocking(shared: Arc<Shared>, addr: &str) -> Result<()> {
     })
 }
 
+/// Prompts of the load test: skill prompts of every skill and tier, as token text.
+fn bench_prompts() -> Vec<String> {
+    use crate::world::{generate, vocab, Kind, Skill, Tier};
+    let mut rng = derive_rng(0, "serve/bench-prompts");
+    (0..256)
+        .map(|i| {
+            let skill = Skill::ALL[i % Skill::ALL.len()];
+            let tier = if i % 2 == 0 { Tier::Easy } else { Tier::Hard };
+            vocab::render(&generate(&mut rng, Kind::Skill(skill, tier), false).tokens)
+        })
+        .collect()
+}
+
+/// Requests the ledger file at `path` records as answered.
+fn answered_in(path: &Path) -> Result<u64> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<ledger::Entry>(l).ok())
+        .filter(|e| e.code.answered())
+        .count() as u64)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot start the async runtime: {e}")))
+}
+
+fn load_table(
+    clients: usize,
+    r: &load::LoadReport,
+    billed: Option<u64>,
+    durable: Option<u64>,
+) -> String {
+    let show = |x: Option<u64>| x.map_or("-".to_string(), |v| v.to_string());
+    let same = match (billed, durable) {
+        (None, None) => "-",
+        (b, d) if b.is_none_or(|b| b == r.ok) && d.is_none_or(|d| d == r.ok) => "yes",
+        _ => "NO",
+    };
+    format!(
+        "| clients | seconds | sent | ok | 429 | failed | reconnects | completions/s | completion tokens/s | p50 ms | p99 ms | max ms | billed requests | answered in the ledger file | = ok |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n\
+         | {clients} | {:.1} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {same} |\n",
+        r.seconds,
+        r.sent,
+        r.ok,
+        r.throttled,
+        r.failed,
+        r.reconnects,
+        r.per_second(),
+        r.completion_tokens as f64 / r.seconds.max(1e-9),
+        r.p50_ms,
+        r.p99_ms,
+        r.max_ms,
+        show(billed),
+        show(durable),
+    )
+}
+
 /// `distill-sim bench --serve`: the default experiment's teacher served on a free loopback
 /// port, `clients` concurrent clients (one account each, tier 2, limits sped up by
-/// `time_scale`) sending 16-token completions of skill prompts for `seconds`; prints
-/// throughput, latency percentiles and the ledger check (billed requests = client successes).
+/// `time_scale`) sending 16-token completions of skill prompts for `seconds`, with a durable
+/// ledger; prints throughput, latency percentiles and the ledger check (billed requests and
+/// the ledger file's answered lines = client successes).
 pub fn bench(cache: &Path, clients: usize, seconds: f64, time_scale: f64) -> Result<String> {
-    use crate::world::{generate, vocab, Kind, Skill, Tier};
     let cfg = ExperimentConfig::default();
     let tcfg = cfg.run_teacher();
     let (teacher, _) = Teacher::load_or_train(&tcfg, cfg.backend(), &cfg.world, cache, |_, _| {})?;
@@ -897,21 +960,8 @@ pub fn bench(cache: &Path, clients: usize, seconds: f64, time_scale: f64) -> Res
         ..Options::default()
     };
     let shared = start(&cfg, teacher, &tcfg.hash(&cfg.world), &keys, &opts)?;
-    let mut rng = derive_rng(0, "serve/bench-prompts");
-    let prompts: Vec<String> = (0..256)
-        .map(|i| {
-            let skill = Skill::ALL[i % Skill::ALL.len()];
-            let tier = if i % 2 == 0 { Tier::Easy } else { Tier::Hard };
-            vocab::render(&generate(&mut rng, Kind::Skill(skill, tier), false).tokens)
-        })
-        .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Invalid(format!("cannot start the async runtime: {e}")))?;
     let key_strings: Vec<String> = keys.iter().map(|k| k.key.clone()).collect();
-    let (report, ledgers) = rt.block_on(async {
+    let (report, ledgers) = runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| Error::Invalid(format!("bind: {e}")))?;
@@ -927,39 +977,40 @@ pub fn bench(cache: &Path, clients: usize, seconds: f64, time_scale: f64) -> Res
             seconds,
             max_requests: 0,
             max_tokens: 16,
-            prompts,
+            prompts: bench_prompts(),
         };
         let report = load::run(addr, &key_strings, &o).await?;
         let ledgers = shared.ledgers().await?;
         Ok::<_, Error>((report, ledgers))
     })?;
     let billed: u64 = ledgers.iter().map(|l| l.requests).sum();
-    let text = std::fs::read_to_string(&ledger_path).map_err(|e| Error::io(&ledger_path, e))?;
-    let durable = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<ledger::Entry>(l).ok())
-        .filter(|e| e.code.answered())
-        .count() as u64;
+    let durable = answered_in(&ledger_path)?;
     let _ = std::fs::remove_dir_all(&dir);
-    let throttled: u64 = ledgers.iter().map(|l| l.throttled).sum();
-    Ok(format!(
-        "| clients | seconds | sent | ok | 429 | failed | completions/s | completion tokens/s | p50 ms | p99 ms | max ms | billed requests | in the ledger file | billed = file = ok | throttled |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n\
-         | {clients} | {:.1} | {} | {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {billed} | {durable} | {} | {throttled} |\n",
-        report.seconds,
-        report.sent,
-        report.ok,
-        report.throttled,
-        report.failed,
-        report.per_second(),
-        report.completion_tokens as f64 / report.seconds.max(1e-9),
-        report.p50_ms,
-        report.p99_ms,
-        report.max_ms,
-        if billed == report.ok && durable == report.ok {
-            "yes"
-        } else {
-            "NO"
-        },
-    ))
+    Ok(load_table(clients, &report, Some(billed), Some(durable)))
+}
+
+/// `distill-sim bench --serve --target ADDR --keys FILE [--ledger FILE]`: the same load test
+/// against a server already running (say one that is killed and restarted meanwhile);
+/// compares the clients' successes with the server's ledger file where one is given.
+pub fn bench_target(
+    addr: &str,
+    keys: &Path,
+    ledger_path: Option<&Path>,
+    clients: usize,
+    seconds: f64,
+) -> Result<String> {
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| Error::Invalid(format!("--target {addr}: {e} (expected IP:PORT)")))?;
+    let key_strings: Vec<String> = read_keys(keys)?.into_iter().map(|k| k.key).collect();
+    let o = load::LoadOptions {
+        clients,
+        seconds,
+        max_requests: 0,
+        max_tokens: 16,
+        prompts: bench_prompts(),
+    };
+    let report = runtime()?.block_on(load::run(addr, &key_strings, &o))?;
+    let durable = ledger_path.map(answered_in).transpose()?;
+    Ok(load_table(clients, &report, None, durable))
 }
