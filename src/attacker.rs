@@ -87,6 +87,13 @@ pub struct AttackerConfig {
     pub tick_seconds: f64,
     /// Give up after this many simulated days.
     pub max_days: f64,
+    /// A harvest collected outside the simulator (JSON lines of `{"request", "response"}`
+    /// bodies of an OpenAI-style client, e.g. against `distill-sim serve`): the run trains on
+    /// it instead of querying the API. Set by `distill-sim distill`.
+    pub harvest_file: Option<String>,
+    /// SHA-256 of `harvest_file`, checked when the run reads it: a changed file is a changed
+    /// run, never a stale one.
+    pub harvest_sha256: Option<String>,
 }
 
 impl Default for AttackerConfig {
@@ -106,6 +113,8 @@ impl Default for AttackerConfig {
             account_cost_usd: 2.0,
             tick_seconds: 10.0,
             max_days: 45.0,
+            harvest_file: None,
+            harvest_sha256: None,
         }
     }
 }

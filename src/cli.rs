@@ -126,9 +126,25 @@ pub enum Cmd {
     },
     /// Print teacher generation queries/s and student training tokens/s on this machine.
     Bench(BenchArgs),
+    /// Train and evaluate students (same metrics and run record as a run) from a harvest
+    /// collected by any client: JSON lines of `{"request": ..., "response": ...}` bodies of
+    /// `/v1/completions` or `/v1/chat/completions`.
+    Distill(DistillArgs),
     /// Serve the experiment's teacher behind its API over HTTP, OpenAI-compatible
     /// (`/v1/completions`, `/v1/chat/completions`, `/v1/models`, `/health`).
     Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct DistillArgs {
+    /// JSON lines of `{"request": ..., "response": ...}` bodies.
+    pub harvest: PathBuf,
+    /// The experiment whose student, world, seeds and teacher (the reference of the metrics)
+    /// to use; its grid is dropped, its checkpoints default to the harvest's size.
+    #[arg(long, default_value = "experiments/quickstart.yaml")]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(clap::Args)]

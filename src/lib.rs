@@ -21,3 +21,4 @@ pub mod plot;
 pub mod report;
 pub mod serve;
 pub mod traffic;
+pub mod wire;

@@ -7,7 +7,7 @@ use cli::{Cli, Cmd, Common, TeacherCmd};
 use distill_sim::experiment::config;
 use distill_sim::experiment::sweep;
 use distill_sim::experiment::teachers::TeacherArgs;
-use distill_sim::report;
+use distill_sim::{report, serve};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -29,20 +29,10 @@ fn emit(text: &str) {
         .and_then(|_| stdout.flush());
 }
 
-fn overrides(set: &[String]) -> Result<Vec<(String, String)>> {
-    set.iter()
-        .map(|s| {
-            s.split_once('=')
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .with_context(|| format!("--set `{s}`: expected KEY=VALUE"))
-        })
-        .collect()
-}
-
 /// Load an experiment and check, before any work, that this build and machine can run its
 /// engine and device.
 fn load_checked(config_path: &Path, common: &Common) -> Result<config::Experiment> {
-    let exp = config::load(config_path, &overrides(&common.set)?)?;
+    let exp = config::load(config_path, &config::parse_overrides(&common.set)?)?;
     let mut checked = Vec::new();
     for r in &exp.runs {
         let b = r.config.backend();
@@ -58,7 +48,7 @@ fn sweep(config_path: PathBuf, common: Common, list: bool) -> Result<ExitCode> {
     let common = common.fold_backend();
     // Listing needs no engine: an experiment of another build (say `engine: burn`) lists too.
     let exp = if list {
-        config::load(&config_path, &overrides(&common.set)?)?
+        config::load(&config_path, &config::parse_overrides(&common.set)?)?
     } else {
         load_checked(&config_path, &common)?
     };
@@ -109,7 +99,7 @@ fn show_config(
         format!("{}\n", serde_json::to_string_pretty(&schema)?)
     } else {
         let path = config_path.context("an experiment file is needed")?;
-        let exp = config::load(&path, &overrides(set)?)?;
+        let exp = config::load(&path, &config::parse_overrides(set)?)?;
         distill_sim::experiment::annotate::annotated_runs(&exp, run)?
     };
     match out {
@@ -148,24 +138,15 @@ fn plot_cmd(dir: &Path, out: Option<&Path>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn distill_cmd(harvest: &Path, config_path: PathBuf, mut common: Common) -> Result<ExitCode> {
+    common.set = distill_sim::experiment::distill::overrides(harvest, &config_path, &common.set)?;
+    sweep(config_path, common, false)
+}
+
 fn serve_cmd(a: cli::ServeArgs) -> Result<ExitCode> {
-    use distill_sim::serve;
-    if !(a.time_scale.is_finite() && a.time_scale > 0.0 && a.time_scale <= 1e6) {
-        anyhow::bail!("--time-scale {}: a number in (0, 1e6]", a.time_scale);
-    }
-    let exp = config::load(&a.config, &overrides(&a.set)?)?;
-    let keys = serve::KeySource {
-        path: a.keys,
-        accounts: a.accounts,
-        tier: a.tier,
-    };
-    let opts = serve::Options {
-        time_scale: a.time_scale,
-        window: std::time::Duration::from_millis(a.window_ms),
-        seed: exp.config.seeds.first().copied().unwrap_or(0),
-        ledger: a.ledger,
-        ..Default::default()
-    };
+    let exp = config::load(&a.config, &config::parse_overrides(&a.set)?)?;
+    let keys = serve::KeySource::new(a.keys, a.accounts, a.tier);
+    let opts = serve::Options::new(&exp, a.time_scale, a.window_ms, a.ledger)?;
     serve::launch(&exp, &a.cache, &keys, &opts, &a.addr)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -174,22 +155,14 @@ fn bench_cmd(b: cli::BenchArgs) -> Result<ExitCode> {
     if let Some(n) = b.threads {
         distill_sim::model::set_threads(n);
     }
-    if let (true, Some(target), Some(keys)) = (b.serve, &b.target, &b.keys) {
-        emit(&distill_sim::serve::bench_target(
-            target,
-            keys,
-            b.ledger.as_deref(),
-            b.clients,
-            b.seconds,
-        )?);
-        return Ok(ExitCode::SUCCESS);
-    }
     if b.serve {
-        emit(&distill_sim::serve::bench(
+        let target = b.target.as_deref().zip(b.keys.as_deref());
+        let load = (b.clients, b.seconds, b.time_scale);
+        emit(&distill_sim::serve::bench_cmd(
+            target,
+            b.ledger.as_deref(),
             &b.cache,
-            b.clients,
-            b.seconds,
-            b.time_scale,
+            load,
         )?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -253,6 +226,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
         } => teacher_train(config, TeacherArgs { retrain, ship }, common),
         Cmd::Bench(b) => bench_cmd(b),
         Cmd::Serve(a) => serve_cmd(a),
+        Cmd::Distill(d) => distill_cmd(&d.harvest, d.config, d.common),
     }
 }
 

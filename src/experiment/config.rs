@@ -764,6 +764,17 @@ fn at_key(text: &str, key: &str, msg: impl std::fmt::Display) -> String {
 /// Load an experiment file, apply its base and `--set key=value` overrides, expand the grid:
 /// the sources merged, the sweep's own shape checked (grid keys, name, variants, size,
 /// seeds), then one typed and validated config per grid point and seed.
+/// `--set KEY=VALUE` arguments as (key, value) pairs; one without `=` is an error naming it.
+pub fn parse_overrides(set: &[String]) -> Result<Vec<(String, String)>> {
+    set.iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| Error::Invalid(format!("--set `{s}`: expected KEY=VALUE")))
+        })
+        .collect()
+}
+
 pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Experiment> {
     let (_, own, own_text) = parse_file(path)?;
     let (merged, base_file) = merge_sources(path, own, &own_text, overrides)?;

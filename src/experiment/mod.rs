@@ -2,6 +2,7 @@
 
 pub mod annotate;
 pub mod config;
+pub mod distill;
 mod locate;
 pub mod ranges;
 pub mod results;

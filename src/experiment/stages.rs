@@ -76,7 +76,9 @@ pub(super) struct Harvested {
 /// The harvest: replayed with traffic, direct otherwise; logs its size and time.
 pub(super) fn harvest(ctx: &Context) -> Result<Harvested> {
     let t0 = Instant::now();
-    let h = if ctx.cfg.traffic.enabled {
+    let h = if ctx.cfg.attacker.harvest_file.is_some() {
+        file_harvest(ctx)?
+    } else if ctx.cfg.traffic.enabled {
         replayed_harvest(ctx)?
     } else {
         direct_harvest(ctx)?
@@ -90,6 +92,70 @@ pub(super) fn harvest(ctx: &Context) -> Result<Harvested> {
         harvest.times.last().copied().unwrap_or(0.0) / 60.0
     ));
     Ok(h)
+}
+
+/// A harvest collected outside the simulator (`attacker.harvest_file`, e.g. by an `openai`
+/// client against `distill-sim serve`): its items in file order, billed at the attacker's
+/// tier's prices as the API would bill them (input framed by BOS and SEP).
+fn file_harvest(ctx: &Context) -> Result<Harvested> {
+    let cfg = &ctx.cfg;
+    let a = &cfg.attacker;
+    let (Some(file), Some(sha)) = (&a.harvest_file, &a.harvest_sha256) else {
+        return Err(Error::Invalid(
+            "attacker.harvest_file needs attacker.harvest_sha256 (distill-sim distill sets both)"
+                .into(),
+        ));
+    };
+    if cfg.traffic.enabled || cfg.student.method == student::Method::OnPolicy {
+        return Err(Error::Invalid(
+            "attacker.harvest_file: a harvest from a file has no API behind it: traffic.enabled and student.method on_policy are not available with it"
+                .into(),
+        ));
+    }
+    let read = crate::wire::harvest::read(Path::new(file), sha)?;
+    // The metrics compare the copy with the run's teacher: it must be the one that answered.
+    let want = format!("teacher-{}", cfg.run_teacher().hash(&cfg.world));
+    if let Some(other) = read
+        .fingerprints
+        .iter()
+        .find(|f| f.starts_with("teacher-") && **f != want)
+    {
+        return Err(Error::Invalid(format!(
+            "{file}: answered by {other} (its system_fingerprint), but this run's teacher is {want}: set teacher.seed and teacher.pool to the served teacher's"
+        )));
+    }
+    let tier = cfg.api.tier_index(&a.tier).ok_or_else(|| {
+        Error::Invalid(format!(
+            "attacker.tier `{}` is not an API tier (allowed: {})",
+            a.tier,
+            cfg.api.tier_names()
+        ))
+    })?;
+    let t = &cfg.api.tiers[tier];
+    let mut spend = Vec::with_capacity(read.items.len());
+    let mut total = 0.0;
+    for it in &read.items {
+        total += ((it.prompt.tokens.len() + 2) as f64 * t.price_in
+            + it.tokens.len() as f64 * t.price_out)
+            / 1e6;
+        spend.push(total);
+    }
+    let n = read.items.len();
+    let harvest = Harvest {
+        items: read.items,
+        times: vec![0.0; n],
+        spend,
+        refused: read.errors,
+        from_fallback: vec![false; n],
+        ..Harvest::default()
+    };
+    Ok(Harvested {
+        harvest,
+        api: Api::new(cfg.api.clone())?,
+        attacker_ids: vec![],
+        detection: Map::new(),
+        timeline: None,
+    })
 }
 
 /// The attacker queries the API directly (its own clock, no benign traffic).

@@ -9,13 +9,13 @@
 
 pub mod ledger;
 pub mod load;
-pub mod wire;
 
 use crate::api::{Api, Code, Identity, Request, Response};
 use crate::error::{Error, Result};
 use crate::experiment::config::ExperimentConfig;
 use crate::rng::{derive_rng, SimRng};
 use crate::teacher::Teacher;
+use crate::wire::{self, ApiError, Endpoint};
 use crate::world::{classify, Prompt};
 use axum::body::{to_bytes, Body};
 use axum::extract::State;
@@ -30,7 +30,6 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wire::{ApiError, Endpoint};
 
 /// The model name clients send (also accepted: `teacher-<cache key>`).
 pub const MODEL: &str = "distill-sim-teacher";
@@ -63,6 +62,34 @@ pub struct Options {
     pub seed: u64,
     /// The durable ledger (JSON lines), replayed at start where it exists.
     pub ledger: Option<std::path::PathBuf>,
+}
+
+impl Options {
+    /// The options of `distill-sim serve` for `exp` (sampling seeded by its first seed).
+    pub fn new(
+        exp: &crate::experiment::config::Experiment,
+        time_scale: f64,
+        window_ms: u64,
+        ledger: Option<std::path::PathBuf>,
+    ) -> Result<Options> {
+        if !(time_scale.is_finite() && time_scale > 0.0 && time_scale <= 1e6) {
+            return Err(Error::Invalid(format!(
+                "--time-scale {time_scale}: a number in (0, 1e6]"
+            )));
+        }
+        if window_ms > 1000 {
+            return Err(Error::Invalid(format!(
+                "--window-ms {window_ms}: at most 1000"
+            )));
+        }
+        Ok(Options {
+            time_scale,
+            window: Duration::from_millis(window_ms),
+            seed: exp.config.seeds.first().copied().unwrap_or(0),
+            ledger,
+            ..Options::default()
+        })
+    }
 }
 
 impl Default for Options {
@@ -662,7 +689,7 @@ async fn handle(s: Arc<Shared>, headers: HeaderMap, body: Body, ep: Endpoint) ->
     if answered.iter().any(|(_, r)| r.code == Code::Fallback) {
         extra.push(("x-distill-sim-served-by".into(), "fallback".into()));
     }
-    let body = respond_body(&p, ep, &answered, &rid, s.started);
+    let body = respond_body(&p, ep, &answered, &rid, s.started, &s.models[1]);
     let mut r = axum::Json(body).into_response();
     add_headers(r.headers_mut(), &extra);
     r
@@ -724,6 +751,7 @@ fn respond_body(
     answered: &[(usize, &Response)],
     rid: &str,
     created: u64,
+    fingerprint: &str,
 ) -> Value {
     let (mut prompt_tokens, mut completion, mut reasoning) = (0u64, 0u64, 0u64);
     let mut choices = Vec::new();
@@ -800,7 +828,8 @@ fn respond_body(
         "object": object,
         "created": created,
         "model": p.model,
-        "system_fingerprint": "distill-sim",
+        // Names the teacher that answered (its cache key): `distill-sim distill` checks it.
+        "system_fingerprint": fingerprint,
         "choices": choices,
         "usage": usage,
     })
@@ -813,6 +842,16 @@ pub struct KeySource {
     /// Keys to create when `path` does not exist.
     pub accounts: usize,
     pub tier: String,
+}
+
+impl KeySource {
+    pub fn new(path: std::path::PathBuf, accounts: usize, tier: String) -> KeySource {
+        KeySource {
+            path,
+            accounts,
+            tier,
+        }
+    }
 }
 
 /// Load the experiment's teacher (shipped, cached, or trained once), open the accounts of the
@@ -1013,4 +1052,19 @@ pub fn bench_target(
     let report = runtime()?.block_on(load::run(addr, &key_strings, &o))?;
     let durable = ledger_path.map(answered_in).transpose()?;
     Ok(load_table(clients, &report, None, durable))
+}
+
+/// `distill-sim bench --serve`: against a running server (`target`: its address and keys
+/// file, `ledger` its ledger file) or an in-process one; `load` is (clients, seconds,
+/// time scale of the in-process server).
+pub fn bench_cmd(
+    target: Option<(&str, &Path)>,
+    ledger: Option<&Path>,
+    cache: &Path,
+    (clients, seconds, time_scale): (usize, f64, f64),
+) -> Result<String> {
+    match target {
+        Some((addr, keys)) => bench_target(addr, keys, ledger, clients, seconds),
+        None => bench(cache, clients, seconds, time_scale),
+    }
 }

@@ -1,5 +1,6 @@
 //! The OpenAI wire format: request bodies parsed by hand (every error names its `param`),
-//! error bodies as the official clients parse them, and the response objects.
+//! error bodies as the official clients parse them, the pieces of response text, and
+//! (`harvest`) a harvest saved by any client read back as harvest items.
 //!
 //! Prompts are the world's tokens, written as their names separated by whitespace
 //! (`COPY a 3 b`, see `distill-sim`'s README, "The world"), or as token ids.
@@ -7,6 +8,8 @@
 use crate::world::vocab::{self, Tok, VOCAB_SIZE};
 use crate::world::VOICE_FEATURES;
 use serde_json::{json, Map, Value};
+
+pub mod harvest;
 
 /// Most prompts x choices in one request.
 pub const MAX_CHOICES: usize = 16;
