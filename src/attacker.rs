@@ -23,6 +23,99 @@ pub enum Strategy {
     Active { rounds: usize, pool: usize },
 }
 
+/// An adaptive attacker's counter to output defenses: every prompt sent `repeats` times (from
+/// different accounts, each answer paid from the same budget), and the answers to one prompt
+/// combined before training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Adapt {
+    /// Times each prompt is sent, in [1, 32].
+    pub repeats: usize,
+    pub combine: Combine,
+}
+
+/// How the answers to one prompt are combined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Combine {
+    /// The most common answer text; at each of its positions the returned top-k averaged in
+    /// probability (a token an answer does not list counts 0 there), against logprob noise.
+    MeanLogprobs,
+    /// The most common answer text alone (no logprobs), against sampling defenses.
+    Majority,
+}
+
+/// Combine the answers to each prompt (grouped by identical prompt, in first-seen order) as
+/// `combine` says: one item per distinct prompt.
+pub fn combine_answers(items: &[Item], combine: Combine) -> Vec<Item> {
+    let mut order: Vec<Vec<&Item>> = Vec::new();
+    let mut index: std::collections::HashMap<(Vec<Tok>, Option<Vec<u32>>), usize> =
+        std::collections::HashMap::new();
+    for it in items {
+        let voice = it
+            .prompt
+            .voice
+            .map(|v| v.iter().map(|x| x.to_bits()).collect());
+        let key = (it.prompt.tokens.clone(), voice);
+        let i = *index.entry(key).or_insert_with(|| {
+            order.push(vec![]);
+            order.len() - 1
+        });
+        order[i].push(it);
+    }
+    order
+        .into_iter()
+        .map(|group| {
+            // The most common text (ties: the first seen).
+            let mut best: (&Vec<Tok>, usize) = (&group[0].tokens, 0);
+            for it in &group {
+                let n = group.iter().filter(|o| o.tokens == it.tokens).count();
+                if n > best.1 {
+                    best = (&it.tokens, n);
+                }
+            }
+            let members: Vec<&Item> = group
+                .iter()
+                .copied()
+                .filter(|o| &o.tokens == best.0)
+                .collect();
+            let top = match combine {
+                Combine::Majority => vec![],
+                Combine::MeanLogprobs => {
+                    let rows = members.iter().map(|m| m.top.len()).min().unwrap_or(0);
+                    let k = members
+                        .iter()
+                        .flat_map(|m| m.top.iter().map(Vec::len))
+                        .max()
+                        .unwrap_or(0);
+                    (0..rows)
+                        .map(|pos| {
+                            let mut p: Vec<(Tok, f32)> = Vec::new();
+                            for m in &members {
+                                for &(t, lp) in &m.top[pos] {
+                                    match p.iter_mut().find(|(x, _)| *x == t) {
+                                        Some(e) => e.1 += lp.exp(),
+                                        None => p.push((t, lp.exp())),
+                                    }
+                                }
+                            }
+                            let n = members.len() as f32;
+                            p.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                            p.truncate(k);
+                            p.into_iter().map(|(t, q)| (t, (q / n).ln())).collect()
+                        })
+                        .collect()
+                }
+            };
+            Item {
+                prompt: members[0].prompt.clone(),
+                tokens: best.0.clone(),
+                top,
+            }
+        })
+        .collect()
+}
+
 /// Trains a student on the harvest so far (for active selection).
 pub type Learner<'a> = &'a dyn Fn(&[Item], u64) -> crate::Result<Box<dyn crate::model::Engine>>;
 
@@ -87,6 +180,9 @@ pub struct AttackerConfig {
     pub tick_seconds: f64,
     /// Give up after this many simulated days.
     pub max_days: f64,
+    /// An adaptive counter to the API's output defenses (None: the naive attacker, one query
+    /// per prompt, answers trained on as returned).
+    pub adapt: Option<Adapt>,
     /// A harvest collected outside the simulator (JSON lines of `{"request", "response"}`
     /// bodies of an OpenAI-style client, e.g. against `distill-sim serve`): the run trains on
     /// it instead of querying the API. Set by `distill-sim distill`.
@@ -113,6 +209,7 @@ impl Default for AttackerConfig {
             account_cost_usd: 2.0,
             tick_seconds: 10.0,
             max_days: 45.0,
+            adapt: None,
             harvest_file: None,
             harvest_sha256: None,
         }
@@ -151,6 +248,14 @@ impl AttackerConfig {
     /// refusing).
     pub fn training_items(&self, items: &[Item]) -> Vec<Item> {
         use crate::world::vocab::REFUSE;
+        let combined;
+        let items = match &self.adapt {
+            Some(a) if a.repeats > 1 || a.combine == Combine::Majority => {
+                combined = combine_answers(items, a.combine);
+                &combined[..]
+            }
+            _ => items,
+        };
         items
             .iter()
             .filter(|i| !(self.strip_refusals && crate::world::parse_response(&i.tokens).refused))
@@ -249,6 +354,7 @@ pub fn harvest(
             api.open_account(tier, 0.0, id)
         })
         .collect();
+    let repeats = cfg.adapt.as_ref().map_or(1, |a| a.repeats.max(1));
     let rpm = api.config.tiers[tier].rpm;
     // Paced to the tier's request limit: each account sends its per-tick share.
     let per_tick = ((rpm * cfg.tick_seconds / 60.0).ceil() as usize).max(1);
@@ -290,10 +396,14 @@ pub fn harvest(
         let want = (cfg.budget - h.items.len()).min(per_tick * ids.len());
         let mut reqs = Vec::with_capacity(want);
         for j in 0..want {
-            let prompt = pending
-                .pop()
-                .or_else(|| selected.pop())
-                .unwrap_or_else(|| mix.sample(&mut rng));
+            let prompt = pending.pop().or_else(|| selected.pop()).unwrap_or_else(|| {
+                let p = mix.sample(&mut rng);
+                // The adaptive attacker sends it again from the next accounts.
+                for _ in 1..repeats {
+                    pending.push(p.clone());
+                }
+                p
+            });
             reqs.push(Request {
                 account: ids[j % ids.len()],
                 prompt,
@@ -551,5 +661,66 @@ mod tests {
         // (hard) on the ideal token.
         let sampled = run(1.0);
         assert!(sampled > 0.75 && sampled < 0.93, "{sampled}");
+    }
+
+    /// The adaptive attacker's combination: answers to one prompt merged into one item, the
+    /// most common text, top-k averaged in probability (unlisted = 0); majority keeps text only.
+    #[test]
+    fn repeated_answers_combine_by_mean_probability_or_majority() {
+        let p = crate::world::generate(
+            &mut crate::rng::derive_rng(1, "t"),
+            Kind::Skill(Skill::Sort, crate::world::Tier::Easy),
+            false,
+        );
+        let item = |toks: Vec<Tok>, top: Vec<Vec<(Tok, f32)>>| Item {
+            prompt: p.clone(),
+            tokens: toks,
+            top,
+        };
+        let (a, b, c) = (11, 12, 13);
+        let items = vec![
+            item(vec![a], vec![vec![(a, 0.6f32.ln()), (b, 0.4f32.ln())]]),
+            item(vec![a], vec![vec![(a, 0.8f32.ln())]]),
+            item(vec![c], vec![vec![(c, 0.9f32.ln())]]),
+            item(vec![a], vec![vec![(a, 0.7f32.ln()), (b, 0.3f32.ln())]]),
+        ];
+        let m = combine_answers(&items, Combine::MeanLogprobs);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].tokens, vec![a]);
+        let row = &m[0].top[0];
+        assert_eq!(row[0].0, a);
+        assert!((row[0].1.exp() - 0.7).abs() < 1e-5, "{row:?}");
+        assert_eq!(row[1].0, b);
+        assert!((row[1].1.exp() - 0.7 / 3.0).abs() < 1e-5, "{row:?}");
+        let v = combine_answers(&items, Combine::Majority);
+        assert_eq!((v[0].tokens.clone(), v[0].top.len()), (vec![a], 0));
+    }
+
+    /// With `repeats: 3` every sampled prompt is asked three times, each answer paid from the
+    /// budget; the training items are one per distinct prompt.
+    #[test]
+    fn the_adaptive_attacker_pays_each_repeat_from_its_budget() {
+        let mut api = Api::new(ApiConfig::default()).unwrap();
+        let cfg = AttackerConfig {
+            budget: 30,
+            accounts: 3,
+            adapt: Some(Adapt {
+                repeats: 3,
+                combine: Combine::MeanLogprobs,
+            }),
+            ..AttackerConfig::default()
+        };
+        let h = harvest(&cfg, &mut api, &oracle(), 5, None).unwrap();
+        assert_eq!(h.items.len(), 30);
+        for g in h.items.chunks(3) {
+            assert!(
+                g.iter().all(|i| i.prompt == g[0].prompt),
+                "a prompt sent 3 times in a row"
+            );
+        }
+        let distinct = cfg.training_items(&h.items);
+        assert!((1..=10).contains(&distinct.len()), "{}", distinct.len());
+        let naive = AttackerConfig { adapt: None, ..cfg };
+        assert_eq!(naive.training_items(&h.items).len(), 30);
     }
 }

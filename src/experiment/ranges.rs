@@ -174,6 +174,7 @@ pub const RANGES: &[Range] = &[
     r("attacker.account_cost_usd", 0.0, 1e6, "USD per account"),
     r("attacker.tick_seconds", 1e-3, 86400.0, "simulated seconds"),
     r("attacker.max_days", 1e-3, 3650.0, "simulated days"),
+    r("attacker.adapt.repeats", 1.0, 32.0, "queries per prompt"),
     r(
         "attacker.strategy.pool",
         1.0,
