@@ -197,3 +197,68 @@ pub fn read(path: &Path, sha256: &str) -> Result<HarvestFile> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> (std::path::PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!("ds-harvest-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("h.jsonl");
+        std::fs::write(&p, text).unwrap();
+        (p, crate::shipped::sha256_hex(text.as_bytes()))
+    }
+
+    #[test]
+    fn saved_exchanges_read_back_as_items_with_eos_and_top_rows() {
+        let text = concat!(
+            r#"{"request": {"model": "m", "prompt": "SORT 3 1 2", "logprobs": 2}, "response": {"object": "text_completion", "system_fingerprint": "teacher-x", "choices": [{"index": 0, "text": "1 2 3", "finish_reason": "stop", "logprobs": {"tokens": ["1", " 2", " 3"], "top_logprobs": [{"1": -0.1, "2": -2.5}, {" 2": -0.2}, {" 3": -0.3, " 4": -1.0}]}}], "usage": {"prompt_tokens": 6, "completion_tokens": 4}}}"#,
+            "\n",
+            r#"{"request": {"model": "m", "messages": [{"role": "user", "content": "COPY a b"}]}, "response": {"object": "chat.completion", "choices": [{"index": 0, "message": {"content": "a b"}, "finish_reason": "length", "logprobs": null}]}}"#,
+            "\n",
+            r#"{"request": {"model": "m", "prompt": "COPY a"}, "response": {"error": {"message": "Rate limit", "code": "rate_limit_exceeded"}}}"#,
+            "\n",
+        );
+        let (p, sha) = write("ok", text);
+        let h = read(&p, &sha).unwrap();
+        assert_eq!((h.items.len(), h.errors), (2, 1));
+        assert_eq!(h.fingerprints, vec!["teacher-x".to_string()]);
+        let d = vocab::digit;
+        assert_eq!(h.items[0].tokens, vec![d(1), d(2), d(3), vocab::EOS]);
+        assert_eq!(h.items[0].top.len(), 4);
+        assert_eq!(h.items[0].top[0], vec![(d(1), -0.1), (d(2), -2.5)]);
+        assert!(h.items[0].top[3].is_empty(), "no logprobs at EOS");
+        // Cut at length: no EOS, no logprobs.
+        assert_eq!(h.items[1].tokens, vec![vocab::letter(0), vocab::letter(1)]);
+        assert!(h.items[1].top.is_empty());
+        assert_eq!(h.prompt_tokens, 6);
+        // Another SHA-256: refused, naming the key.
+        let e = read(&p, "00").unwrap_err().to_string();
+        assert!(e.contains("attacker.harvest_sha256"), "{e}");
+    }
+
+    #[test]
+    fn bad_lines_are_errors_naming_file_and_line() {
+        for (bad, want) in [
+            ("not json", ":1:"),
+            (r#"{"request": {}}"#, "expected {\"request\""),
+            (
+                r#"{"request": {"model": "m", "prompt": "COPY a"}, "response": {"object": "x"}}"#,
+                "response.object",
+            ),
+            (
+                r#"{"request": {"model": "m", "prompt": "COPY zz"}, "response": {"object": "text_completion", "choices": []}}"#,
+                "request:",
+            ),
+            (
+                r#"{"request": {"model": "m", "prompt": "COPY a"}, "response": {"object": "text_completion", "choices": [{"text": "a qq", "finish_reason": "stop"}]}}"#,
+                "response:",
+            ),
+        ] {
+            let (p, sha) = write("bad", &format!("{bad}\n"));
+            let e = read(&p, &sha).unwrap_err().to_string();
+            assert!(e.contains("h.jsonl:1") && e.contains(want), "{bad}: {e}");
+        }
+    }
+}
