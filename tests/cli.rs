@@ -1046,6 +1046,7 @@ fn committed_protocol_samples_match_their_experiment_files() {
         "soft_vs_hard",
         "soft_vs_hard_near_miss",
         "compare_defenses_dk",
+        "adaptive_counters",
     ] {
         let out = bin()
             .arg("sweep")

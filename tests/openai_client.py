@@ -42,21 +42,22 @@ report["harvested"] = n + 1
 report["first_text"] = r.choices[0].text
 report["models"] = [m.id for m in client.models.list().data]
 
-# Rate limits: two requests per minute; the third is answered 429 with retry-after-ms, and
-# the client's retry (honouring it) succeeds once the bucket has refilled.
+# Rate limits: two requests per minute; the third is answered 429 with retry-after-ms (a
+# client without retries sees it), and a client that retries (honouring it) succeeds once the
+# bucket has refilled.
 slow = OpenAI(base_url=base, api_key=tiny, max_retries=3)
+no_retry = OpenAI(base_url=base, api_key=tiny, max_retries=0)
 for _ in range(2):
     slow.completions.create(model="distill-sim-teacher", prompt="SORT 3 1 2", max_tokens=8)
-raw = slow.with_raw_response.completions.create(model="distill-sim-teacher", prompt="SORT 3 1 2", max_tokens=8)
-report["retried_ok"] = raw.parse().choices[0].text
-report["retries_taken"] = raw.retries_taken
-no_retry = OpenAI(base_url=base, api_key=tiny, max_retries=0)
 try:
     no_retry.completions.create(model="distill-sim-teacher", prompt="SORT 3 1 2", max_tokens=8)
     report["throttled"] = None
 except openai.RateLimitError as e:
     report["throttled"] = {"status": e.status_code, "code": e.code,
                            "retry_after_ms": e.response.headers.get("retry-after-ms")}
+raw = slow.with_raw_response.completions.create(model="distill-sim-teacher", prompt="SORT 3 1 2", max_tokens=8)
+report["retried_ok"] = raw.parse().choices[0].text
+report["retries_taken"] = raw.retries_taken
 
 # A blocked region: 403, not retried.
 try:

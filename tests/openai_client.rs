@@ -49,7 +49,7 @@ fn the_openai_client_harvests_is_limited_and_refused_and_its_harvest_distils() {
          {\"key\": \"sk-blocked-000\", \"tier\": \"tier2\", \"identity\": {\"payment\": 2, \"ip_asn\": 2, \"fingerprint\": 2, \"region\": 7, \"verified\": false}}\n",
     )
     .unwrap();
-    // 600x simulated time: the tiny tier refills one request every 50 ms.
+    // 20x simulated time: the tiny tier refills one request every 1.5 s.
     let mut server = Command::new(bin)
         .args([
             "serve",

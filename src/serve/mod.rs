@@ -618,27 +618,19 @@ async fn handle(s: Arc<Shared>, headers: HeaderMap, body: Body, ep: Endpoint) ->
         retry_count,
         reply: tx,
     };
+    let stopped = || {
+        ApiError::new(
+            503,
+            "server_error",
+            "unavailable",
+            "the batcher has stopped",
+        )
+    };
     if s.jobs.send(Msg::Serve(job)).is_err() {
-        return error_response(
-            &ApiError::new(
-                503,
-                "server_error",
-                "unavailable",
-                "the batcher has stopped",
-            ),
-            &extra,
-        );
+        return error_response(&stopped(), &extra);
     }
     let Ok(served) = rx.await else {
-        return error_response(
-            &ApiError::new(
-                503,
-                "server_error",
-                "unavailable",
-                "the batcher has stopped",
-            ),
-            &extra,
-        );
+        return error_response(&stopped(), &extra);
     };
     extra.extend(limit_headers(&served.limits));
     if let Some(err) = &served.ledger_error {
