@@ -100,6 +100,12 @@ pub async fn run(addr: SocketAddr, keys: &[String], o: &LoadOptions) -> Result<L
             "load test: needs keys, clients and prompts".into(),
         ));
     }
+    if !(o.seconds.is_finite() && o.seconds > 0.0 && o.seconds <= 86_400.0) {
+        return Err(Error::Invalid(format!(
+            "--seconds {}: a number in (0, 86400]",
+            o.seconds
+        )));
+    }
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs_f64(o.seconds);
     let budget = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -909,6 +909,17 @@ pub fn serve_blocking(shared: Arc<Shared>, addr: &str) -> Result<()> {
     })
 }
 
+/// The load test of `bench --serve`: 16-token completions of [`bench_prompts`].
+fn bench_load(clients: usize, seconds: f64) -> load::LoadOptions {
+    load::LoadOptions {
+        clients,
+        seconds,
+        max_requests: 0,
+        max_tokens: 16,
+        prompts: bench_prompts(),
+    }
+}
+
 /// Prompts of the load test: skill prompts of every skill and tier, as token text.
 fn bench_prompts() -> Vec<String> {
     use crate::world::{generate, vocab, Kind, Skill, Tier};
@@ -1003,14 +1014,7 @@ pub fn bench(cache: &Path, clients: usize, seconds: f64, time_scale: f64) -> Res
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        let o = load::LoadOptions {
-            clients,
-            seconds,
-            max_requests: 0,
-            max_tokens: 16,
-            prompts: bench_prompts(),
-        };
-        let report = load::run(addr, &key_strings, &o).await?;
+        let report = load::run(addr, &key_strings, &bench_load(clients, seconds)).await?;
         let ledgers = shared.ledgers().await?;
         Ok::<_, Error>((report, ledgers))
     })?;
@@ -1034,13 +1038,7 @@ pub fn bench_target(
         .parse()
         .map_err(|e| Error::Invalid(format!("--target {addr}: {e} (expected IP:PORT)")))?;
     let key_strings: Vec<String> = read_keys(keys)?.into_iter().map(|k| k.key).collect();
-    let o = load::LoadOptions {
-        clients,
-        seconds,
-        max_requests: 0,
-        max_tokens: 16,
-        prompts: bench_prompts(),
-    };
+    let o = bench_load(clients, seconds);
     let report = runtime()?.block_on(load::run(addr, &key_strings, &o))?;
     let durable = ledger_path.map(answered_in).transpose()?;
     Ok(load_table(clients, &report, None, durable))
