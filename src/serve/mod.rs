@@ -866,8 +866,11 @@ pub fn launch(
     let entries = if keys.path.exists() {
         read_keys(&keys.path)?
     } else {
-        if keys.accounts == 0 {
-            return Err(Error::Invalid("--accounts: at least 1".into()));
+        if !(1..=1_000_000).contains(&keys.accounts) {
+            return Err(Error::Invalid(format!(
+                "--accounts {}: between 1 and 1000000",
+                keys.accounts
+            )));
         }
         if cfg.api.tier_index(&keys.tier).is_none() {
             return Err(Error::Invalid(format!(
