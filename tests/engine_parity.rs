@@ -38,27 +38,38 @@ fn engines_match_on_the_same_weights() {
         lt.join("lib").display(),
         std::env::var("LD_LIBRARY_PATH").unwrap_or_default()
     );
-    let out = Command::new(cargo)
-        .current_dir(root)
-        .args([
-            "test",
-            "--release",
-            "--features",
-            "tch,burn",
-            "--lib",
-            "--test",
-            "engine_parity",
-            "--",
-            "model::",
-            "parity::",
-            "--nocapture",
-        ])
-        // Its own target directory: this process's build holds the lock on `target/`.
-        .env("CARGO_TARGET_DIR", root.join("target/tch"))
-        .env("LIBTORCH", lt.join("torch"))
-        .env("LD_LIBRARY_PATH", lib_path)
-        .output()
-        .expect("cargo runs");
+    let run = || {
+        fresh_rustc_probe();
+        Command::new(&cargo)
+            .current_dir(root)
+            .args([
+                "test",
+                "--release",
+                "--features",
+                "tch,burn",
+                "--lib",
+                "--test",
+                "engine_parity",
+                "--",
+                "model::",
+                "parity::",
+                "--nocapture",
+            ])
+            // Its own target directory: this process's build holds the lock on `target/`.
+            .env("CARGO_TARGET_DIR", root.join("target/tch"))
+            .env("LIBTORCH", lt.join("torch"))
+            .env("LD_LIBRARY_PATH", &lib_path)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("cargo runs")
+    };
+    let mut out = run();
+    // The probe can still read what another program wrote to a regular-file /dev/null between
+    // the emptying and the probe: that is the machine, not the engines, so run it once more.
+    if String::from_utf8_lossy(&out.stderr).contains(PROBE_FAILED) {
+        eprintln!("nested cargo's rustc probe failed (see fresh_rustc_probe); running it again");
+        out = run();
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
@@ -69,6 +80,22 @@ fn engines_match_on_the_same_weights() {
         assert!(stdout.contains(name), "{name} missing:\n{stdout}");
     }
     eprintln!("{stdout}");
+}
+
+/// What cargo prints when its `rustc -` probe of the target fails.
+#[cfg(not(all(feature = "tch", feature = "burn")))]
+const PROBE_FAILED: &str = "failed to run `rustc` to learn about target-specific information";
+
+/// Machines of this kind have had a regular file at /dev/null instead of the device: what one
+/// program writes there, another reads back. Cargo's rustc probe reads its program from
+/// /dev/null, so a build script's failed feature probe (its stderr sent to /dev/null) fails the
+/// nested cargo. Empty it.
+#[cfg(not(all(feature = "tch", feature = "burn")))]
+fn fresh_rustc_probe() {
+    let null = std::path::Path::new("/dev/null");
+    if std::fs::symlink_metadata(null).is_ok_and(|m| m.is_file()) {
+        let _ = std::fs::File::create(null);
+    }
 }
 
 #[cfg(all(feature = "tch", feature = "burn"))]
