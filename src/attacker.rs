@@ -23,15 +23,48 @@ pub enum Strategy {
     Active { rounds: usize, pool: usize },
 }
 
-/// An adaptive attacker's counter to output defenses: every prompt sent `repeats` times (from
-/// different accounts, each answer paid from the same budget), and the answers to one prompt
-/// combined before training.
+/// An adaptive attacker's counters to output defenses. Repetition: every prompt sent
+/// `repeats` times (from different accounts, each answer paid from the same budget), and the
+/// answers to one prompt combined before training (it knows the defense samples or perturbs:
+/// Kerckhoffs). Public data: `public_share` of the training set drawn from the attacker's own
+/// corpus (the base model's corpus, answered as the base answers: correctly, with reasoning on
+/// hard tiers, but without the teacher's refusals or support), which costs no queries and
+/// needs no knowledge of the defense.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Adapt {
     /// Times each prompt is sent, in [1, 32].
     pub repeats: usize,
     pub combine: Combine,
+    /// Share of the training set from the attacker's own corpus, in [0, 0.95].
+    pub public_share: f64,
+}
+
+impl Default for Adapt {
+    fn default() -> Self {
+        Adapt {
+            repeats: 1,
+            combine: Combine::MeanLogprobs,
+            public_share: 0.0,
+        }
+    }
+}
+
+/// `n` items of the attacker's own corpus ("public data"): prompts of the base corpus' mix
+/// (train side of the held-out split), each with the base's response and no logprobs.
+pub fn public_items(n: usize, harm: crate::world::Harm, seed: u64) -> Vec<Item> {
+    let mix = crate::base::BaseConfig::default().corpus.in_world(harm);
+    let mut rng = derive_rng(seed, "attacker/public");
+    (0..n)
+        .map(|_| {
+            let prompt = mix.sample(&mut rng);
+            Item {
+                tokens: crate::base::base_response(&prompt),
+                prompt,
+                top: vec![],
+            }
+        })
+        .collect()
 }
 
 /// How the answers to one prompt are combined.
@@ -242,11 +275,12 @@ impl AttackerConfig {
         m
     }
 
-    /// The items a student trains on: the harvest, without refusals when they are stripped:
-    /// responses that refuse are dropped, and the refusal token is removed from the returned
-    /// logprobs of the others (a sampled answer's logprobs can still put most of the mass on
-    /// refusing).
-    pub fn training_items(&self, items: &[Item]) -> Vec<Item> {
+    /// The items a student trains on: the harvest (its repeated answers combined by an
+    /// adaptive attacker), without refusals when they are stripped: responses that refuse are
+    /// dropped, and the refusal token is removed from the returned logprobs of the others (a
+    /// sampled answer's logprobs can still put most of the mass on refusing); then an adaptive
+    /// attacker's public data (`seed` draws it), so that it is `public_share` of the whole.
+    pub fn training_items(&self, items: &[Item], seed: u64) -> Vec<Item> {
         use crate::world::vocab::REFUSE;
         let combined;
         let items = match &self.adapt {
@@ -256,7 +290,7 @@ impl AttackerConfig {
             }
             _ => items,
         };
-        items
+        let mut out: Vec<Item> = items
             .iter()
             .filter(|i| !(self.strip_refusals && crate::world::parse_response(&i.tokens).refused))
             .map(|i| {
@@ -268,7 +302,13 @@ impl AttackerConfig {
                 }
                 i
             })
-            .collect()
+            .collect();
+        let share = self.adapt.as_ref().map_or(0.0, |a| a.public_share);
+        if share > 0.0 && !out.is_empty() {
+            let n = (out.len() as f64 * share / (1.0 - share)).round() as usize;
+            out.extend(public_items(n, self.world_harm, seed));
+        }
+        out
     }
 }
 
@@ -517,7 +557,7 @@ mod tests {
         };
         let all = h.items.clone();
         assert!(refusals(&all) > 50, "{}", refusals(&all));
-        let kept = cfg.training_items(&h.items);
+        let kept = cfg.training_items(&h.items, 0);
         assert_eq!(refusals(&kept), 0);
         assert_eq!(kept.len(), all.len() - refusals(&all));
         // Nor in the logprob targets of what is kept (sampled answers of a harmful prompt can
@@ -525,7 +565,7 @@ mod tests {
         let mut sampled = h.items[0].clone();
         sampled.tokens = vec![7, crate::world::vocab::EOS];
         sampled.top = vec![vec![(crate::world::vocab::REFUSE, -0.1), (7, -2.4)]];
-        let stripped = cfg.training_items(std::slice::from_ref(&sampled));
+        let stripped = cfg.training_items(std::slice::from_ref(&sampled), 0);
         assert_eq!(stripped[0].top, vec![vec![(7, -2.4)]]);
         // Every skill prompt is a hard tier, so every skill answer carries a trace.
         let skills: Vec<&Item> = h
@@ -541,7 +581,7 @@ mod tests {
             strip_refusals: false,
             ..cfg
         };
-        assert_eq!(no_strip.training_items(&h.items).len(), h.items.len());
+        assert_eq!(no_strip.training_items(&h.items, 0).len(), h.items.len());
     }
 
     #[test]
@@ -706,7 +746,7 @@ mod tests {
             accounts: 3,
             adapt: Some(Adapt {
                 repeats: 3,
-                combine: Combine::MeanLogprobs,
+                ..Adapt::default()
             }),
             ..AttackerConfig::default()
         };
@@ -718,9 +758,121 @@ mod tests {
                 "a prompt sent 3 times in a row"
             );
         }
-        let distinct = cfg.training_items(&h.items);
+        let distinct = cfg.training_items(&h.items, 0);
         assert!((1..=10).contains(&distinct.len()), "{}", distinct.len());
         let naive = AttackerConfig { adapt: None, ..cfg };
-        assert_eq!(naive.training_items(&h.items).len(), 30);
+        assert_eq!(naive.training_items(&h.items, 0).len(), 30);
+    }
+
+    /// Averaging m noisy answers: the noise defense adds N(0, 0.5) to each logprob; the mean in
+    /// probability of m = 4 answers has a quarter of one answer's variance (the variance of a
+    /// mean of m independent draws is 1/m of one draw's).
+    #[test]
+    fn averaging_m_noisy_answers_shrinks_the_variance_by_one_over_m() {
+        use crate::api::defense::{DefenseConfig, Defenses};
+        let d = Defenses::new(&[DefenseConfig::Noise { std: 0.5 }]).unwrap();
+        let p = crate::world::generate(
+            &mut derive_rng(1, "t"),
+            Kind::Skill(Skill::Sort, crate::world::Tier::Easy),
+            false,
+        );
+        let (a, b, c) = (11, 12, 13);
+        let clean = vec![vec![(a, 0.6f32.ln()), (b, 0.3f32.ln()), (c, 0.1f32.ln())]];
+        let mut rng = derive_rng(2, "noise");
+        let mut answer = || {
+            let (mut toks, mut top) = (vec![a], clean.clone());
+            d.after(&p, &mut toks, &mut top, &mut rng);
+            Item {
+                prompt: p.clone(),
+                tokens: toks,
+                top,
+            }
+        };
+        let prob_a = |it: &Item| it.top[0].iter().find(|x| x.0 == a).unwrap().1.exp() as f64;
+        let var = |x: &[f64]| {
+            let m = x.iter().sum::<f64>() / x.len() as f64;
+            x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (x.len() - 1) as f64
+        };
+        let n = 4000;
+        let single: Vec<f64> = (0..n).map(|_| prob_a(&answer())).collect();
+        let mean4: Vec<f64> = (0..n)
+            .map(|_| {
+                let group: Vec<Item> = (0..4).map(|_| answer()).collect();
+                let m = combine_answers(&group, Combine::MeanLogprobs);
+                assert_eq!(m.len(), 1);
+                prob_a(&m[0])
+            })
+            .collect();
+        let ratio = var(&mean4) / var(&single);
+        assert!(
+            (ratio - 0.25).abs() < 0.03,
+            "variance ratio {ratio}, expected 1/4"
+        );
+    }
+
+    /// A vote over samples recovers the mode: answers right with probability 0.8 (else one
+    /// wrong answer); the majority of 3 is right with probability 0.8^3 + 3 * 0.8^2 * 0.2 =
+    /// 0.896.
+    #[test]
+    fn a_majority_of_three_samples_recovers_the_mode_at_the_binomial_rate() {
+        let p = crate::world::generate(
+            &mut derive_rng(1, "t"),
+            Kind::Skill(Skill::Sort, crate::world::Tier::Easy),
+            false,
+        );
+        let (right, wrong) = (vec![11, 12], vec![12, 11]);
+        let mut rng = derive_rng(3, "vote");
+        let n = 20_000;
+        let mut hits = 0;
+        for _ in 0..n {
+            let group: Vec<Item> = (0..3)
+                .map(|_| Item {
+                    prompt: p.clone(),
+                    tokens: if rand::Rng::random_bool(&mut rng, 0.8) {
+                        right.clone()
+                    } else {
+                        wrong.clone()
+                    },
+                    top: vec![],
+                })
+                .collect();
+            let v = combine_answers(&group, Combine::Majority);
+            hits += usize::from(v[0].tokens == right);
+        }
+        let rate = hits as f64 / n as f64;
+        // Binomial standard error at n = 20,000: 0.0022.
+        assert!((rate - 0.896).abs() < 0.01, "majority right {rate}");
+    }
+
+    /// Public data: with `public_share: 0.5` half of the training set is the attacker's own
+    /// corpus (train-side prompts, the base's answers, no logprobs), none of it harvested.
+    #[test]
+    fn public_data_is_its_share_of_the_training_set_and_answered_by_the_base() {
+        let mut api = Api::new(ApiConfig::default()).unwrap();
+        let cfg = AttackerConfig {
+            budget: 40,
+            accounts: 2,
+            adapt: Some(Adapt {
+                public_share: 0.5,
+                ..Adapt::default()
+            }),
+            ..AttackerConfig::default()
+        };
+        let h = harvest(&cfg, &mut api, &oracle(), 5, None).unwrap();
+        assert_eq!(h.items.len(), 40);
+        let items = cfg.training_items(&h.items, 7);
+        assert_eq!(items.len(), 80);
+        assert_eq!(&items[..40], &h.items[..]);
+        for it in &items[40..] {
+            assert!(it.top.is_empty());
+            assert_eq!(it.tokens, crate::base::base_response(&it.prompt));
+            assert_eq!(
+                crate::world::split::side(&it.prompt.tokens),
+                crate::world::split::Side::Train
+            );
+        }
+        assert_ne!(items[40..], cfg.training_items(&h.items, 8)[40..], "seeded");
+        let none = AttackerConfig { adapt: None, ..cfg };
+        assert_eq!(none.training_items(&h.items, 7).len(), 40);
     }
 }

@@ -49,7 +49,10 @@ fn the_openai_client_harvests_is_limited_and_refused_and_its_harvest_distils() {
          {\"key\": \"sk-blocked-000\", \"tier\": \"tier2\", \"identity\": {\"payment\": 2, \"ip_asn\": 2, \"fingerprint\": 2, \"region\": 7, \"verified\": false}}\n",
     )
     .unwrap();
-    // 20x simulated time: the tiny tier refills one request every 1.5 s.
+    // 10x simulated time: the tiny tier (2 requests a minute) refills one request every 3 s
+    // of real time, so the throttled request's wait outlasts any round trip on a busy machine
+    // and the retrying client must wait it out (at 600x it refilled within 50 ms, and a slow
+    // round trip found the bucket full again: no retry was taken).
     let mut server = Command::new(bin)
         .args([
             "serve",
@@ -57,7 +60,7 @@ fn the_openai_client_harvests_is_limited_and_refused_and_its_harvest_distils() {
             "--addr",
             "127.0.0.1:0",
             "--time-scale",
-            "600",
+            "10",
         ])
         .arg("--keys")
         .arg(&keys)

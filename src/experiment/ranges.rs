@@ -176,6 +176,12 @@ pub const RANGES: &[Range] = &[
     r("attacker.max_days", 1e-3, 3650.0, "simulated days"),
     r("attacker.adapt.repeats", 1.0, 32.0, "queries per prompt"),
     r(
+        "attacker.adapt.public_share",
+        0.0,
+        0.95,
+        "share of the training set",
+    ),
+    r(
         "attacker.strategy.pool",
         1.0,
         1e4,

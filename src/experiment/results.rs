@@ -57,6 +57,10 @@ fn defaults() -> &'static Value {
 /// results, so they are not compared (keys removed from them, or their defaults changed, since
 /// a run was stored do not make it stale).
 fn without_inert(mut v: Value) -> Value {
+    // The base file's name: a run is its merged config, whichever file its keys came from.
+    if let Some(o) = v.as_object_mut() {
+        o.remove("base");
+    }
     if let Some(w) = v["world"].as_object_mut() {
         if w.get("answers").and_then(Value::as_str).unwrap_or("one") == "one" {
             w.remove("synonym_share");
@@ -64,6 +68,15 @@ fn without_inert(mut v: Value) -> Value {
         }
         if w.get("harm").and_then(Value::as_str).unwrap_or("intent") == "intent" {
             w.remove("boundary_noise");
+        }
+    }
+    // Before `attacker.adapt.public_share` existed, adaptive attackers used no public data.
+    if let Some(a) = v
+        .pointer_mut("/attacker/adapt")
+        .and_then(Value::as_object_mut)
+    {
+        if a.get("public_share").and_then(Value::as_f64) == Some(0.0) {
+            a.remove("public_share");
         }
     }
     // Before `teacher.pool` and `teacher.trainer` existed, every run faced `teacher.seed`,
@@ -796,6 +809,10 @@ mod tests {
             cfg("intent", 0.1, "several", 0.3),
             cfg("intent", 0.1, "several", 0.2)
         ));
+        // Which file the keys came from is not compared; what they say is.
+        let based = |base: &str, budget: u64| serde_json::json!({"base": base, "attacker": {"budget": budget}});
+        assert!(same(based("a.yaml", 5), based("bases/b.yaml", 5)));
+        assert!(!same(based("a.yaml", 5), based("a.yaml", 6)));
     }
 
     #[test]

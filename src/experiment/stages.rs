@@ -359,7 +359,8 @@ fn train_student(
     let t0 = Instant::now();
     let seed = derive_seed(ctx.spec.seed, &format!("student/{budget}"));
     let mut kept: Vec<Item> = student::drop_random(
-        &cfg.attacker.training_items(items),
+        &cfg.attacker
+            .training_items(items, derive_seed(seed, "public")),
         cfg.student.drop_share,
         derive_seed(seed, "drop"),
     );
