@@ -1047,6 +1047,7 @@ fn committed_protocol_samples_match_their_experiment_files() {
         "soft_vs_hard_near_miss",
         "compare_defenses_dk",
         "adaptive_counters",
+        "compare_defenses",
     ] {
         let out = bin()
             .arg("sweep")
