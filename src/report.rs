@@ -341,17 +341,59 @@ pub fn paired_table(
             })
             .collect()
     };
-    let mut out = format!(
+    let title = format!(
         "Paired differences to the baseline {key}={value} (same seed, same budget): mean ± 95% \
          half-width; * where the interval excludes 0.\n\n"
     );
+    Ok(pairs_table(runs, &title, columns, |r| {
+        (r.point_value(key) != Some(value.as_str())).then(|| base_of(r))
+    }))
+}
+
+/// The adaptive attacker against the naive one under the same defense: a variant named
+/// `X (counter)` paired with the variant `X` (same seed, same budget, every other grid key
+/// alike). None when no variant has such a partner.
+pub fn gap_table(runs: &[RunRecord], columns: &[&str]) -> Option<String> {
+    let naive_of = |r: &RunRecord| -> Option<Vec<(String, String)>> {
+        let v = r.point_value("variant")?;
+        let naive = v.strip_suffix(')').and_then(|x| x.rsplit_once(" ("))?.0;
+        let want: Vec<(String, String)> = r
+            .point
+            .iter()
+            .map(|(k, x)| {
+                let x = if k == "variant" { naive } else { x.as_str() };
+                (k.clone(), x.to_string())
+            })
+            .collect();
+        runs.iter().any(|b| b.point == want).then_some(want)
+    };
+    runs.iter().any(|r| naive_of(r).is_some()).then(|| {
+        pairs_table(
+            runs,
+            "The adaptive attacker against the naive one under the same defense: each `X \
+             (counter)` minus `X` (same seed, same budget): mean ± 95% half-width; * where the \
+             interval excludes 0.\n\n",
+            columns,
+            naive_of,
+        )
+    })
+}
+
+/// Per-seed, per-budget differences of each run to its partner run (`partner` names the
+/// partner's grid point; None: the run is not paired), as a table under `title`.
+fn pairs_table(
+    runs: &[RunRecord],
+    title: &str,
+    columns: &[&str],
+    partner: impl Fn(&RunRecord) -> Option<Vec<(String, String)>>,
+) -> String {
+    let mut out = title.to_string();
     out.push_str(&header(&["setting", "budget", "pairs"], columns));
     let mut groups: PairGroups<'_> = Vec::new();
     for r in runs {
-        if r.point_value(key) == Some(value.as_str()) {
+        let Some(want) = partner(r) else {
             continue;
-        }
-        let want = base_of(r);
+        };
         let Some(b) = runs.iter().find(|b| b.point == want && b.seed == r.seed) else {
             continue;
         };
@@ -379,7 +421,7 @@ pub fn paired_table(
         }
         out.push('\n');
     }
-    Ok(out)
+    out
 }
 
 /// The teacher's own metrics as a two-column table.
@@ -529,6 +571,10 @@ pub fn markdown(
     if let Some(b) = baseline {
         md.push('\n');
         md.push_str(&paired_table(runs, b, columns)?);
+    }
+    if let Some(g) = gap_table(runs, columns) {
+        md.push('\n');
+        md.push_str(&g);
     }
     if !failed.is_empty() {
         md.push_str("\nFailed runs:\n\n");
@@ -712,5 +758,28 @@ mod tests {
                 .contains("values of `m` in these results: a, b"),
             "{e}"
         );
+    }
+
+    /// `X (counter)` pairs with `X` by seed; a variant without a naive partner is left out.
+    #[test]
+    fn adaptive_variants_pair_with_their_naive_defense() {
+        let naive = [("variant", "noise 8.0")];
+        let adaptive = [("variant", "noise 8.0 (repeats 3 + mean)")];
+        let orphan = [("variant", "flip 0.25 (public 0.5)")];
+        let runs = vec![
+            run(&naive, 1, 10, 0.30),
+            run(&naive, 2, 10, 0.40),
+            run(&adaptive, 1, 10, 0.20),
+            run(&adaptive, 2, 10, 0.20),
+            run(&orphan, 1, 10, 0.5),
+        ];
+        let g = gap_table(&runs, &["parity"]).unwrap();
+        // differences -0.1 and -0.2: mean -0.15, half-width 12.706 * 0.05 = 0.635.
+        assert!(
+            g.contains("| variant=noise 8.0 (repeats 3 + mean) | 10 | 2 | -0.150 ± 0.635 |"),
+            "{g}"
+        );
+        assert!(!g.contains("flip"), "{g}");
+        assert!(gap_table(&runs[..2], &["parity"]).is_none());
     }
 }
