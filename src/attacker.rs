@@ -50,8 +50,9 @@ impl Default for Adapt {
     }
 }
 
-/// `n` items of the attacker's own corpus ("public data"): prompts of the base corpus' mix
-/// (train side of the held-out split), each with the base's response and no logprobs.
+/// `n` items of the attacker's own corpus ("public data"): prompts of the default base
+/// corpus' mix (`BaseConfig::default()`, whatever `student.base` sets; train side of the
+/// held-out split), each with the base's response and no logprobs.
 pub fn public_items(n: usize, harm: crate::world::Harm, seed: u64) -> Vec<Item> {
     let mix = crate::base::BaseConfig::default().corpus.in_world(harm);
     let mut rng = derive_rng(seed, "attacker/public");

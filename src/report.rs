@@ -350,13 +350,21 @@ pub fn paired_table(
     }))
 }
 
+/// The naive variant an adaptive one counters: `X` for `X (counter)` or `X adaptive`.
+fn naive_name(variant: &str) -> Option<&str> {
+    variant
+        .strip_suffix(')')
+        .and_then(|x| x.rsplit_once(" ("))
+        .map(|(x, _)| x)
+        .or_else(|| variant.strip_suffix(" adaptive"))
+}
+
 /// The adaptive attacker against the naive one under the same defense: a variant named
-/// `X (counter)` paired with the variant `X` (same seed, same budget, every other grid key
-/// alike). None when no variant has such a partner.
+/// `X (counter)` or `X adaptive` paired with the variant `X` (same seed, same budget, every
+/// other grid key alike). None when no variant has such a partner.
 pub fn gap_table(runs: &[RunRecord], columns: &[&str]) -> Option<String> {
     let naive_of = |r: &RunRecord| -> Option<Vec<(String, String)>> {
-        let v = r.point_value("variant")?;
-        let naive = v.strip_suffix(')').and_then(|x| x.rsplit_once(" ("))?.0;
+        let naive = naive_name(r.point_value("variant")?)?;
         let want: Vec<(String, String)> = r
             .point
             .iter()
@@ -371,7 +379,7 @@ pub fn gap_table(runs: &[RunRecord], columns: &[&str]) -> Option<String> {
         pairs_table(
             runs,
             "The adaptive attacker against the naive one under the same defense: each `X \
-             (counter)` minus `X` (same seed, same budget): mean ± 95% half-width; * where the \
+             (counter)` or `X adaptive` minus `X` (same seed, same budget): mean ± 95% half-width; * where the \
              interval excludes 0.\n\n",
             columns,
             naive_of,
@@ -780,6 +788,8 @@ mod tests {
             "{g}"
         );
         assert!(!g.contains("flip"), "{g}");
+        assert_eq!(naive_name("noise 2.0 adaptive"), Some("noise 2.0"));
+        assert_eq!(naive_name("none"), None);
         assert!(gap_table(&runs[..2], &["parity"]).is_none());
     }
 }
