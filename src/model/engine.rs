@@ -74,6 +74,11 @@ impl Default for OptimSettings {
 pub trait Decoder {
     /// `logits`: row-major `[b, vocab]`.
     fn step(&mut self, logits: &[f32]) -> Option<Vec<u32>>;
+    /// Whether `row` has finished: its later logits are not read, so an engine may stop
+    /// computing it (the fused engine drops such rows from the batch).
+    fn finished(&self, _row: usize) -> bool {
+        false
+    }
 }
 
 /// The prefill of a batched generation: prompts left-padded so that every prompt ends at

@@ -216,6 +216,10 @@ impl Decoder for SamplingDecoder<'_> {
             Some(next)
         }
     }
+
+    fn finished(&self, row: usize) -> bool {
+        self.done[row]
+    }
 }
 
 /// Generate responses for many prompts in batches of at most `batch_size`.

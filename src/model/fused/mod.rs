@@ -795,7 +795,9 @@ impl FusedEngine {
             hs,
             col0,
         };
-        let cache = b * h * g.smax * hs;
+        // Per layer, the cache of every row the buffers can hold (rows finished and dropped
+        // from the batch leave their slots unused).
+        let cache = g.cap.0 * h * g.smax * hs;
         for (l, o) in lay.blocks.iter().enumerate() {
             let a = &mut g.a[..n * d];
             ops::layernorm_fwd(
@@ -910,15 +912,20 @@ impl FusedEngine {
         });
         let b = pre.pads.len();
         let mut last = vec![0.0f32; b * vocab];
+        // The last position's logits of every row in the batch; a finished row's are left
+        // as they were (the decoder reads only the rows it has not finished).
         let gather = |works: &[GenWork], last: &mut [f32], t: usize| {
             for g in works {
-                for r in 0..g.b {
-                    let at = (r * t + t - 1) * vocab;
-                    last[(g.r0 + r) * vocab..(g.r0 + r + 1) * vocab]
-                        .copy_from_slice(&g.logits[at..at + vocab]);
+                for i in 0..g.b {
+                    let (at, r) = ((i * t + t - 1) * vocab, g.r0 + g.live[i]);
+                    last[r * vocab..(r + 1) * vocab].copy_from_slice(&g.logits[at..at + vocab]);
                 }
             }
         };
+        for g in works.iter_mut() {
+            g.live.clear();
+            g.live.extend(0..g.b);
+        }
         gather(works, &mut last, p);
         for step in 0..max_new {
             let Some(next) = decoder.step(&last) else {
@@ -927,14 +934,18 @@ impl FusedEngine {
             if step + 1 == max_new {
                 return;
             }
-            works.par_iter_mut().for_each(|g| {
-                let (r0, rows) = (g.r0, g.b);
-                for r in 0..rows {
-                    g.pos[r] = (p - pre.pads[r0 + r] + step) as i64;
+            for g in works.iter_mut() {
+                drop_finished(g, &*decoder, self.spec.layers, self.spec.d_model);
+            }
+            works.par_iter_mut().filter(|g| g.b > 0).for_each(|g| {
+                for i in 0..g.b {
+                    let r = g.r0 + g.live[i];
+                    g.pos[i] = (p - pre.pads[r] + step) as i64;
+                    g.next[i] = next[r];
                 }
-                let pos = std::mem::take(&mut g.pos);
-                self.infer(g, &next[r0..r0 + rows], &pos[..rows], p + step, 1);
-                g.pos = pos;
+                let (pos, toks) = (std::mem::take(&mut g.pos), std::mem::take(&mut g.next));
+                self.infer(g, &toks[..g.b], &pos[..g.b], p + step, 1);
+                (g.pos, g.next) = (pos, toks);
             });
             gather(works, &mut last, 1);
         }
@@ -957,8 +968,12 @@ struct GenWork {
     /// First row of the batch this group holds, and its rows.
     r0: usize,
     b: usize,
-    /// Positions of the rows' new tokens (rows).
+    /// Positions of the rows' new tokens, and the tokens (slots).
     pos: Vec<i64>,
+    next: Vec<u32>,
+    /// While decoding, the group's row (from `r0`) in each of its first `b` slots: slot `i`
+    /// of `pads`, `pos`, `next`, the activations and the cache holds row `live[i]`.
+    live: Vec<usize>,
     smax: usize,
     pads: Vec<usize>,
     vproj: Vec<f32>,
@@ -975,6 +990,41 @@ struct GenWork {
     /// Keys and values per layer: (L, B, H, S, hs).
     kc: Vec<f32>,
     vc: Vec<f32>,
+}
+
+/// Drops the rows the decoder has finished from a decoding group's batch, moving the rows
+/// still generating (their cache and pads) to the front slots in order: later steps compute
+/// only those. Each row's values stay bit for bit what they were: the matmuls give a row the
+/// same result whatever the row count (tested in `ops`), and a count that would leave a
+/// one-row matmul tile (`ops::single_row_tile`) keeps one finished row more.
+fn drop_finished(g: &mut GenWork, decoder: &dyn Decoder, layers: usize, d: usize) {
+    let mut keep: Vec<usize> = (0..g.b)
+        .filter(|&i| !decoder.finished(g.r0 + g.live[i]))
+        .collect();
+    if keep.len() == g.b {
+        return;
+    }
+    if ops::single_row_tile(keep.len()) {
+        let spare = (0..g.b).find(|i| !keep.contains(i)).unwrap_or(0);
+        let at = keep.partition_point(|&i| i < spare);
+        keep.insert(at, spare);
+    }
+    let slot = g.smax * d; // (H, S, hs) of one row
+    let stride = g.cap.0 * slot; // one layer
+    for (i, &src) in keep.iter().enumerate() {
+        if src == i {
+            continue;
+        }
+        for l in 0..layers {
+            let (from, to) = (l * stride + src * slot, l * stride + i * slot);
+            g.kc.copy_within(from..from + slot, to);
+            g.vc.copy_within(from..from + slot, to);
+        }
+        g.pads[i] = g.pads[src];
+        g.live[i] = g.live[src];
+    }
+    g.b = keep.len();
+    g.live.truncate(g.b);
 }
 
 /// The token embedding plus the voice projection where `gate(i)` (row `i` of `out`) is 1:
@@ -1171,6 +1221,8 @@ impl Engine for FusedEngine {
                     smax,
                     pads: vec![0; GEN_ROWS],
                     pos: vec![0; GEN_ROWS],
+                    next: vec![0; GEN_ROWS],
+                    live: Vec::with_capacity(GEN_ROWS),
                     vproj: z(GEN_ROWS * d),
                     x: z(n * d),
                     a: z(n * d),
