@@ -348,19 +348,40 @@ pub fn traffic(quick: bool) -> crate::Result<()> {
             }),
             ..Default::default()
         };
-        let (s, d) = replay(&api, &tr, &attacker, 1)?;
-        println!(
-            "| {name} | {users} | {days} | {} | {} | {} | {:.2} | {:.0} |",
-            s.queries,
-            s.attacker_served,
-            s.benign_served,
-            s.wall_seconds,
-            s.queries as f64 / s.wall_seconds
-        );
+        let row = |s: &crate::traffic::replay::ReplayStats, name: &str| {
+            println!(
+                "| {name} | {users} | {days} | {} | {} | {} | {:.2} | {:.0} |",
+                s.queries,
+                s.attacker_served,
+                s.benign_served,
+                s.wall_seconds,
+                s.queries as f64 / s.wall_seconds
+            )
+        };
         if delay < u32::MAX / 2 {
+            let (s, d) = replay(&api, &tr, &attacker, 1)?;
+            row(&s, name);
             eprintln!(
                 "[bench] detection: first action after {:?} days, recall {:.3}, false-positive rate {:.4}, harvested before stop {}",
                 d.days_to_first_action, d.recall, d.false_positive_rate, d.harvested_before_stop
+            );
+            continue;
+        }
+        // Without actions: the replay scores every detector at operating points set on a
+        // benign-only replay of the same population (timed as its own row), fused included.
+        use crate::traffic::replay::{calibrate, Replay};
+        let t0 = std::time::Instant::now();
+        let cal = calibrate(&api, &tr, &attacker, 1)?;
+        let cal_s = t0.elapsed().as_secs_f64();
+        let o = Replay::new(&api, &tr, &attacker, 1, None)?
+            .with_calibration(cal)
+            .run()?;
+        row(&o.stats, name);
+        println!("| (its benign-only calibration replay) | {users} | {days} | - | - | - | {cal_s:.2} | - |");
+        if let Some(f) = o.scores.iter().find(|x| x.name == "fused") {
+            eprintln!(
+                "[bench] fused score: AUC {:?}, recall at 0.1% / 0.3% benign FPR {:.3} / {:.3} (measured FPR {:.4} / {:.4})",
+                f.auc, f.recall[0], f.recall[1], f.benign_fpr[0], f.benign_fpr[1]
             );
         }
     }

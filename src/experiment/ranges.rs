@@ -199,6 +199,24 @@ pub const RANGES: &[Range] = &[
     r("traffic.population.sigma", 0.0, 10.0, "log-normal sigma"),
     r("traffic.population.diurnal", 0.0, 1.0, "relative swing"),
     r(
+        "traffic.population.segments[].accounts",
+        0.0,
+        1e6,
+        "accounts",
+    ),
+    r(
+        "traffic.population.segments[].daily_median",
+        1e-3,
+        1e6,
+        "queries per account per day",
+    ),
+    r(
+        "traffic.population.segments[].templates",
+        1.0,
+        1e5,
+        "prompt templates",
+    ),
+    r(
         "traffic.campaign.daily_per_account",
         0.0,
         1e7,
@@ -215,6 +233,18 @@ pub const RANGES: &[Range] = &[
         0.0,
         1.0,
         "share of accounts",
+    ),
+    r(
+        "traffic.campaign.reseller_share",
+        0.0,
+        1.0,
+        "share of accounts",
+    ),
+    r(
+        "traffic.campaign.reseller_customer_share",
+        0.0,
+        0.95,
+        "share of a reseller account's queries",
     ),
     r("traffic.campaign.burst_minutes", 1.0, 1440.0, "minutes"),
     r("traffic.campaign.seed_prompts", 0.0, 1e6, "prompts"),

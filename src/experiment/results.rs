@@ -86,6 +86,28 @@ fn without_inert(mut v: Value) -> Value {
         t.entry("pool").or_insert(1.into());
         t.entry("trainer").or_insert(engine);
     }
+    // Before benign segments existed, the population was the crowd alone.
+    if let Some(p) = v
+        .pointer_mut("/traffic/population")
+        .and_then(Value::as_object_mut)
+    {
+        if p.get("segments")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.is_empty())
+        {
+            p.remove("segments");
+        }
+    }
+    // Before proxy resellers existed, no campaign account carried customers' queries.
+    if let Some(c) = v
+        .pointer_mut("/traffic/campaign")
+        .and_then(Value::as_object_mut)
+    {
+        if c.get("reseller_share").and_then(Value::as_f64) == Some(0.0) {
+            c.remove("reseller_share");
+            c.remove("reseller_customer_share");
+        }
+    }
     if v["traffic"]["enabled"] == Value::Bool(false) {
         v["traffic"] = serde_json::json!({"enabled": false});
     }

@@ -194,8 +194,11 @@ fn replayed_harvest(ctx: &Context) -> Result<Harvested> {
         .answer_one_in
         .unwrap_or_else(|| ((planned / cfg.attacker.budget.max(1) as f64).floor() as u64).max(1));
     let plan = Some((one_in, cfg.attacker.budget));
-    let o =
-        crate::traffic::replay::Replay::new(&cfg.api, tr, &cfg.attacker, spec.seed, plan)?.run()?;
+    use crate::traffic::replay::{calibrate, Replay};
+    let cal = calibrate(&cfg.api, tr, &cfg.attacker, spec.seed)?;
+    let o = Replay::new(&cfg.api, tr, &cfg.attacker, spec.seed, plan)?
+        .with_calibration(cal)
+        .run()?;
     let hlog = o
         .harvest
         .as_ref()
@@ -618,6 +621,9 @@ fn detection_metrics(
         "detection.harvest_share",
         json!((st.attacker_served as f64 / planned.max(1.0)).min(1.0)),
     );
+    for (k, v) in score_metrics(&o.scores) {
+        put(&k, v);
+    }
     put("harvest.sample_one_in", json!(log.one_in));
     put("harvest.campaign_answered", json!(st.attacker_served));
     // The whole campaign's cost at its own scale: API spend plus identity challenges, and per
@@ -629,6 +635,35 @@ fn detection_metrics(
         "cost.campaign_usd_per_1k",
         json!(1e3 * campaign_usd / st.attacker_served.max(1) as f64),
     );
+    m
+}
+
+/// Every detector's score and the fused scores at operating points calibrated on a
+/// benign-only replay: AUC over accounts, and per benign-FPR target the recall, the FPR
+/// measured on this replay's benign accounts, time to detection, the harvest a takedown at
+/// each crossing would have left and the benign queries it would have refused.
+fn score_metrics(scores: &[crate::traffic::detect::score::ScoreOutcome]) -> Map<String, Value> {
+    use crate::traffic::detect::score::FPR_NAMES;
+    let mut m = Map::new();
+    let mut put = |k: String, v: Value| {
+        m.insert(k, v);
+    };
+    for so in scores {
+        let n = &so.name;
+        put(format!("score.auc.{n}"), json!(so.auc));
+        for (k, f) in FPR_NAMES.iter().enumerate() {
+            put(format!("score.recall@{f}.{n}"), json!(so.recall[k]));
+            put(format!("score.benign_fpr@{f}.{n}"), json!(so.benign_fpr[k]));
+            put(
+                format!("score.days@{f}.{n}"),
+                json!(so.days_to_detection[k]),
+            );
+            let harvest = so.harvest_before_takedown[k];
+            put(format!("score.harvest@{f}.{n}"), json!(harvest));
+            let hit = so.benign_queries_hit[k];
+            put(format!("score.benign_hit@{f}.{n}"), json!(hit));
+        }
+    }
     m
 }
 

@@ -51,7 +51,7 @@ impl TemplateBank {
         Self::from_prompts(prompts)
     }
 
-    fn from_prompts(prompts: Vec<Prompt>) -> TemplateBank {
+    pub(crate) fn from_prompts(prompts: Vec<Prompt>) -> TemplateBank {
         let embedder = prada::Embedder::default();
         let queries = prompts
             .iter()

@@ -198,6 +198,7 @@ mod tests {
             Action::FallbackVisible,
             Action::FallbackSilent,
             Action::Throttle,
+            Action::Observe,
         ] {
             let (o, att) = run(action, 1, 1);
             let log = o.harvest.as_ref().unwrap();
@@ -257,6 +258,12 @@ mod tests {
                         correct(true),
                         correct(false)
                     );
+                }
+                // Observed: flagged, and every later query answered by the teacher as before.
+                Action::Observe => {
+                    assert!(!later.is_empty());
+                    assert!(later.iter().all(|s| s.code == Code::Ok && !s.fallback));
+                    assert_eq!(h.items.len(), log.samples.len());
                 }
                 // Throttled to 2% of tier 1: at most one answer a minute per account after the
                 // cut, the rest throttled.

@@ -143,6 +143,44 @@ pub struct PopulationConfig {
     /// Day-night swing of benign activity: the rate is multiplied by
     /// `1 + diurnal * sin(2 pi (t - 6 h) / 24 h)`.
     pub diurnal: f64,
+    /// Benign customers who look like attackers, beside the `users` of the crowd (none by
+    /// default): batch customers, evaluation harnesses, developers testing reasoning.
+    pub segments: Vec<Segment>,
+}
+
+/// A segment of benign accounts with their own traffic (its volumes and template counts are
+/// assumptions: no public source gives benign per-account usage, shared/REAL_WORLD.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Segment {
+    pub kind: SegmentKind,
+    /// Accounts in the segment (one identity each).
+    pub accounts: usize,
+    /// Median queries per account per day (log-normal with the population's sigma).
+    pub daily_median: f64,
+    /// Prompt templates per account (`batch`: seed prompts it fills slots of; `eval_harness`:
+    /// the fixed prompts it repeats; `reasoning_dev`: unused, its prompts are fresh).
+    #[serde(default = "default_templates")]
+    pub templates: usize,
+}
+
+fn default_templates() -> usize {
+    20
+}
+
+/// What a benign segment sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SegmentKind {
+    /// A batch customer: slot-filled variants of a few templates of one skill (templated,
+    /// skill-concentrated, high volume: what volume, repetition and concentration flag).
+    Batch,
+    /// An evaluation harness: the same fixed prompts, easy and hard tiers of every skill,
+    /// asked again and again (what repetition, reasoning and PRADA flag).
+    EvalHarness,
+    /// A developer testing reasoning prompts: fresh prompts, nine in ten on hard tiers
+    /// (reasoning traces: what the reasoning detector flags).
+    ReasoningDev,
 }
 
 impl Default for PopulationConfig {
@@ -153,6 +191,7 @@ impl Default for PopulationConfig {
             sigma: 1.2,
             tier: "tier1".into(),
             diurnal: 0.5,
+            segments: Vec::new(),
         }
     }
 }
@@ -189,6 +228,15 @@ pub struct CampaignConfig {
     /// Cost of one identity (payment instrument, IP, fingerprint), USD: unique identities cost
     /// one each, shared ones one per group.
     pub identity_cost_usd: f64,
+    /// Proxy resellers: this share of the campaign's accounts (spread evenly over its opening
+    /// order) also carry real customers' queries, which dilute what detectors see of them.
+    /// The accounts are the campaign's (a takedown stops both); the customers' queries are
+    /// benign (not harvested, refused ones count as benign casualties). An assumption: no
+    /// public source gives the mix.
+    pub reseller_share: f64,
+    /// Share of a reseller account's queries that are its customers' (the campaign keeps its
+    /// own pace; the customers add `share / (1 - share)` of it, on the benign daily cycle).
+    pub reseller_customer_share: f64,
 }
 
 /// A campaign's answer to a change of the provider's rate limits.
@@ -236,6 +284,8 @@ impl Default for CampaignConfig {
             limit_response: LimitResponse::Ignore,
             ramp_days: 7.0,
             identity_cost_usd: 10.0,
+            reseller_share: 0.0,
+            reseller_customer_share: 0.5,
         }
     }
 }

@@ -29,4 +29,8 @@ pub enum Action {
     /// Suspend the account until it passes an identity-verification challenge
     /// (`challenge`); failing it (or giving up) loses the account.
     Challenge,
+    /// Nothing: a flag is recorded (as an action, for `detection.*`) and the account served
+    /// as before. For measuring detectors by their scores at operating points on traffic no
+    /// action has changed.
+    Observe,
 }

@@ -12,6 +12,7 @@ pub mod limit_jump;
 pub mod mmd;
 pub mod prada;
 pub mod reasoning;
+pub mod score;
 pub mod sync;
 pub mod volume;
 

@@ -28,6 +28,7 @@ impl Replay<'_> {
         }
         let tr = self.tr;
         match tr.action {
+            Action::Observe => {}
             Action::Ban => action::ban::ban(&mut self.api, a),
             Action::FallbackVisible => action::fallback::route(&mut self.api, a, true),
             Action::FallbackSilent => action::fallback::route(&mut self.api, a, false),

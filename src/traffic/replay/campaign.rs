@@ -22,6 +22,8 @@ pub(super) struct Campaign {
     pub(super) adapted: bool,
     pub(super) next_identity: u32,
     pub(super) identities_rng: SimRng,
+    /// Active accounts that are proxy resellers (`traffic.campaign.reseller_share`).
+    pub(super) resellers_active: usize,
 }
 
 impl Replay<'_> {
@@ -61,9 +63,39 @@ impl Replay<'_> {
         let tier = self.api.config.tier_index(&self.att.tier).unwrap_or(0);
         let a = self.open(true, tier, identity, now);
         self.d.attacker_accounts_opened += 1;
+        // Resellers spread evenly over the opening order: the i-th account is one when the
+        // running count of `share * accounts` steps up at it.
+        let (i, share) = (self.camp.all.len() as f64, self.tr.campaign.reseller_share);
+        let reseller = ((i + 1.0) * share).floor() > (i * share).floor();
+        self.watch.reseller[a as usize] = reseller;
         self.camp.all.push(a);
         if self.api.accounts.status[a as usize] == Status::Active {
             self.camp.active.push(a);
+            self.camp.resellers_active += reseller as usize;
+        }
+    }
+
+    /// This minute's queries of the resellers' customers: benign prompts on random active
+    /// reseller accounts, at `customer_share / (1 - customer_share)` of the campaign's pace
+    /// per account, on the benign daily cycle.
+    pub(super) fn customer_queries(&mut self, minute: u32, per_account: f64, diurnal: f64) {
+        if self.camp.resellers_active == 0 {
+            return;
+        }
+        let cs = self.tr.campaign.reseller_customer_share.clamp(0.0, 0.95);
+        let rate = per_account * cs / (1.0 - cs) * diurnal;
+        let n = crate::traffic::poisson(&mut self.rng, rate * self.camp.resellers_active as f64);
+        for _ in 0..n {
+            // A uniform active account until a reseller (there is at least one).
+            let a = loop {
+                let a = self.camp.active[self.rng.random_range(0..self.camp.active.len())];
+                if self.watch.reseller[a as usize] {
+                    break a;
+                }
+            };
+            let t = self.rng.random_range(0..self.crowd_templates);
+            let q = self.benign_bank.query(t, minute, a, false);
+            self.query(&q, false);
         }
     }
 

@@ -5,12 +5,13 @@
 
 use super::detect::cluster::Clusters;
 use super::detect::limit_jump::Spans;
+use super::detect::score::{self, Calibration, ScoreBook, N_DET};
 use super::detect::sync::Bursts;
 use super::harvest::HarvestLog;
 use super::{Alias, TemplateBank, TrafficConfig, N_KINDS};
 use crate::api::{Api, ApiConfig, Identity, Status};
 use crate::attacker::AttackerConfig;
-use crate::rng::{derive_rng, SimRng};
+use crate::rng::{derive_rng, derive_seed, SimRng};
 use crate::world::Mix;
 use rand::Rng;
 use std::cmp::Reverse;
@@ -20,6 +21,7 @@ mod actions;
 mod campaign;
 mod outcome;
 mod queries;
+mod segments;
 #[cfg(test)]
 mod tests;
 mod watch;
@@ -67,6 +69,12 @@ pub struct Replay<'a> {
     harvest: Option<HarvestLog>,
     planned: f64,
     actions: Vec<(u32, u32)>,
+    /// Every detector's score per account, and crossings of the calibrated operating points.
+    book: ScoreBook,
+    /// Benign segments' accounts (after the crowd's) and their templates.
+    segments: segments::Segments,
+    /// The crowd's templates: the first of the benign bank.
+    crowd_templates: usize,
 }
 
 /// Templates per bank: enough distinct prompts that a harvest of `samples` rarely repeats one.
@@ -102,14 +110,14 @@ impl<'a> Replay<'a> {
         let planned = camp.planned(att.accounts, att.max_days);
         let mut rng = derive_rng(seed, "traffic/replay");
         let pop = &tr.population;
-        let rates: Vec<f64> = (0..pop.users)
+        let mut rates: Vec<f64> = (0..pop.users)
             .map(|_| pop.daily_median * (pop.sigma * crate::rng::normal_f64(&mut rng)).exp())
             .collect();
         // Sized by the budget (not the sampling rate), so that the traffic does not depend on
         // how much of it the teacher answers.
         let samples = harvest.map_or(0, |(_, cap)| cap.min(planned as usize));
         let size = bank_size(samples);
-        let benign_bank =
+        let mut benign_bank =
             TemplateBank::new(&Mix::benign().in_world(att.world_harm), size, &mut rng);
         let mix = att.mix();
         let attack_bank = if camp.seed_prompts > 0 {
@@ -121,6 +129,10 @@ impl<'a> Replay<'a> {
         for q in &benign_bank.queries {
             reference[q.kind as usize] += 1.0 / benign_bank.len() as f64;
         }
+        // The shift detector's reference stays the crowd's mix.
+        let crowd_templates = benign_bank.len();
+        let segments = segments::build(pop, &mut benign_bank, seed, att.world_harm);
+        rates.extend_from_slice(&segments.rates);
         let change_minute = tr.limit_change.as_ref().map(|c| (c.day * 1440.0) as u32);
         let mut r = Replay {
             tr,
@@ -148,6 +160,7 @@ impl<'a> Replay<'a> {
                 adapted: false,
                 next_identity: 3_000_000,
                 identities_rng: derive_rng(seed, "traffic/identities"),
+                resellers_active: 0,
             },
             stats: ReplayStats::default(),
             d: DetectionStats::default(),
@@ -156,9 +169,13 @@ impl<'a> Replay<'a> {
             harvest: harvest.map(|(n, cap)| HarvestLog::new(n, cap, seed)),
             planned,
             actions: Vec::new(),
+            book: ScoreBook::new(score::available(&tr.detectors), None),
+            segments,
+            crowd_templates,
             rng,
         };
         r.open_population(benign_tier);
+        r.open_segments(benign_tier);
         r.open_campaign();
         Ok(r)
     }
@@ -189,12 +206,34 @@ impl<'a> Replay<'a> {
         let cluster = self.clusters.size(&identity);
         let prada = self.tr.detectors.prada_w.is_some();
         self.watch.push(attacker, cluster, prada);
+        self.book.push();
         a
+    }
+
+    /// Track where each account crosses these operating points (set on another, benign-only
+    /// replay: [`calibrate`]); the outcome then reports every score's detection.
+    pub fn with_calibration(mut self, cal: Calibration) -> Self {
+        self.book.cal = Some(cal);
+        self.book.on = true;
+        self
     }
 
     /// Run the whole window.
     pub fn run(mut self) -> crate::Result<Outcome> {
         let t0 = std::time::Instant::now();
+        self.simulate();
+        self.stats.wall_seconds = t0.elapsed().as_secs_f64();
+        Ok(self.finish())
+    }
+
+    /// Run the whole window; every account's highest scores, and whether it is the
+    /// campaign's.
+    fn run_keeping_scores(mut self) -> crate::Result<(Vec<[f64; N_DET]>, Vec<bool>)> {
+        self.simulate();
+        Ok((self.book.max, self.watch.attacker))
+    }
+
+    fn simulate(&mut self) {
         // Cluster sizes of accounts opened at the start: their groups are complete now.
         for a in 0..self.api.accounts.len() {
             self.watch.cluster[a] = self.clusters.size(&self.api.accounts.identity[a]) as u32;
@@ -202,8 +241,6 @@ impl<'a> Replay<'a> {
         for minute in 0..self.minutes {
             self.minute(minute);
         }
-        self.stats.wall_seconds = t0.elapsed().as_secs_f64();
-        Ok(self.finish())
     }
 
     /// One simulated minute.
@@ -228,6 +265,13 @@ impl<'a> Replay<'a> {
             self.camp
                 .active
                 .retain(|&a| status[a as usize] != Status::Banned && !abandoned[a as usize]);
+            let reseller = &self.watch.reseller;
+            self.camp.resellers_active = self
+                .camp
+                .active
+                .iter()
+                .filter(|&&a| reseller[a as usize])
+                .count();
         }
         if self.tr.detectors.sync_share.is_some() {
             self.bursts
@@ -269,6 +313,41 @@ impl<'a> Replay<'a> {
             }
         }
     }
+}
+
+/// The operating points of every detector and of the fused scores: thresholds from a
+/// benign-only replay of the same population, API and window (no campaign), the highest
+/// score each benign account reached; the logistic fusion's weights from a labelled replay
+/// with the campaign. Each replay has its own random streams, derived from `seed` (the
+/// evaluation replay's), so neither is the replay they are judged on.
+pub fn calibrate(
+    api: &ApiConfig,
+    tr: &TrafficConfig,
+    att: &AttackerConfig,
+    seed: u64,
+) -> crate::Result<Calibration> {
+    // Only what shapes benign traffic is kept of the attacker: the window, its tier (checked
+    // against the API's) and the world's harm; the campaign's prompts would draw from the
+    // shared random stream and move the benign traffic.
+    let benign_only = AttackerConfig {
+        accounts: 0,
+        tier: att.tier.clone(),
+        world_harm: att.world_harm,
+        max_days: att.max_days,
+        ..Default::default()
+    };
+    let scored = |att: &AttackerConfig, seed: u64| -> crate::Result<_> {
+        let mut r = Replay::new(api, tr, att, seed, None)?;
+        r.book.on = true;
+        r.run_keeping_scores()
+    };
+    let (maxima, _) = scored(&benign_only, derive_seed(seed, "traffic/calibration"))?;
+    let mut cal = Calibration::new(&maxima, score::available(&tr.detectors));
+    // The logistic fusion learns from a labelled incident: the same kind of campaign on
+    // another draw of the population (its own seed), apart from the replay it is judged on.
+    let (maxima, attacker) = scored(att, derive_seed(seed, "traffic/fusion-fit"))?;
+    cal.fit_logistic(&maxima, &attacker);
+    Ok(cal)
 }
 
 /// Replay a campaign and a benign population on the API with detectors acting (no harvest).

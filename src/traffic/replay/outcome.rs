@@ -3,6 +3,7 @@
 
 use super::Replay;
 use crate::api::Api;
+use crate::traffic::detect::score::{self, ScoreOutcome};
 use crate::traffic::harvest::HarvestLog;
 use serde::Serialize;
 
@@ -86,6 +87,9 @@ pub struct Outcome {
     pub actions: Vec<(u32, u32)>,
     /// Queries the campaign planned (before limit changes and detection).
     pub planned: f64,
+    /// Every score's detection at the calibrated operating points (empty without a
+    /// calibration: `Replay::with_calibration`).
+    pub scores: Vec<ScoreOutcome>,
 }
 
 impl Replay<'_> {
@@ -126,7 +130,10 @@ impl Replay<'_> {
             .iter()
             .map(|&a| acc.ledger[a as usize].spend_usd)
             .sum();
+        let total: Vec<u32> = w.features.iter().map(|f| f.total).collect();
+        let scores = score::outcomes(&self.book, &w.attacker, &total);
         Outcome {
+            scores,
             stats: self.stats,
             detection: self.d,
             harvest: self.harvest,

@@ -18,7 +18,7 @@ impl Replay<'_> {
         let n_benign = poisson(&mut self.rng, self.benign_per_minute * diurnal);
         let rate = self.attack_rate(minute, diurnal);
         let n_attack = poisson(&mut self.rng, rate * self.camp.active.len() as f64);
-        let nb = self.benign_bank.len();
+        let nb = self.crowd_templates;
         for i in 0..n_benign + n_attack {
             let q = if i >= n_benign {
                 let active = &self.camp.active;
@@ -33,10 +33,14 @@ impl Replay<'_> {
                 }
             } else {
                 let a = self.alias.sample(&mut self.rng) as u32;
-                let t = self.rng.random_range(0..nb);
+                let t = self.benign_template(a as usize);
                 self.benign_bank.query(t, minute, a, false)
             };
             self.query(&q, i >= n_benign);
+        }
+        if self.tr.campaign.reseller_share > 0.0 {
+            let per_account = self.tr.campaign.daily_per_account / 1440.0;
+            self.customer_queries(minute, per_account, diurnal);
         }
     }
 

@@ -321,3 +321,181 @@ fn an_adaptive_campaign_abandons_throttled_accounts_and_regrows_them() {
     assert_eq!(last.attacker_actions, 0);
     assert_eq!(last.attacker_accounts_active, 40);
 }
+
+/// Scores: operating points set on a benign-only replay, never on the attack. The campaign's
+/// reasoning-eliciting accounts, off the benign kind mix and sharing identities, score above
+/// nearly every benign one on those detectors and the fused score (AUC near 1) and cross
+/// within a day, before they sent half the campaign; the benign FPR measured on this
+/// replay's own benign accounts lands near the calibration's target; scoring changes nothing
+/// of the replay itself; and the calibration does not depend on the campaign at all.
+#[test]
+fn scores_calibrated_on_benign_traffic_rank_the_campaign_above_benign_users() {
+    let (api, mut tr, att) = small();
+    tr.population.users = 3000;
+    tr.detectors = DetectorConfig::off();
+    let cal = calibrate(&api, &tr, &att, 1).unwrap();
+    assert_eq!(
+        cal.n, 3000,
+        "the calibration replay has benign accounts only"
+    );
+    let other = AttackerConfig {
+        accounts: 7,
+        hard_share: Some(0.1),
+        ..att.clone()
+    };
+    let cal2 = calibrate(&api, &tr, &other, 1).unwrap();
+    // The detectors' and the sum's thresholds come from benign traffic alone: another
+    // campaign does not move them (the logistic fusion's weights are fitted on a labelled
+    // replay with the campaign, so its threshold may move).
+    use crate::traffic::detect::score::FUSED;
+    assert_eq!(
+        cal.thresholds[..=FUSED],
+        cal2.thresholds[..=FUSED],
+        "the campaign must not move them"
+    );
+    let o = Replay::new(&api, &tr, &att, 1, None)
+        .unwrap()
+        .with_calibration(cal)
+        .run()
+        .unwrap();
+    let plain = Replay::new(&api, &tr, &att, 1, None)
+        .unwrap()
+        .run()
+        .unwrap();
+    assert_eq!(o.stats.attacker_served, plain.stats.attacker_served);
+    assert!(plain.scores.is_empty());
+    let get = |n: &str| o.scores.iter().find(|s| s.name == n).unwrap();
+    for n in ["reasoning", "mmd", "cluster", "fused", "fused_logistic"] {
+        let s = get(n);
+        assert!(s.auc.unwrap() > 0.95, "{n}: {s:?}");
+        assert!(s.recall[1] > 0.8, "{n}: {s:?}");
+        assert!(s.days_to_detection[1].unwrap() < 1.0, "{n}: {s:?}");
+        assert!(s.harvest_before_takedown[1] < 0.5, "{n}: {s:?}");
+    }
+    // It asks every skill: concentration does not separate it, and the ranking shows it.
+    assert!(get("concentration").auc.unwrap() < 0.9);
+    assert!(get("entropy").auc.unwrap() > 0.95);
+    for s in &o.scores {
+        // 3,000 benign accounts at 0.3%: 9 expected above; allow sampling noise.
+        assert!(s.benign_fpr[1] <= 0.01, "{}: {s:?}", s.name);
+        assert!(s.benign_fpr[0] <= s.benign_fpr[1] && s.recall[0] <= s.recall[1]);
+    }
+    // PRADA, timing and limit tracking keep no state here: no score for them.
+    assert!(o
+        .scores
+        .iter()
+        .all(|s| !["prada", "sync", "limit_jump"].contains(&&*s.name)));
+}
+
+/// Proxy resellers: accounts carrying real customers' queries beside the campaign's keep the
+/// campaign's pace, add the customers' (benign, not harvested) volume, and dilute what the
+/// per-account detectors see: the reasoning-share score ranks them lower.
+#[test]
+fn reseller_accounts_dilute_the_campaign_with_customers_queries() {
+    let (api, mut tr, att) = small();
+    tr.detectors = DetectorConfig::off();
+    let cal = calibrate(&api, &tr, &att, 2).unwrap();
+    let run = |tr: &TrafficConfig| {
+        Replay::new(&api, tr, &att, 2, None)
+            .unwrap()
+            .with_calibration(cal.clone())
+            .run()
+            .unwrap()
+    };
+    let plain = run(&tr);
+    tr.campaign.reseller_share = 1.0;
+    tr.campaign.reseller_customer_share = 0.8;
+    let resold = run(&tr);
+    let (a0, a1) = (plain.stats.attacker_served, resold.stats.attacker_served);
+    assert!((a1 as f64 / a0 as f64 - 1.0).abs() < 0.05, "{a0} {a1}");
+    // Customers add 0.8 / 0.2 = 4 times the campaign's own queries, as benign traffic.
+    let extra = resold.stats.benign_served as f64 - plain.stats.benign_served as f64;
+    assert!((extra / a1 as f64 - 4.0).abs() < 0.4, "{extra} {a1}");
+    let auc = |o: &Outcome| {
+        o.scores
+            .iter()
+            .find(|s| s.name == "reasoning")
+            .unwrap()
+            .auc
+            .unwrap()
+    };
+    assert!(
+        auc(&plain) > 0.99 && auc(&resold) < auc(&plain),
+        "{} {}",
+        auc(&plain),
+        auc(&resold)
+    );
+    let recall = |o: &Outcome| {
+        o.scores
+            .iter()
+            .find(|s| s.name == "reasoning")
+            .unwrap()
+            .recall[1]
+    };
+    assert!(
+        recall(&resold) < recall(&plain),
+        "{} {}",
+        recall(&plain),
+        recall(&resold)
+    );
+}
+
+/// Benign segments: batch customers (templated, one skill, high volume), evaluation harnesses
+/// (the same prompts again and again) and reasoning developers open beside the crowd, are
+/// benign by ground truth, leave the crowd's own traffic as it was when absent, and make the
+/// detectors' job harder: calibrated on a population with them, the volume and concentration
+/// scores rank the campaign lower.
+#[test]
+fn benign_segments_look_like_a_campaign_to_the_detectors() {
+    use crate::traffic::{Segment, SegmentKind};
+    let (api, mut tr, mut att) = small();
+    tr.detectors = DetectorConfig::off();
+    // A campaign on one skill, so that concentration separates it from the crowd.
+    att.strategy = crate::attacker::Strategy::Targeted {
+        skills: vec![crate::world::Skill::Program],
+    };
+    let run = |tr: &TrafficConfig| {
+        let cal = calibrate(&api, tr, &att, 3).unwrap();
+        let n = cal.n;
+        let o = Replay::new(&api, tr, &att, 3, None)
+            .unwrap()
+            .with_calibration(cal)
+            .run()
+            .unwrap();
+        (n, o)
+    };
+    let (n0, plain) = run(&tr);
+    tr.population.segments = vec![
+        Segment {
+            kind: SegmentKind::Batch,
+            accounts: 15,
+            daily_median: 300.0,
+            templates: 10,
+        },
+        Segment {
+            kind: SegmentKind::EvalHarness,
+            accounts: 5,
+            daily_median: 200.0,
+            templates: 50,
+        },
+        Segment {
+            kind: SegmentKind::ReasoningDev,
+            accounts: 10,
+            daily_median: 30.0,
+            templates: 20,
+        },
+    ];
+    let (n1, hard) = run(&tr);
+    assert_eq!((n0, n1), (500, 530), "segment accounts are benign accounts");
+    assert!(hard.stats.benign_served > plain.stats.benign_served + 15 * 200);
+    let get = |o: &Outcome, n: &str| o.scores.iter().find(|s| s.name == n).unwrap().clone();
+    for n in ["volume", "concentration"] {
+        let (a, b) = (get(&plain, n), get(&hard, n));
+        assert!(b.auc.unwrap() < a.auc.unwrap(), "{n}: {a:?} {b:?}");
+        assert!(b.recall[1] <= a.recall[1], "{n}: {a:?} {b:?}");
+    }
+    // Batch customers ask one skill too: concentration's 0.3% threshold rises to theirs
+    // and the campaign falls below it.
+    let (a, b) = (get(&plain, "concentration"), get(&hard, "concentration"));
+    assert!(a.recall[1] > 0.9 && b.recall[1] < 0.5, "{a:?} {b:?}");
+}

@@ -3,13 +3,15 @@
 
 use super::{Event, Replay};
 use crate::traffic::detect::prada::PradaState;
-use crate::traffic::detect::{flags, Features, Signals};
+use crate::traffic::detect::{flags, score, Features, Signals};
 use std::cmp::Reverse;
 
 /// Per-account simulation state beside the API's (ground truth and detector state).
 #[derive(Default)]
 pub(super) struct Watch {
     pub(super) attacker: Vec<bool>,
+    /// Campaign accounts that also carry real customers' queries (proxy resellers).
+    pub(super) reseller: Vec<bool>,
     /// Identity-group size, cached when the account opens (and for the accounts open at the
     /// start, once their groups are complete): looking it up at every detector pass costs
     /// three hash lookups per judged account and took the full-scale replay from 31 s to 47 s.
@@ -35,6 +37,7 @@ impl Watch {
             self.prada.push(PradaState::default());
         }
         for v in [
+            &mut self.reseller,
             &mut self.flagged,
             &mut self.actioned,
             &mut self.abandoned,
@@ -71,7 +74,12 @@ impl Replay<'_> {
                     .and_then(|p| p.judge()),
                 jump_window_done: jump_done,
             };
-            if !w.flagged[a] && flags(det, &w.features[a], &signals, &self.reference) != 0 {
+            let f = &w.features[a];
+            if self.book.on {
+                let s = score::scores(det, f, &signals, &self.reference, &self.book.avail);
+                self.book.update(a, &s, minute, f.total);
+            }
+            if !w.flagged[a] && flags(det, f, &signals, &self.reference) != 0 {
                 w.flagged[a] = true;
                 let at = minute.saturating_add(det.action_delay_minutes);
                 self.pending.push(Reverse((at, Event::Act, a as u32)));
