@@ -1048,6 +1048,7 @@ fn committed_protocol_samples_match_their_experiment_files() {
         "compare_defenses_dk",
         "adaptive_counters",
         "compare_defenses",
+        "compare_detectors",
     ] {
         let out = bin()
             .arg("sweep")
