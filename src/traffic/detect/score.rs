@@ -109,6 +109,26 @@ impl Logistic {
     /// Fit by projected gradient descent on the class-balanced log loss (attackers and benign
     /// accounts weigh half each), with a small L2 penalty; `x`: surprises, `y`: attacker.
     pub fn fit(x: &[[f64; N_DET]], y: &[bool]) -> Logistic {
+        // At most PER_CLASS accounts of each class, every k-th in order (a full-scale replay
+        // has tens of thousands of each; the fit needs far fewer).
+        const PER_CLASS: usize = 5000;
+        let count = |c: bool| y.iter().filter(|&&v| v == c).count();
+        let (sp, sn) = (
+            count(true).div_ceil(PER_CLASS).max(1),
+            count(false).div_ceil(PER_CLASS).max(1),
+        );
+        let (mut seen_p, mut seen_n) = (0usize, 0usize);
+        let mut keep = |v: bool| {
+            let (seen, st) = if v { (&mut seen_p, sp) } else { (&mut seen_n, sn) };
+            *seen += 1;
+            (*seen - 1).is_multiple_of(st)
+        };
+        let (x, y): (Vec<[f64; N_DET]>, Vec<bool>) = x
+            .iter()
+            .zip(y)
+            .filter(|(_, &v)| keep(v))
+            .map(|(a, &b)| (*a, b))
+            .unzip();
         let (pos, neg) = (
             y.iter().filter(|&&v| v).count(),
             y.iter().filter(|&&v| !v).count(),
@@ -124,7 +144,7 @@ impl Logistic {
         let (lr, l2) = (0.5, 1e-3);
         for _ in 0..2000 {
             let (mut gw, mut gb) = ([0.0; N_DET], 0.0);
-            for (xi, &yi) in x.iter().zip(y) {
+            for (xi, &yi) in x.iter().zip(&y) {
                 let p = 1.0 / (1.0 + (-m.score(xi)).exp());
                 let e = wt(yi) * (p - yi as u8 as f64);
                 gb += e;
