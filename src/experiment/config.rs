@@ -189,6 +189,9 @@ impl ExperimentConfig {
                     .into(),
             );
         }
+        if let Some(t) = &self.traffic.tiers {
+            t.validate()?;
+        }
         if self.traffic.enabled {
             self.check_traffic()?;
         }

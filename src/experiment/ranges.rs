@@ -199,6 +199,18 @@ pub const RANGES: &[Range] = &[
     r("traffic.population.sigma", 0.0, 10.0, "log-normal sigma"),
     r("traffic.population.diurnal", 0.0, 1.0, "relative swing"),
     r(
+        "traffic.tiers.levels[].at",
+        -1e12,
+        1e12,
+        "score (fused_logistic: probability)",
+    ),
+    r(
+        "traffic.tiers.cooldown_minutes",
+        0.0,
+        1e7,
+        "simulated minutes",
+    ),
+    r(
         "traffic.population.segments[].accounts",
         0.0,
         1e6,

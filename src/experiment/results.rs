@@ -86,6 +86,12 @@ fn without_inert(mut v: Value) -> Value {
         t.entry("pool").or_insert(1.into());
         t.entry("trainer").or_insert(engine);
     }
+    // Before tiered actions existed, flags and `traffic.action` decided.
+    if let Some(t) = v["traffic"].as_object_mut() {
+        if t.get("tiers").is_some_and(Value::is_null) {
+            t.remove("tiers");
+        }
+    }
     // Before benign segments existed, the population was the crowd alone.
     if let Some(p) = v
         .pointer_mut("/traffic/population")

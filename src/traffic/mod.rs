@@ -77,6 +77,70 @@ pub struct TrafficConfig {
     /// sample; admission, price and detection are simulated for all of them). None: planned
     /// queries / `attacker.budget`, so that an undisturbed campaign yields about the budget.
     pub answer_one_in: Option<u64>,
+    /// Tiered actions driven by one calibrated score, in place of the detectors' flags and
+    /// `action` (None: flags and `action`).
+    pub tiers: Option<Tiers>,
+}
+
+/// Tiered actions (as in Glasswally, an open-source 2026 detector of distillation campaigns:
+/// rate limit at a fused score of 0.35, review at 0.55, suspend at 0.72, a 600 s cooldown).
+/// At each detector pass an account whose score reached a higher level than it is at moves to
+/// the highest level reached, unless it changed level less than `cooldown_minutes` ago; the
+/// level's action follows after `traffic.detectors.action_delay_minutes`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tiers {
+    /// The score: a detector's name (`volume`, `entropy`, ... as in `score.*`), `fused`, or
+    /// `fused_logistic`, whose value here is the logistic model's probability (0 to 1).
+    pub score: String,
+    /// Levels by ascending `at` (the score an account must reach).
+    pub levels: Vec<TierLevel>,
+    #[serde(default)]
+    pub cooldown_minutes: u32,
+    /// An account reaching a `ban` or `challenge` level takes every account sharing its
+    /// payment instrument, IP or device fingerprint with it to that level at once.
+    #[serde(default)]
+    pub escalate_cluster: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TierLevel {
+    pub at: f64,
+    pub action: Action,
+}
+
+impl Tiers {
+    /// The score's index among the calibrated scores, or an error naming the allowed ones.
+    pub fn score_index(&self) -> std::result::Result<usize, String> {
+        use detect::score::{FUSED, LOGISTIC, NAMES};
+        match self.score.as_str() {
+            "fused" => Ok(FUSED),
+            "fused_logistic" => Ok(LOGISTIC),
+            n => NAMES.iter().position(|&x| x == n).ok_or_else(|| {
+                format!(
+                    "traffic.tiers.score: `{n}` is not a score (allowed: {}, fused, fused_logistic)",
+                    NAMES.join(", ")
+                )
+            }),
+        }
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.score_index()?;
+        if self.levels.is_empty() {
+            return Err("traffic.tiers.levels: at least one level is needed".into());
+        }
+        for w in self.levels.windows(2) {
+            if w[1].at <= w[0].at || w[1].at.is_nan() {
+                return Err(format!(
+                    "traffic.tiers.levels: `at` must rise from level to level ({} then {})",
+                    w[0].at, w[1].at
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The provider multiplies every tier's limits by `factor` on simulated day `day`.
@@ -100,6 +164,7 @@ impl Default for TrafficConfig {
             challenge: ChallengeConfig::default(),
             limit_change: None,
             answer_one_in: None,
+            tiers: None,
         }
     }
 }

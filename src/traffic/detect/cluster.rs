@@ -8,6 +8,8 @@ use std::collections::HashMap;
 #[derive(Default)]
 pub struct Clusters {
     groups: HashMap<(u8, u32), u32>,
+    /// Accounts per identity attribute, kept only when asked for (cluster escalation).
+    members: Option<HashMap<(u8, u32), Vec<u32>>>,
 }
 
 fn keys(id: &Identity) -> [(u8, u32); 3] {
@@ -15,6 +17,35 @@ fn keys(id: &Identity) -> [(u8, u32); 3] {
 }
 
 impl Clusters {
+    /// Keep each attribute's accounts from now on (for [`Clusters::members`]).
+    pub fn keep_members(&mut self) {
+        self.members.get_or_insert_with(HashMap::new);
+    }
+
+    /// Record account `a`'s identity, for [`Clusters::members`] (when kept).
+    pub fn add_member(&mut self, id: &Identity, a: u32) {
+        if let Some(m) = self.members.as_mut() {
+            for k in keys(id) {
+                m.entry(k).or_default().push(a);
+            }
+        }
+    }
+
+    /// Every account sharing an identity attribute with `id` (itself included; empty unless
+    /// members are kept), each once, in opening order.
+    pub fn members(&self, id: &Identity) -> Vec<u32> {
+        let Some(m) = self.members.as_ref() else {
+            return Vec::new();
+        };
+        let mut out: Vec<u32> = keys(id)
+            .iter()
+            .flat_map(|k| m.get(k).into_iter().flatten().copied())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     pub fn add(&mut self, id: &Identity) {
         for k in keys(id) {
             *self.groups.entry(k).or_default() += 1;

@@ -119,7 +119,11 @@ impl Logistic {
         );
         let (mut seen_p, mut seen_n) = (0usize, 0usize);
         let mut keep = |v: bool| {
-            let (seen, st) = if v { (&mut seen_p, sp) } else { (&mut seen_n, sn) };
+            let (seen, st) = if v {
+                (&mut seen_p, sp)
+            } else {
+                (&mut seen_n, sn)
+            };
             *seen += 1;
             (*seen - 1).is_multiple_of(st)
         };

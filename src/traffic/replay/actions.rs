@@ -7,8 +7,33 @@ use crate::traffic::action::{self, Action};
 use std::cmp::Reverse;
 
 impl Replay<'_> {
-    /// The configured action takes effect on account `a`.
-    pub(super) fn act(&mut self, a: usize, minute: u32) {
+    /// Tier level `k`'s action on account `a`, and with cluster escalation on a `ban` or
+    /// `challenge` level the same at once for every account sharing an identity with it.
+    pub(super) fn tier_act(&mut self, a: usize, minute: u32, k: usize) {
+        let Some(t) = &self.tr.tiers else { return };
+        let action = t.levels[k].action;
+        self.act(a, minute, action);
+        if !(t.escalate_cluster && matches!(action, Action::Ban | Action::Challenge)) {
+            return;
+        }
+        let id = self.api.accounts.identity[a];
+        for m in self.clusters.members(&id) {
+            let m = m as usize;
+            if m == a
+                || self.watch.tier[m] as usize > k
+                || self.api.accounts.status[m] == Status::Banned
+            {
+                continue;
+            }
+            self.watch.tier[m] = (k + 1) as u8;
+            self.watch.tier_at[m] = minute;
+            self.act(m, minute, action);
+            self.after_action(m, minute);
+        }
+    }
+
+    /// `action` takes effect on account `a`.
+    pub(super) fn act(&mut self, a: usize, minute: u32, action: Action) {
         let now = minute as f64 * 60.0;
         self.watch.actioned[a] = true;
         self.actions.push((minute, a as u32));
@@ -27,7 +52,7 @@ impl Replay<'_> {
             self.day.benign_actions += 1;
         }
         let tr = self.tr;
-        match tr.action {
+        match action {
             Action::Observe => {}
             Action::Ban => action::ban::ban(&mut self.api, a),
             Action::FallbackVisible => action::fallback::route(&mut self.api, a, true),

@@ -39,6 +39,8 @@ enum Event {
     Regrow,
     /// The configured action takes effect.
     Act,
+    /// Tier level `k`'s action takes effect (`traffic.tiers`).
+    Tier(u8),
     /// A challenge's outcome is due.
     Resolve,
 }
@@ -174,6 +176,9 @@ impl<'a> Replay<'a> {
             crowd_templates,
             rng,
         };
+        if tr.tiers.as_ref().is_some_and(|t| t.escalate_cluster) {
+            r.clusters.keep_members();
+        }
         r.open_population(benign_tier);
         r.open_segments(benign_tier);
         r.open_campaign();
@@ -203,6 +208,7 @@ impl<'a> Replay<'a> {
     fn open(&mut self, attacker: bool, tier: usize, identity: Identity, now: f64) -> u32 {
         let a = self.api.open_account(tier, now, identity);
         self.clusters.add(&identity);
+        self.clusters.add_member(&identity, a);
         let cluster = self.clusters.size(&identity);
         let prada = self.tr.detectors.prada_w.is_some();
         self.watch.push(attacker, cluster, prada);
@@ -220,6 +226,11 @@ impl<'a> Replay<'a> {
 
     /// Run the whole window.
     pub fn run(mut self) -> crate::Result<Outcome> {
+        if self.tr.tiers.is_some() && self.book.cal.is_none() {
+            return Err(crate::Error::Invalid(
+                "traffic.tiers acts on calibrated scores: this replay has no calibration".into(),
+            ));
+        }
         let t0 = std::time::Instant::now();
         self.simulate();
         self.stats.wall_seconds = t0.elapsed().as_secs_f64();
@@ -299,14 +310,14 @@ impl<'a> Replay<'a> {
                     self.camp.due -= 1;
                     self.regrow(a as usize, now);
                 }
-                Event::Act | Event::Resolve => {
+                Event::Act | Event::Resolve | Event::Tier(_) => {
                     if self.api.accounts.status[a as usize] == Status::Banned {
                         continue;
                     }
-                    if ev == Event::Act {
-                        self.act(a as usize, minute);
-                    } else {
-                        self.resolve(a as usize);
+                    match ev {
+                        Event::Act => self.act(a as usize, minute, self.tr.action),
+                        Event::Tier(k) => self.tier_act(a as usize, minute, k as usize),
+                        _ => self.resolve(a as usize),
                     }
                     self.after_action(a as usize, minute);
                 }

@@ -499,3 +499,95 @@ fn benign_segments_look_like_a_campaign_to_the_detectors() {
     let (a, b) = (get(&plain, "concentration"), get(&hard, "concentration"));
     assert!(a.recall[1] > 0.9 && b.recall[1] < 0.5, "{a:?} {b:?}");
 }
+
+/// Tiered actions on the logistic fusion's probability (throttle, review, suspend), with a
+/// cooldown between an account's level changes and, optionally, cluster escalation: the
+/// campaign is actioned, no account changes level twice within the cooldown, and escalating
+/// to identity clusters stops the campaign sooner.
+#[test]
+fn tiers_act_on_the_fused_score_with_a_cooldown_and_escalate_clusters() {
+    use crate::traffic::{Action, TierLevel, Tiers};
+    let (api, mut tr, att) = small();
+    let cal = calibrate(&api, &tr, &att, 4).unwrap();
+    let tiers = |escalate: bool| Tiers {
+        score: "fused_logistic".into(),
+        levels: vec![
+            TierLevel {
+                at: 0.35,
+                action: Action::Throttle,
+            },
+            TierLevel {
+                at: 0.55,
+                action: Action::Observe,
+            },
+            TierLevel {
+                at: 0.72,
+                action: Action::Ban,
+            },
+        ],
+        cooldown_minutes: 180,
+        escalate_cluster: escalate,
+    };
+    let run = |tr: &TrafficConfig| {
+        Replay::new(&api, tr, &att, 4, None)
+            .unwrap()
+            .with_calibration(cal.clone())
+            .run()
+            .unwrap()
+    };
+    // Without a calibration tiers cannot act: an error, not a silent no-op.
+    tr.tiers = Some(tiers(false));
+    assert!(Replay::new(&api, &tr, &att, 4, None)
+        .unwrap()
+        .run()
+        .is_err());
+    let plain = run(&tr);
+    assert!(plain.detection.recall > 0.9, "{:?}", plain.detection);
+    assert!(
+        plain.detection.false_positive_rate < 0.02,
+        "{:?}",
+        plain.detection
+    );
+    // The campaign's probability jumps past every level at once; queries per day climb
+    // through levels of the volume score within a day, where the cooldown shows.
+    tr.tiers = Some(Tiers {
+        score: "volume".into(),
+        levels: vec![
+            TierLevel {
+                at: 8.0,
+                action: Action::Observe,
+            },
+            TierLevel {
+                at: 16.0,
+                action: Action::Observe,
+            },
+            TierLevel {
+                at: 24.0,
+                action: Action::Observe,
+            },
+        ],
+        cooldown_minutes: 180,
+        escalate_cluster: false,
+    });
+    let climbing = run(&tr);
+    let mut by_account: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
+    for &(m, a) in &climbing.actions {
+        by_account.entry(a).or_default().push(m);
+    }
+    let moved_twice = by_account.values().filter(|v| v.len() > 1).count();
+    assert!(
+        moved_twice > 10,
+        "accounts climb more than one level: {moved_twice}"
+    );
+    for v in by_account.values() {
+        assert!(v.windows(2).all(|w| w[1] >= w[0] + 180), "cooldown: {v:?}");
+    }
+    tr.tiers = Some(tiers(true));
+    let escalated = run(&tr);
+    assert!(
+        escalated.stats.attacker_served < plain.stats.attacker_served,
+        "{} {}",
+        escalated.stats.attacker_served,
+        plain.stats.attacker_served
+    );
+}

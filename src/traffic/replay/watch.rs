@@ -19,6 +19,9 @@ pub(super) struct Watch {
     pub(super) features: Vec<Features>,
     pub(super) prada: Vec<PradaState>,
     pub(super) flagged: Vec<bool>,
+    /// Tier level reached (0: none, k: `traffic.tiers.levels[k - 1]`) and the minute it was.
+    pub(super) tier: Vec<u8>,
+    pub(super) tier_at: Vec<u32>,
     pub(super) actioned: Vec<bool>,
     /// Throttled (adaptive campaign) or fallback-marked accounts the campaign stopped using.
     pub(super) abandoned: Vec<bool>,
@@ -33,6 +36,8 @@ impl Watch {
         self.attacker.push(attacker);
         self.cluster.push(cluster as u32);
         self.features.push(Features::default());
+        self.tier.push(0);
+        self.tier_at.push(0);
         if prada {
             self.prada.push(PradaState::default());
         }
@@ -62,7 +67,8 @@ impl Replay<'_> {
         let det = &self.tr.detectors;
         let jump_done = self.spans.is_some_and(|s| minute >= s.end);
         let w = &mut self.watch;
-        for &a in &w.dirty {
+        let mut dirty = std::mem::take(&mut w.dirty);
+        for &a in &dirty {
             let a = a as usize;
             w.is_dirty[a] = false;
             let signals = Signals {
@@ -79,12 +85,46 @@ impl Replay<'_> {
                 let s = score::scores(det, f, &signals, &self.reference, &self.book.avail);
                 self.book.update(a, &s, minute, f.total);
             }
+            if let Some(t) = &self.tr.tiers {
+                tier_pass(t, &self.book, w, &mut self.pending, a, minute, det);
+                continue;
+            }
             if !w.flagged[a] && flags(det, f, &signals, &self.reference) != 0 {
                 w.flagged[a] = true;
                 let at = minute.saturating_add(det.action_delay_minutes);
                 self.pending.push(Reverse((at, Event::Act, a as u32)));
             }
         }
-        w.dirty.clear();
+        dirty.clear();
+        w.dirty = dirty;
+    }
+}
+
+/// Tiers at a detector pass: account `a` moves to the highest level its score has reached,
+/// unless it changed level less than the cooldown ago; the level's action is scheduled.
+fn tier_pass(
+    t: &crate::traffic::Tiers,
+    book: &score::ScoreBook,
+    w: &mut Watch,
+    pending: &mut std::collections::BinaryHeap<Reverse<(u32, Event, u32)>>,
+    a: usize,
+    minute: u32,
+    det: &crate::traffic::detect::DetectorConfig,
+) {
+    let (Some(cal), Ok(j)) = (book.cal.as_ref(), t.score_index()) else {
+        return;
+    };
+    let mut v = cal.value(j, &book.max[a]);
+    if j == score::LOGISTIC {
+        v = 1.0 / (1.0 + (-v).exp());
+    }
+    let level = t.levels.iter().filter(|l| v >= l.at).count();
+    let cooled = w.tier[a] == 0 || minute >= w.tier_at[a].saturating_add(t.cooldown_minutes);
+    if level > w.tier[a] as usize && cooled {
+        w.tier[a] = level as u8;
+        w.tier_at[a] = minute;
+        w.flagged[a] = true;
+        let at = minute.saturating_add(det.action_delay_minutes);
+        pending.push(Reverse((at, Event::Tier((level - 1) as u8), a as u32)));
     }
 }
