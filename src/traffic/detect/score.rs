@@ -300,17 +300,23 @@ impl ScoreBook {
             return;
         };
         let c = &mut self.crossed[a];
+        let open = |c: &[[(u32, u32); 2]; N_SCORES], j: usize| c[j].iter().any(|x| x.0 == u32::MAX);
+        // The fused scores rise with the maxima: once above both thresholds (the 0.1% one is
+        // the higher) they need no more computing; their final values come from the maxima.
+        // Both are functions of the same surprises, computed once.
+        let x = (open(c, FUSED) || open(c, LOGISTIC)).then(|| cal.surprises(m));
         for j in (0..N_DET)
             .filter(|&j| self.avail[j])
             .chain([FUSED, LOGISTIC])
         {
-            // The fused scores rise with the maxima: once above both thresholds (the 0.1%
-            // one is the higher) they need no more computing; their final values come from
-            // the maxima.
-            if c[j].iter().all(|x| x.0 != u32::MAX) {
+            if !open(c, j) {
                 continue;
             }
-            let v = cal.value(j, m);
+            let v = match (j, &x) {
+                (FUSED, Some(x)) => x.iter().sum(),
+                (LOGISTIC, Some(x)) => cal.logistic.as_ref().map_or(NONE, |l| l.score(x)),
+                _ => m[j],
+            };
             for (k, &t) in cal.thresholds[j].iter().enumerate() {
                 if c[j][k].0 == u32::MAX && v > t {
                     c[j][k] = (minute, queries);
