@@ -431,17 +431,23 @@ mod tests {
         assert_eq!(auc(&[], &[1.0]), None);
     }
 
-    #[test]
-    fn thresholds_let_at_most_the_target_share_of_calibration_accounts_above() {
-        // 1,000 benign accounts with scores 0..999 on the volume detector only.
-        let avail = [true, false, false, false, false, false, false, false, false];
-        let maxima: Vec<[f64; N_DET]> = (0..1000)
+    /// The volume detector alone, and 1,000 benign accounts scoring 0..999 on it.
+    fn volume_calibration() -> ([bool; N_DET], Vec<[f64; N_DET]>) {
+        let mut avail = [false; N_DET];
+        avail[0] = true;
+        let maxima = (0..1000)
             .map(|i| {
                 let mut m = [NONE; N_DET];
                 m[0] = i as f64;
                 m
             })
             .collect();
+        (avail, maxima)
+    }
+
+    #[test]
+    fn thresholds_let_at_most_the_target_share_of_calibration_accounts_above() {
+        let (avail, maxima) = volume_calibration();
         let cal = Calibration::new(&maxima, avail);
         // 0.1% of 1,000: one account (999) above 998; 0.3%: three (997-999) above 996.
         assert_eq!(cal.thresholds[0], [998.0, 996.0]);
@@ -492,14 +498,7 @@ mod tests {
 
     #[test]
     fn outcomes_follow_the_crossings() {
-        let avail = [true, false, false, false, false, false, false, false, false];
-        let maxima: Vec<[f64; N_DET]> = (0..1000)
-            .map(|i| {
-                let mut m = [NONE; N_DET];
-                m[0] = i as f64;
-                m
-            })
-            .collect();
+        let (avail, maxima) = volume_calibration();
         let cal = Calibration::new(&maxima, avail);
         let mut book = ScoreBook::new(avail, Some(cal));
         // Account 0: an attacker reaching 2,000 at minute 10 (after 50 queries of its 80);
