@@ -375,26 +375,35 @@ pub fn traffic(quick: bool) -> crate::Result<()> {
             }
             continue;
         }
-        // The full load without actions, scored: every detector and both fused scores at
-        // operating points from a benign-only replay and a labelled fit replay of the same
-        // population (timed together as their own row).
-        use crate::traffic::replay::{calibrate, Replay};
-        let t0 = std::time::Instant::now();
-        let cal = calibrate(&api, &tr, &attacker, 1)?;
-        let cal_s = t0.elapsed().as_secs_f64();
-        let o = Replay::new(&api, &tr, &attacker, 1, None)?
-            .with_calibration(cal)
-            .run()?;
+        let (o, cal_s) = scored_replay(&api, &tr, &attacker)?;
         row(&o.stats, name);
         println!("| (its calibration: benign-only and fit replays) | {users} | {days} | - | - | - | {cal_s:.2} | - |");
-        for f in o.scores.iter().filter(|x| x.name.starts_with("fused")) {
-            eprintln!(
-                "[bench] {}: AUC {:?}, recall at 0.1% / 0.3% benign FPR {:.3} / {:.3} (measured FPR {:.4} / {:.4})",
-                f.name, f.auc, f.recall[0], f.recall[1], f.benign_fpr[0], f.benign_fpr[1]
-            );
-        }
     }
     Ok(())
+}
+
+/// The full load without actions, scored: every detector and both fused scores at operating
+/// points from a benign-only replay and a labelled fit replay of the same population. Returns
+/// the evaluation replay and the calibration's seconds (timed apart).
+fn scored_replay(
+    api: &crate::api::ApiConfig,
+    tr: &crate::traffic::TrafficConfig,
+    attacker: &crate::attacker::AttackerConfig,
+) -> crate::Result<(crate::traffic::replay::Outcome, f64)> {
+    use crate::traffic::replay::{calibrate, Replay};
+    let t0 = std::time::Instant::now();
+    let cal = calibrate(api, tr, attacker, 1)?;
+    let cal_s = t0.elapsed().as_secs_f64();
+    let o = Replay::new(api, tr, attacker, 1, None)?
+        .with_calibration(cal)
+        .run()?;
+    for f in o.scores.iter().filter(|x| x.name.starts_with("fused")) {
+        eprintln!(
+            "[bench] {}: AUC {:?}, recall at 0.1% / 0.3% benign FPR {:.3} / {:.3} (measured FPR {:.4} / {:.4})",
+            f.name, f.auc, f.recall[0], f.recall[1], f.benign_fpr[0], f.benign_fpr[1]
+        );
+    }
+    Ok((o, cal_s))
 }
 
 /// Where a burn training step's time goes, per size: the forward pass that builds the loss

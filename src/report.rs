@@ -387,6 +387,28 @@ pub fn gap_table(runs: &[RunRecord], columns: &[&str]) -> Option<String> {
     })
 }
 
+/// The fused scores' names among the `score.*` metrics.
+const FUSED: [&str; 2] = ["fused", "fused_logistic"];
+/// A detector whose measured benign FPR at the 0.3% point exceeds this did not hold it.
+const HELD: f64 = 0.01;
+
+/// A run's last checkpoint (detection does not depend on the budget).
+fn last(r: &RunRecord) -> Option<&std::collections::BTreeMap<String, f64>> {
+    r.rows.last().map(|c| &c.metrics)
+}
+
+fn of<'a>(runs: &'a [RunRecord], p: &'a str) -> impl Iterator<Item = &'a RunRecord> {
+    runs.iter().filter(move |r| r.point_label() == p)
+}
+
+/// A metric of the last checkpoints of the runs at grid point `p`, over seeds.
+fn point_stat(runs: &[RunRecord], p: &str, key: &str) -> Stat {
+    let xs: Vec<f64> = of(runs, p)
+        .filter_map(|r| last(r)?.get(key).copied())
+        .collect();
+    Stat::of(&xs)
+}
+
 /// Detection at operating points (runs with calibrated detector scores, `score.*`): per
 /// setting and score, the AUC over accounts and, at 0.1% and 0.3% benign-account FPR, the
 /// recall, the FPR measured on the run's own benign accounts, days to detection and the
@@ -394,14 +416,7 @@ pub fn gap_table(runs: &[RunRecord], columns: &[&str]) -> Option<String> {
 /// single detector (chosen per setting by mean recall at 0.3%, on these same runs, which
 /// favours the single detector), paired by seed. None without scores.
 pub fn operating_points_table(runs: &[RunRecord]) -> Option<String> {
-    const FUSED: [&str; 2] = ["fused", "fused_logistic"];
-    // A detector whose measured benign FPR at the 0.3% point exceeds this did not hold it.
-    const HELD: f64 = 0.01;
     use crate::traffic::detect::score::NAMES;
-    // Detection does not depend on the budget: each run's last checkpoint.
-    fn last(r: &RunRecord) -> Option<&std::collections::BTreeMap<String, f64>> {
-        r.rows.last().map(|c| &c.metrics)
-    }
     let has = |n: &str| {
         let k = format!("score.auc.{n}");
         runs.iter()
@@ -422,15 +437,7 @@ pub fn operating_points_table(runs: &[RunRecord]) -> Option<String> {
             points.push(r.point_label());
         }
     }
-    fn of<'a>(runs: &'a [RunRecord], p: &'a str) -> impl Iterator<Item = &'a RunRecord> {
-        runs.iter().filter(move |r| r.point_label() == p)
-    }
-    let stat = |p: &str, key: &str| {
-        let xs: Vec<f64> = of(runs, p)
-            .filter_map(|r| last(r)?.get(key).copied())
-            .collect();
-        Stat::of(&xs)
-    };
+    let stat = |p: &str, key: &str| point_stat(runs, p, key);
     const COLS: [&str; 6] = [
         "auc",
         "recall@0.1%",
@@ -461,7 +468,15 @@ pub fn operating_points_table(runs: &[RunRecord]) -> Option<String> {
             out.push('\n');
         }
     }
-    out.push_str(
+    out.push_str(&fused_vs_best(runs, &points, &names));
+    Some(out)
+}
+
+/// Each fused score minus the best single detector of each setting, paired by seed (the
+/// second table of [`operating_points_table`]).
+fn fused_vs_best(runs: &[RunRecord], points: &[String], names: &[&str]) -> String {
+    let stat = |p: &str, key: &str| point_stat(runs, p, key);
+    let mut out = String::from(
         "\nEach fused score minus the best single detector of its setting, paired by seed: \
          mean ± 95% half-width; * where the interval excludes 0. The best single detector has \
          the highest mean recall at 0.3% FPR on these runs (ties: the lower measured FPR) \
@@ -469,7 +484,7 @@ pub fn operating_points_table(runs: &[RunRecord]) -> Option<String> {
          runs' own benign accounts is at most 1% (a cross-account signal the campaign itself \
          moves can miss its calibrated target); the last column is that measured FPR.\n\n| setting | fused score | best single | pairs | recall@0.1% | recall@0.3% | best single's benign_fpr@0.3% |\n|---|---|---|---:|---:|---:|---:|\n",
     );
-    for p in &points {
+    for p in points {
         // Eligible: a detector that held its operating point on these runs' own benign
         // accounts (measured FPR at most HELD, or not recorded); ties in recall go to the
         // lower measured FPR.
@@ -511,7 +526,7 @@ pub fn operating_points_table(runs: &[RunRecord]) -> Option<String> {
             ));
         }
     }
-    Some(out)
+    out
 }
 
 /// Per-seed, per-budget differences of each run to its partner run (`partner` names the

@@ -77,6 +77,8 @@ pub struct Replay<'a> {
     segments: segments::Segments,
     /// The crowd's templates: the first of the benign bank.
     crowd_templates: usize,
+    /// With `traffic.tiers`, the index of the score they act on.
+    tier_score: Option<usize>,
 }
 
 /// Templates per bank: enough distinct prompts that a harvest of `samples` rarely repeats one.
@@ -136,6 +138,12 @@ impl<'a> Replay<'a> {
         let segments = segments::build(pop, &mut benign_bank, seed, att.world_harm);
         rates.extend_from_slice(&segments.rates);
         let change_minute = tr.limit_change.as_ref().map(|c| (c.day * 1440.0) as u32);
+        let tier_score = tr
+            .tiers
+            .as_ref()
+            .map(|t| t.validate().and_then(|_| t.score_index()))
+            .transpose()
+            .map_err(crate::Error::Invalid)?;
         let mut r = Replay {
             tr,
             att,
@@ -174,6 +182,7 @@ impl<'a> Replay<'a> {
             book: ScoreBook::new(score::available(&tr.detectors), None),
             segments,
             crowd_templates,
+            tier_score,
             rng,
         };
         if tr.tiers.as_ref().is_some_and(|t| t.escalate_cluster) {
@@ -239,9 +248,9 @@ impl<'a> Replay<'a> {
 
     /// Run the whole window; every account's highest scores, and whether it is the
     /// campaign's.
-    fn run_keeping_scores(mut self) -> crate::Result<(Vec<[f64; N_DET]>, Vec<bool>)> {
+    fn run_keeping_scores(mut self) -> (Vec<[f64; N_DET]>, Vec<bool>) {
         self.simulate();
-        Ok((self.book.max, self.watch.attacker))
+        (self.book.max, self.watch.attacker)
     }
 
     fn simulate(&mut self) {
@@ -350,7 +359,7 @@ pub fn calibrate(
     let scored = |att: &AttackerConfig, seed: u64| -> crate::Result<_> {
         let mut r = Replay::new(api, tr, att, seed, None)?;
         r.book.on = true;
-        r.run_keeping_scores()
+        Ok(r.run_keeping_scores())
     };
     let (maxima, _) = scored(&benign_only, derive_seed(seed, "traffic/calibration"))?;
     let mut cal = Calibration::new(&maxima, score::available(&tr.detectors));

@@ -111,10 +111,10 @@ impl Replay<'_> {
     /// A template for benign account `a`: the crowd's bank, or its segment's share of it.
     #[inline]
     pub(super) fn benign_template(&mut self, a: usize) -> usize {
-        let users = self.tr.population.users;
-        match self.segments.ranges.get(a.wrapping_sub(users)) {
-            Some(&(lo, n)) if a >= users => lo as usize + self.rng.random_range(0..n as usize),
-            _ => self.rng.random_range(0..self.crowd_templates),
+        let segment = a.checked_sub(self.tr.population.users);
+        match segment.and_then(|i| self.segments.ranges.get(i)) {
+            Some(&(lo, n)) => lo as usize + self.rng.random_range(0..n as usize),
+            None => self.rng.random_range(0..self.crowd_templates),
         }
     }
 }

@@ -535,6 +535,12 @@ fn tiers_act_on_the_fused_score_with_a_cooldown_and_escalate_clusters() {
             .run()
             .unwrap()
     };
+    // A score that does not exist is refused when the replay is set up.
+    tr.tiers = Some(Tiers {
+        score: "nope".into(),
+        ..tiers(false)
+    });
+    assert!(Replay::new(&api, &tr, &att, 4, None).is_err());
     // Without a calibration tiers cannot act: an error, not a silent no-op.
     tr.tiers = Some(tiers(false));
     assert!(Replay::new(&api, &tr, &att, 4, None)

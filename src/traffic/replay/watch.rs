@@ -85,8 +85,8 @@ impl Replay<'_> {
                 let s = score::scores(det, f, &signals, &self.reference, &self.book.avail);
                 self.book.update(a, &s, minute, f.total);
             }
-            if let Some(t) = &self.tr.tiers {
-                tier_pass(t, &self.book, w, &mut self.pending, a, minute, det);
+            if let (Some(t), Some(j)) = (&self.tr.tiers, self.tier_score) {
+                tier_pass(t, j, &self.book, w, &mut self.pending, a, minute, det);
                 continue;
             }
             if !w.flagged[a] && flags(det, f, &signals, &self.reference) != 0 {
@@ -102,8 +102,10 @@ impl Replay<'_> {
 
 /// Tiers at a detector pass: account `a` moves to the highest level its score has reached,
 /// unless it changed level less than the cooldown ago; the level's action is scheduled.
+#[allow(clippy::too_many_arguments)]
 fn tier_pass(
     t: &crate::traffic::Tiers,
+    j: usize,
     book: &score::ScoreBook,
     w: &mut Watch,
     pending: &mut std::collections::BinaryHeap<Reverse<(u32, Event, u32)>>,
@@ -111,7 +113,7 @@ fn tier_pass(
     minute: u32,
     det: &crate::traffic::detect::DetectorConfig,
 ) {
-    let (Some(cal), Ok(j)) = (book.cal.as_ref(), t.score_index()) else {
+    let Some(cal) = book.cal.as_ref() else {
         return;
     };
     let mut v = cal.value(j, &book.max[a]);
