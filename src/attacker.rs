@@ -29,7 +29,11 @@ pub enum Strategy {
 /// Kerckhoffs). Public data: `public_share` of the training set drawn from the attacker's own
 /// corpus (the base model's corpus, answered as the base answers: correctly, with reasoning on
 /// hard tiers, but without the teacher's refusals or support), which costs no queries and
-/// needs no knowledge of the defense.
+/// needs no knowledge of the defense. Filtering: the `filter_share` of harvested answers its
+/// own base model (`student.base`) finds least plausible are dropped. Rewriting: every answer
+/// rewritten in the attacker's own style before training. Canaries: a `canary_share` of each
+/// account's queries asks what the attacker already knows, and an account whose canaries fail
+/// `canary_streak` times in a row is taken to be served by a fallback model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Adapt {
@@ -38,6 +42,25 @@ pub struct Adapt {
     pub combine: Combine,
     /// Share of the training set from the attacker's own corpus, in [0, 0.95].
     pub public_share: f64,
+    /// Share of the harvested answers dropped as implausible, in [0, 0.9]: those with the
+    /// lowest mean log-likelihood per response token under the attacker's own base model
+    /// (`student.base`, pretrained on its corpus and cached; whatever `student.init` says),
+    /// against defenses that make the teacher's answers odd (antidistillation, flips).
+    pub filter_share: f64,
+    /// Rewrite every harvested answer in the attacker's own style before training: each
+    /// synonym glyph written as its plain digit, and the returned logprob mass of a glyph
+    /// moved to its digit (the paraphrase this world admits without changing an answer;
+    /// against watermarks). Word order is kept. It changes nothing where `world.answers` is
+    /// `one` (no answer has a second spelling).
+    pub rewrite: bool,
+    /// Share of each account's answered queries that are canaries, in [0, 0.5]: easy skill
+    /// prompts of the attacker's own corpus, whose answers it knows. Canaries are paid from
+    /// the budget and never trained on. Needs `traffic.enabled` (only a replay's actions route
+    /// an account to the fallback model).
+    pub canary_share: f64,
+    /// Consecutive failed canaries that mark an account as served by the fallback model; its
+    /// answers after its last passed canary are dropped. In [1, 16].
+    pub canary_streak: usize,
 }
 
 impl Default for Adapt {
@@ -46,6 +69,10 @@ impl Default for Adapt {
             repeats: 1,
             combine: Combine::MeanLogprobs,
             public_share: 0.0,
+            filter_share: 0.0,
+            rewrite: false,
+            canary_share: 0.0,
+            canary_streak: 2,
         }
     }
 }
@@ -251,6 +278,11 @@ impl Default for AttackerConfig {
 }
 
 impl AttackerConfig {
+    /// Whether this attacker filters its harvest with its base model.
+    pub fn filters(&self) -> bool {
+        self.adapt.as_ref().is_some_and(|a| a.filter_share > 0.0)
+    }
+
     /// The prompt distribution this attacker samples.
     pub fn mix(&self) -> Mix {
         let mut m = Mix::benign().in_world(self.world_harm);
@@ -277,25 +309,46 @@ impl AttackerConfig {
     }
 
     /// The items a student trains on: the harvest (its repeated answers combined by an
-    /// adaptive attacker), without refusals when they are stripped: responses that refuse are
+    /// adaptive attacker, then the least plausible dropped under `filter_share`, then rewritten
+    /// under `rewrite`), without refusals when they are stripped: responses that refuse are
     /// dropped, and the refusal token is removed from the returned logprobs of the others (a
     /// sampled answer's logprobs can still put most of the mass on refusing); then an adaptive
     /// attacker's public data (`seed` draws it), so that it is `public_share` of the whole.
-    pub fn training_items(&self, items: &[Item], seed: u64) -> Vec<Item> {
+    /// `plausibility` scores items under the attacker's base model (needed to filter).
+    pub fn training_items(
+        &self,
+        items: &[Item],
+        seed: u64,
+        plausibility: Option<Scorer>,
+    ) -> crate::Result<Vec<Item>> {
         use crate::world::vocab::REFUSE;
         let combined;
-        let items = match &self.adapt {
+        let mut items = match &self.adapt {
             Some(a) if a.repeats > 1 || a.combine == Combine::Majority => {
                 combined = combine_answers(items, a.combine);
                 &combined[..]
             }
             _ => items,
         };
+        let filter = self.adapt.as_ref().map_or(0.0, |a| a.filter_share);
+        let filtered;
+        if filter > 0.0 {
+            let score = plausibility.ok_or_else(|| {
+                crate::Error::Invalid(
+                    "attacker.adapt.filter_share needs the attacker's base model to score the \
+                     harvest"
+                        .into(),
+                )
+            })?;
+            filtered = drop_implausible(items, &score(items)?, filter);
+            items = &filtered[..];
+        }
+        let rewrite = self.adapt.as_ref().is_some_and(|a| a.rewrite);
         let mut out: Vec<Item> = items
             .iter()
             .filter(|i| !(self.strip_refusals && crate::world::parse_response(&i.tokens).refused))
             .map(|i| {
-                let mut i = i.clone();
+                let mut i = if rewrite { rewrite_plain(i) } else { i.clone() };
                 if self.strip_refusals {
                     for row in i.top.iter_mut() {
                         row.retain(|&(t, _)| t != REFUSE);
@@ -309,7 +362,94 @@ impl AttackerConfig {
             let n = (out.len() as f64 * share / (1.0 - share)).round() as usize;
             out.extend(public_items(n, self.world_harm, seed));
         }
-        out
+        Ok(out)
+    }
+}
+
+/// Scores items (higher: more plausible), e.g. [`plausibility`] under the attacker's base.
+pub type Scorer<'a> = &'a dyn Fn(&[Item]) -> crate::Result<Vec<f32>>;
+
+/// Each item's mean log-likelihood per response token under `model` (teacher-forced; nats;
+/// 0 for an empty response), the attacker's measure of how plausible an answer is.
+pub fn plausibility(model: &dyn crate::model::Engine, items: &[Item]) -> Vec<f32> {
+    use crate::model::generate::{log_softmax, model_input, pack};
+    let v = model.spec().vocab;
+    let ctx = model.spec().context;
+    let mut lp = vec![0.0f32; v];
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(256) {
+        let seqs: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|it| {
+                let mut s = model_input(&it.prompt);
+                s.extend_from_slice(&it.tokens);
+                s.truncate(ctx);
+                s
+            })
+            .collect();
+        let voices: Vec<[f32; crate::world::VOICE_DIM]> =
+            chunk.iter().map(|it| it.prompt.voice_input()).collect();
+        let rows: Vec<(&[u32], &[f32; crate::world::VOICE_DIM])> =
+            seqs.iter().zip(&voices).map(|(s, v)| (&s[..], v)).collect();
+        let batch = pack(&rows);
+        let logits = model.logits(&batch);
+        for (r, it) in chunk.iter().enumerate() {
+            let start = it.prompt.tokens.len() + 1; // SEP predicts response token 0
+            let n = it.tokens.len().min(seqs[r].len().saturating_sub(start));
+            let mut sum = 0.0f32;
+            for j in 0..n {
+                let at = (r * batch.t + start + j) * v;
+                log_softmax(&logits[at..at + v], &mut lp);
+                sum += lp[it.tokens[j] as usize];
+            }
+            out.push(if n == 0 { 0.0 } else { sum / n as f32 });
+        }
+    }
+    out
+}
+
+/// `items` less the `share` (rounded down) with the lowest `scores`, in their order (ties:
+/// the later item dropped first).
+pub fn drop_implausible(items: &[Item], scores: &[f32], share: f64) -> Vec<Item> {
+    let n = ((items.len() as f64) * share.clamp(0.0, 1.0)).floor() as usize;
+    let mut idx: Vec<usize> = (0..items.len()).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(b.cmp(&a)));
+    let mut dropped = vec![false; items.len()];
+    for &i in &idx[..n] {
+        dropped[i] = true;
+    }
+    items
+        .iter()
+        .zip(dropped)
+        .filter(|(_, d)| !d)
+        .map(|(i, _)| i.clone())
+        .collect()
+}
+
+/// An answer rewritten in the attacker's style: synonym glyphs as their plain digits, and at
+/// each position the returned probability of a glyph added to its digit's.
+pub fn rewrite_plain(item: &Item) -> Item {
+    use crate::world::answers::canonical_token;
+    let top = item
+        .top
+        .iter()
+        .map(|row| {
+            let mut p: Vec<(Tok, f32)> = Vec::with_capacity(row.len());
+            for &(t, lp) in row {
+                let c = canonical_token(t);
+                match p.iter_mut().find(|(x, _)| *x == c) {
+                    Some(e) => e.1 += lp.exp(),
+                    None => p.push((c, lp.exp())),
+                }
+            }
+            p.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            p.into_iter().map(|(t, q)| (t, q.ln())).collect()
+        })
+        .collect();
+    Item {
+        prompt: item.prompt.clone(),
+        tokens: item.tokens.iter().map(|&t| canonical_token(t)).collect(),
+        top,
     }
 }
 
@@ -333,6 +473,11 @@ pub struct Harvest {
     pub refused: u64,
     /// Per item: answered by the fallback model (a silent fallback the attacker cannot see).
     pub from_fallback: Vec<bool>,
+    /// Per item: the account it was answered on (a replay's harvest; empty otherwise).
+    pub item_accounts: Vec<u32>,
+    /// Per item: None for a query of the campaign, Some(passed) for a canary (empty: no
+    /// canaries were sent).
+    pub canary: Vec<Option<bool>>,
     /// The accounts the harvest was sent from.
     pub account_ids: Vec<AccountId>,
     pub accounts: usize,
@@ -353,6 +498,64 @@ impl Harvest {
     pub fn accounts_cost(&self) -> f64 {
         self.accounts as f64 * self.account_cost_usd
     }
+}
+
+/// A canary: an easy copy or sort prompt of the attacker's own corpus (train side of the
+/// held-out split), whose answer it computes itself ([`crate::base::base_response`]).
+pub fn canary_prompt(rng: &mut crate::rng::SimRng) -> Prompt {
+    use crate::world::{Kind, Side, Tier};
+    let skill = if rand::Rng::random_bool(rng, 0.5) {
+        Skill::CopyReverse
+    } else {
+        Skill::Sort
+    };
+    crate::world::generate_on(rng, Kind::Skill(skill, Tier::Easy), false, Side::Train)
+}
+
+/// What a canary-checking attacker does with a harvest (items in harvest order, `accounts[i]`
+/// the account of item `i`, `canary[i]` Some(passed) for a canary): on each account, once
+/// `streak` canaries in a row failed, it takes the account to be served by a fallback model and
+/// drops its answers since its last passed canary and from then on. Canaries are never trained
+/// on. Returns whether each item is kept, and how many accounts were taken for fallback ones.
+pub fn canary_keep(accounts: &[u32], canary: &[Option<bool>], streak: usize) -> (Vec<bool>, usize) {
+    #[derive(Default)]
+    struct State {
+        fails: usize,
+        burnt: bool,
+        since_pass: Vec<usize>,
+    }
+    let mut keep = vec![true; accounts.len()];
+    let mut state: std::collections::HashMap<u32, State> = std::collections::HashMap::new();
+    let mut burnt = 0;
+    for (i, (&a, &c)) in accounts.iter().zip(canary).enumerate() {
+        let s = state.entry(a).or_default();
+        if c.is_some() {
+            keep[i] = false;
+        }
+        if s.burnt {
+            keep[i] = false;
+            continue;
+        }
+        match c {
+            None => s.since_pass.push(i),
+            Some(true) => {
+                s.fails = 0;
+                s.since_pass.clear();
+            }
+            Some(false) => {
+                s.fails += 1;
+                if s.fails >= streak.max(1) {
+                    s.burnt = true;
+                    burnt += 1;
+                    for &j in &s.since_pass {
+                        keep[j] = false;
+                    }
+                    s.since_pass.clear();
+                }
+            }
+        }
+    }
+    (keep, burnt)
 }
 
 /// The `n` prompts with the highest uncertainty `u`, most uncertain first.
@@ -558,7 +761,7 @@ mod tests {
         };
         let all = h.items.clone();
         assert!(refusals(&all) > 50, "{}", refusals(&all));
-        let kept = cfg.training_items(&h.items, 0);
+        let kept = cfg.training_items(&h.items, 0, None).unwrap();
         assert_eq!(refusals(&kept), 0);
         assert_eq!(kept.len(), all.len() - refusals(&all));
         // Nor in the logprob targets of what is kept (sampled answers of a harmful prompt can
@@ -566,7 +769,9 @@ mod tests {
         let mut sampled = h.items[0].clone();
         sampled.tokens = vec![7, crate::world::vocab::EOS];
         sampled.top = vec![vec![(crate::world::vocab::REFUSE, -0.1), (7, -2.4)]];
-        let stripped = cfg.training_items(std::slice::from_ref(&sampled), 0);
+        let stripped = cfg
+            .training_items(std::slice::from_ref(&sampled), 0, None)
+            .unwrap();
         assert_eq!(stripped[0].top, vec![vec![(7, -2.4)]]);
         // Every skill prompt is a hard tier, so every skill answer carries a trace.
         let skills: Vec<&Item> = h
@@ -582,7 +787,10 @@ mod tests {
             strip_refusals: false,
             ..cfg
         };
-        assert_eq!(no_strip.training_items(&h.items, 0).len(), h.items.len());
+        assert_eq!(
+            no_strip.training_items(&h.items, 0, None).unwrap().len(),
+            h.items.len()
+        );
     }
 
     #[test]
@@ -704,6 +912,188 @@ mod tests {
         assert!(sampled > 0.75 && sampled < 0.93, "{sampled}");
     }
 
+    /// Filtering drops the given share with the lowest scores, keeping the others' order.
+    #[test]
+    fn filtering_drops_the_least_plausible_share() {
+        let mut rng = derive_rng(2, "t");
+        let items: Vec<Item> = (0..4)
+            .map(|i| Item {
+                prompt: crate::world::generate(
+                    &mut rng,
+                    Kind::Skill(Skill::Sort, crate::world::Tier::Easy),
+                    false,
+                ),
+                tokens: vec![i],
+                top: vec![],
+            })
+            .collect();
+        let kept = drop_implausible(&items, &[-1.0, -5.0, -2.0, -9.0], 0.5);
+        assert_eq!(
+            kept.iter().map(|i| i.tokens[0]).collect::<Vec<_>>(),
+            vec![0, 2]
+        );
+        // A share rounds down; ties drop the later item first.
+        let kept = drop_implausible(&items, &[-1.0, -1.0, -1.0, -1.0], 0.3);
+        assert_eq!(
+            kept.iter().map(|i| i.tokens[0]).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        assert_eq!(drop_implausible(&items, &[0.0; 4], 0.0).len(), 4);
+        // Filtering without a scorer is an error, not a silent no-op.
+        let cfg = AttackerConfig {
+            adapt: Some(Adapt {
+                filter_share: 0.5,
+                ..Adapt::default()
+            }),
+            ..Default::default()
+        };
+        assert!(cfg.training_items(&items, 0, None).is_err());
+        let score = |it: &[Item]| Ok(it.iter().map(|i| -(i.tokens[0] as f32)).collect());
+        let kept = cfg.training_items(&items, 0, Some(&score)).unwrap();
+        assert_eq!(
+            kept.iter().map(|i| i.tokens[0]).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+    }
+
+    /// Plausibility is the mean log-probability of the response tokens at the positions that
+    /// predict them, the same as computed from one unpadded sequence at a time.
+    #[test]
+    fn plausibility_is_the_mean_response_token_logprob() {
+        use crate::model::generate::{log_softmax, model_input, pack};
+        let spec = crate::model::ModelSpec::preset("tiny").unwrap();
+        let model = crate::model::new_engine(crate::model::Backend::default(), spec, 3).unwrap();
+        let mut rng = derive_rng(5, "t");
+        let items: Vec<Item> = (0..5)
+            .map(|i| {
+                let prompt = crate::world::generate(
+                    &mut rng,
+                    Kind::Skill(Skill::Sort, crate::world::Tier::Easy),
+                    i % 2 == 0,
+                );
+                let tokens = crate::world::ideal_response(&prompt)[..1 + i % 3].to_vec();
+                Item {
+                    prompt,
+                    tokens,
+                    top: vec![],
+                }
+            })
+            .collect();
+        let got = plausibility(model.as_ref(), &items);
+        let v = model.spec().vocab;
+        let mut lp = vec![0.0; v];
+        for (it, g) in items.iter().zip(&got) {
+            let mut seq = model_input(&it.prompt);
+            seq.extend(&it.tokens);
+            let voice = it.prompt.voice_input();
+            let batch = pack(&[(&seq[..], &voice)]);
+            let logits = model.logits(&batch);
+            let sep = it.prompt.tokens.len() + 1;
+            let want: f32 = it
+                .tokens
+                .iter()
+                .enumerate()
+                .map(|(j, &t)| {
+                    log_softmax(&logits[(sep + j) * v..(sep + j + 1) * v], &mut lp);
+                    lp[t as usize]
+                })
+                .sum::<f32>()
+                / it.tokens.len() as f32;
+            assert!((g - want).abs() < 1e-4, "{g} vs {want}");
+            assert!(*g < 0.0);
+        }
+    }
+
+    /// The rewrite writes glyphs as digits and moves a glyph's probability to its digit.
+    #[test]
+    fn rewriting_writes_plain_digits_and_merges_their_mass() {
+        use crate::world::answers::synonym;
+        use crate::world::vocab::{digit, EOS};
+        let mut rng = derive_rng(1, "t");
+        let g3 = synonym(digit(3)).unwrap();
+        let item = Item {
+            prompt: crate::world::generate(
+                &mut rng,
+                Kind::Skill(Skill::Sort, crate::world::Tier::Easy),
+                false,
+            ),
+            tokens: vec![g3, digit(5), EOS],
+            top: vec![
+                vec![
+                    (g3, 0.6f32.ln()),
+                    (digit(3), 0.3f32.ln()),
+                    (digit(7), 0.1f32.ln()),
+                ],
+                vec![(digit(5), 0.0)],
+                vec![(EOS, 0.0)],
+            ],
+        };
+        let r = rewrite_plain(&item);
+        assert_eq!(r.tokens, vec![digit(3), digit(5), EOS]);
+        assert_eq!(r.top[0].len(), 2);
+        assert_eq!(r.top[0][0].0, digit(3));
+        assert!((r.top[0][0].1.exp() - 0.9).abs() < 1e-6);
+        assert!((r.top[0][1].1.exp() - 0.1).abs() < 1e-6);
+        assert_eq!(r.top[1], item.top[1]);
+        // The counter through the attacker's config.
+        let cfg = AttackerConfig {
+            adapt: Some(Adapt {
+                rewrite: true,
+                ..Adapt::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(cfg.training_items(&[item], 0, None).unwrap()[0], r);
+    }
+
+    /// The canary rule on a hand-made harvest: account 1 passes a canary, then fails two in a
+    /// row, so its answers since the pass go; account 2 is never failed.
+    #[test]
+    fn two_failed_canaries_drop_an_account_since_its_last_pass() {
+        let accounts = [1, 1, 1, 1, 2, 1, 1, 2, 1];
+        let c = [
+            None,
+            Some(true),
+            None,
+            Some(false),
+            None,
+            None,
+            Some(false),
+            Some(true),
+            None,
+        ];
+        let (keep, burnt) = canary_keep(&accounts, &c, 2);
+        assert_eq!(
+            keep,
+            [true, false, false, false, true, false, false, false, false]
+        );
+        assert_eq!(burnt, 1);
+        // One failure is not enough at streak 2; it is at streak 1.
+        let c1 = [
+            None,
+            Some(true),
+            None,
+            Some(false),
+            None,
+            None,
+            Some(true),
+            None,
+            None,
+        ];
+        let (keep, burnt) = canary_keep(&accounts, &c1, 2);
+        assert_eq!(burnt, 0);
+        assert_eq!(
+            keep,
+            [true, false, true, false, true, true, false, true, true]
+        );
+        let (keep, burnt) = canary_keep(&accounts, &c1, 1);
+        assert_eq!(burnt, 1);
+        assert_eq!(
+            keep,
+            [true, false, false, false, true, false, false, true, false]
+        );
+    }
+
     /// The adaptive attacker's combination: answers to one prompt merged into one item, the
     /// most common text, top-k averaged in probability (unlisted = 0); majority keeps text only.
     #[test]
@@ -759,10 +1149,10 @@ mod tests {
                 "a prompt sent 3 times in a row"
             );
         }
-        let distinct = cfg.training_items(&h.items, 0);
+        let distinct = cfg.training_items(&h.items, 0, None).unwrap();
         assert!((1..=10).contains(&distinct.len()), "{}", distinct.len());
         let naive = AttackerConfig { adapt: None, ..cfg };
-        assert_eq!(naive.training_items(&h.items, 0).len(), 30);
+        assert_eq!(naive.training_items(&h.items, 0, None).unwrap().len(), 30);
     }
 
     /// Averaging m noisy answers: the noise defense adds N(0, 0.5) to each logprob; the mean in
@@ -861,7 +1251,7 @@ mod tests {
         };
         let h = harvest(&cfg, &mut api, &oracle(), 5, None).unwrap();
         assert_eq!(h.items.len(), 40);
-        let items = cfg.training_items(&h.items, 7);
+        let items = cfg.training_items(&h.items, 7, None).unwrap();
         assert_eq!(items.len(), 80);
         assert_eq!(&items[..40], &h.items[..]);
         for it in &items[40..] {
@@ -872,8 +1262,12 @@ mod tests {
                 crate::world::split::Side::Train
             );
         }
-        assert_ne!(items[40..], cfg.training_items(&h.items, 8)[40..], "seeded");
+        assert_ne!(
+            items[40..],
+            cfg.training_items(&h.items, 8, None).unwrap()[40..],
+            "seeded"
+        );
         let none = AttackerConfig { adapt: None, ..cfg };
-        assert_eq!(none.training_items(&h.items, 7).len(), 40);
+        assert_eq!(none.training_items(&h.items, 7, None).unwrap().len(), 40);
     }
 }

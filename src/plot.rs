@@ -1395,6 +1395,14 @@ fn place_labels(at: &[(i32, i32)], sizes: &[(i32, i32)], bounds: Rect) -> Vec<(i
     out
 }
 
+/// The naive defense's point label of an adaptive one: `variant=X (counter)` -> `variant=X`
+/// (None for a point without a counter).
+fn naive_of(label: &str) -> Option<String> {
+    let (head, rest) = label.split_once(" (")?;
+    let close = rest.find(')')?;
+    Some(format!("{head}{}", &rest[close + 1..]))
+}
+
 fn draw_pareto<DB: DrawingBackend>(
     root: &Root<DB>,
     points: &[ParetoPoint],
@@ -1421,7 +1429,8 @@ fn draw_pareto<DB: DrawingBackend>(
     let note = [
         Some(
             "utility for honest users: served capability relative to no defense x share of \
-             benign queries neither blocked nor degraded; bars: 95% intervals over seeds",
+             benign queries neither blocked nor degraded; bars: 95% intervals over seeds; \
+             lines join a defense's naive point to its adaptive attacker's `(counter)`",
         ),
         clipped.then_some("arrowheads: bars that run on above the axis"),
         plan.note.as_deref(),
@@ -1519,6 +1528,16 @@ fn draw_pareto<DB: DrawingBackend>(
             at.push(chart.backend_coord(&(*x, *y)));
             sizes.push((text_w(label, LEGEND) as i32 + 2, LINE_H - 2));
             colors.push(c);
+        }
+        // Each adaptive point (`X (counter)`) joined to its naive defense's (`X`).
+        for (j, &i) in panel.members.iter().enumerate() {
+            let Some(naive) = naive_of(&points[i].0) else {
+                continue;
+            };
+            if let Some(n) = panel.members.iter().position(|&m| points[m].0 == naive) {
+                let style = ShapeStyle::from(&colors[j].mix(0.6)).stroke_width(2);
+                root.draw(&PathElement::new(vec![at[n], at[j]], style))?;
+            }
         }
         let corners = place_labels(&at, &sizes, bounds);
         for (j, label) in panel.labels.iter().enumerate() {
@@ -2012,6 +2031,19 @@ mod tests {
 
     fn chars(s: &str) -> u32 {
         s.chars().count() as u32
+    }
+
+    #[test]
+    fn an_adaptive_point_is_joined_to_its_naive_defense() {
+        assert_eq!(
+            naive_of("variant=noise 8.0 (repeats 3 + mean)").as_deref(),
+            Some("variant=noise 8.0")
+        );
+        assert_eq!(
+            naive_of("variant=delta 5 share 1.0 (rewrite),world.answers=one").as_deref(),
+            Some("variant=delta 5 share 1.0,world.answers=one")
+        );
+        assert_eq!(naive_of("variant=noise 8.0"), None);
     }
 
     #[test]

@@ -469,7 +469,52 @@ pub fn operating_points_table(runs: &[RunRecord]) -> Option<String> {
         }
     }
     out.push_str(&fused_vs_best(runs, &points, &names));
+    out.push_str(&group_fpr_table(runs, &points, &names));
     Some(out)
+}
+
+/// The benign FPR of each score by benign group (the crowd and each segment kind) at both
+/// operating points, for the settings with segments (empty without any).
+fn group_fpr_table(runs: &[RunRecord], points: &[String], names: &[&str]) -> String {
+    const GROUPS: [&str; 4] = ["crowd", "batch", "eval_harness", "reasoning_dev"];
+    let stat = |p: &str, key: &str| point_stat(runs, p, key);
+    let key = |f: &str, n: &str, g: &str| format!("score.benign_fpr@{f}.{n}.{g}");
+    let split: Vec<&String> = points
+        .iter()
+        .filter(|p| {
+            names
+                .iter()
+                .any(|n| stat(p, &key("0.3%", n, "crowd")).n > 0)
+        })
+        .collect();
+    if split.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "
+Benign FPR by group (settings with benign segments): the share of each group's \
+         accounts above each threshold, mean ± 95% half-width over seeds. Thresholds hold \
+         the benign population as a whole at 0.1% and 0.3%; a group above that is what the \
+         detector mistakes for a campaign.\n\n",
+    );
+    let cols: Vec<String> = GROUPS
+        .iter()
+        .flat_map(|g| ["0.1%", "0.3%"].map(|f| format!("{g}@{f}")))
+        .collect();
+    let cols: Vec<&str> = cols.iter().map(String::as_str).collect();
+    out.push_str(&header(&["setting", "score"], &cols));
+    for p in split {
+        for n in names {
+            out.push_str(&format!("| {p} | {n} |"));
+            for g in GROUPS {
+                for f in ["0.1%", "0.3%"] {
+                    out.push_str(&format!(" {} |", stat(p, &key(f, n, g)).cell()));
+                }
+            }
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Each fused score minus the best single detector of each setting, paired by seed (the

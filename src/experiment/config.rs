@@ -192,6 +192,14 @@ impl ExperimentConfig {
         if let Some(t) = &self.traffic.tiers {
             t.validate()?;
         }
+        let canaries = self.attacker.adapt.as_ref().map_or(0.0, |a| a.canary_share);
+        if canaries > 0.0 && !self.traffic.enabled {
+            return Err(format!(
+                "attacker.adapt.canary_share {canaries}: canaries detect a silent fallback, \
+                 which only a traffic replay's actions route accounts to; set traffic.enabled \
+                 or canary_share 0"
+            ));
+        }
         if self.traffic.enabled {
             self.check_traffic()?;
         }

@@ -182,6 +182,24 @@ pub const RANGES: &[Range] = &[
         "share of the training set",
     ),
     r(
+        "attacker.adapt.filter_share",
+        0.0,
+        0.9,
+        "share of the harvest",
+    ),
+    r(
+        "attacker.adapt.canary_share",
+        0.0,
+        0.5,
+        "share of each account's queries",
+    ),
+    r(
+        "attacker.adapt.canary_streak",
+        1.0,
+        16.0,
+        "failed canaries in a row",
+    ),
+    r(
         "attacker.strategy.pool",
         1.0,
         1e4,

@@ -70,14 +70,11 @@ fn without_inert(mut v: Value) -> Value {
             w.remove("boundary_noise");
         }
     }
-    // Before `attacker.adapt.public_share` existed, adaptive attackers used no public data.
     if let Some(a) = v
         .pointer_mut("/attacker/adapt")
         .and_then(Value::as_object_mut)
     {
-        if a.get("public_share").and_then(Value::as_f64) == Some(0.0) {
-            a.remove("public_share");
-        }
+        without_inert_counters(a);
     }
     // Before `teacher.pool` and `teacher.trainer` existed, every run faced `teacher.seed`,
     // trained by the run's engine.
@@ -118,12 +115,38 @@ fn without_inert(mut v: Value) -> Value {
         v["traffic"] = serde_json::json!({"enabled": false});
     }
     let init = v["student"]["init"].as_str().unwrap_or("scratch");
-    if init == "scratch" {
+    // The base also scores the harvest of an attacker that filters it.
+    let filters = v
+        .pointer("/attacker/adapt/filter_share")
+        .and_then(Value::as_f64)
+        .is_some_and(|f| f > 0.0);
+    if init == "scratch" && !filters {
         if let Some(s) = v["student"].as_object_mut() {
             s.remove("base");
         }
     }
     v
+}
+
+/// An adaptive attacker's counters at their "off" values: before `public_share` existed,
+/// adaptive attackers used no public data; before the others, none filtered, rewrote or sent
+/// canaries.
+fn without_inert_counters(a: &mut serde_json::Map<String, Value>) {
+    let zero =
+        |a: &serde_json::Map<String, Value>, k: &str| a.get(k).and_then(Value::as_f64) == Some(0.0);
+    if zero(a, "public_share") {
+        a.remove("public_share");
+    }
+    if zero(a, "filter_share") {
+        a.remove("filter_share");
+    }
+    if a.get("rewrite") == Some(&Value::Bool(false)) {
+        a.remove("rewrite");
+    }
+    if zero(a, "canary_share") {
+        a.remove("canary_share");
+        a.remove("canary_streak");
+    }
 }
 
 fn stored_form(spec: &RunSpec) -> Option<Value> {

@@ -79,7 +79,7 @@ impl Runner {
         }
         for r in runs {
             let cfg = &r.config;
-            if cfg.student.init != student::Init::Base {
+            if cfg.student.init != student::Init::Base && !cfg.attacker.filters() {
                 continue;
             }
             let key = Self::base_key(r);
@@ -109,8 +109,20 @@ impl Runner {
         if spec.config.student.init != student::Init::Base {
             return Ok(None);
         }
+        self.prepared_base(spec).map(Some)
+    }
+
+    /// The base model that scores a filtering attacker's harvest (None: it does not filter).
+    fn scorer_path(&self, spec: &RunSpec) -> Result<Option<PathBuf>> {
+        if !spec.config.attacker.filters() {
+            return Ok(None);
+        }
+        self.prepared_base(spec).map(Some)
+    }
+
+    fn prepared_base(&self, spec: &RunSpec) -> Result<PathBuf> {
         match self.bases.get(&Self::base_key(spec)) {
-            Some(Ok(p)) => Ok(Some(p.clone())),
+            Some(Ok(p)) => Ok(p.clone()),
             Some(Err(e)) => Err(Error::Invalid(e.clone())),
             None => Err(Error::Invalid("student.base not prepared".into())),
         }
@@ -281,6 +293,7 @@ impl Runner {
             )
         })?;
         let base = self.base_path(spec)?;
+        let scorer = self.scorer_path(spec)?;
         let mut cfg = spec.config.clone();
         cfg.attacker.world_harm = cfg.world.harm;
         let ctx = stages::Context {
@@ -289,6 +302,7 @@ impl Runner {
             spec,
             teacher,
             base: base.as_deref(),
+            scorer: scorer.as_deref(),
             log,
         };
         let mut harvested = stages::harvest(&ctx)?;

@@ -57,6 +57,8 @@ pub(super) struct Context<'a> {
     pub teacher: &'a EvaluatedTeacher,
     /// The attacker's base model (None: students start from scratch).
     pub base: Option<&'a Path>,
+    /// The attacker's base model that scores its harvest (a filtering attacker only).
+    pub scorer: Option<&'a Path>,
     pub suites: EvalSuites,
     pub log: &'a (dyn Fn(&str) + Sync),
 }
@@ -208,6 +210,7 @@ fn replayed_harvest(ctx: &Context) -> Result<Harvested> {
         &t.teacher,
         &cfg.attacker,
         &o.attacker_accounts,
+        cfg.world.answer_space(),
         spec.seed,
     );
     let timeline = Some(json!({
@@ -301,7 +304,22 @@ pub(super) fn checkpoint(
     } = h;
     let items = &harvest.items[..n];
     let end = harvest.times.last().copied().unwrap_or(0.0);
-    let trained = train_student(ctx, (api, attacker_ids, end), budget, items)?;
+    // A canary-checking attacker decides on what it had seen by this budget.
+    let canaries = canary_check(ctx, harvest, n);
+    let usable: Vec<Item>;
+    let train_on = match &canaries {
+        Some((keep, _)) => {
+            usable = items
+                .iter()
+                .zip(keep)
+                .filter(|(_, &k)| k)
+                .map(|(i, _)| i.clone())
+                .collect();
+            &usable[..]
+        }
+        None => items,
+    };
+    let trained = train_student(ctx, (api, attacker_ids, end), budget, train_on)?;
     let student = trained.student.as_ref();
     let (suites, t) = (&ctx.suites, ctx.teacher);
     let s_resp = eval_responses(None, Some(student), suites);
@@ -317,6 +335,9 @@ pub(super) fn checkpoint(
             "harvest.fallback_share".into(),
             json!(from_fallback as f64 / n.max(1) as f64),
         );
+    }
+    if let Some((keep, burnt)) = &canaries {
+        m.extend(canary_metrics(harvest, n, keep, *burnt));
     }
     m.extend(provenance_metrics(ctx, student, items, keys));
     for (k, v) in rel.iter().chain(s_scores.iter()) {
@@ -361,12 +382,25 @@ fn train_student(
     let cfg = &ctx.cfg;
     let t0 = Instant::now();
     let seed = derive_seed(ctx.spec.seed, &format!("student/{budget}"));
-    let mut kept: Vec<Item> = student::drop_random(
-        &cfg.attacker
-            .training_items(items, derive_seed(seed, "public")),
-        cfg.student.drop_share,
-        derive_seed(seed, "drop"),
-    );
+    let scorer = match ctx.scorer {
+        Some(path) => Some(crate::model::load_engine(
+            cfg.backend(),
+            cfg.student.spec()?,
+            path,
+        )?),
+        None => None,
+    };
+    let score = |items: &[Item]| -> Result<Vec<f32>> {
+        let model = scorer.as_deref().ok_or_else(|| {
+            Error::Invalid("attacker.adapt.filter_share: the base model was not prepared".into())
+        })?;
+        Ok(crate::attacker::plausibility(model, items))
+    };
+    let training = cfg
+        .attacker
+        .training_items(items, derive_seed(seed, "public"), Some(&score))?;
+    let mut kept: Vec<Item> =
+        student::drop_random(&training, cfg.student.drop_share, derive_seed(seed, "drop"));
     // A self-family chain: the harvest trains the attacker's larger model, whose answers
     // then stand in for the teacher's.
     let mut chain = Map::new();
@@ -411,6 +445,53 @@ fn train_student(
         chain,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// What a canary-checking attacker keeps of the first `n` items (None: it sends none).
+fn canary_check(ctx: &Context, harvest: &Harvest, n: usize) -> Option<(Vec<bool>, usize)> {
+    let a = ctx.cfg.attacker.adapt.as_ref()?;
+    if a.canary_share <= 0.0 || harvest.canary.len() < n {
+        return None;
+    }
+    Some(crate::attacker::canary_keep(
+        &harvest.item_accounts[..n],
+        &harvest.canary[..n],
+        a.canary_streak,
+    ))
+}
+
+/// `harvest.canaries` (share of the first `n` answers that were canaries), `.canary_burnt`
+/// (accounts taken for fallback ones), `.canary_dropped` (campaign answers dropped with them),
+/// `.canary_precision` (share of those that the fallback model gave) and
+/// `.trained_fallback_share` (fallback answers among those kept).
+fn canary_metrics(harvest: &Harvest, n: usize, keep: &[bool], burnt: usize) -> Map<String, Value> {
+    let (mut canaries, mut dropped, mut dropped_fb, mut kept, mut kept_fb) = (0, 0, 0, 0, 0);
+    for (i, &kept_i) in keep.iter().enumerate().take(n) {
+        let fb = harvest.from_fallback.get(i).copied().unwrap_or(false) as usize;
+        if harvest.canary[i].is_some() {
+            canaries += 1;
+        } else if kept_i {
+            kept += 1;
+            kept_fb += fb;
+        } else {
+            dropped += 1;
+            dropped_fb += fb;
+        }
+    }
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let mut m = Map::new();
+    m.insert("harvest.canaries".into(), json!(ratio(canaries, n)));
+    m.insert("harvest.canary_burnt".into(), json!(burnt));
+    m.insert("harvest.canary_dropped".into(), json!(dropped));
+    m.insert(
+        "harvest.canary_precision".into(),
+        json!(ratio(dropped_fb, dropped)),
+    );
+    m.insert(
+        "harvest.trained_fallback_share".into(),
+        json!(ratio(kept_fb, kept)),
+    );
+    m
 }
 
 /// `budget`, `harvest.*`, `sim.hours` and `cost.*` of one checkpoint.
@@ -662,6 +743,9 @@ fn score_metrics(scores: &[crate::traffic::detect::score::ScoreOutcome]) -> Map<
             put(format!("score.harvest@{f}.{n}"), json!(harvest));
             let hit = so.benign_queries_hit[k];
             put(format!("score.benign_hit@{f}.{n}"), json!(hit));
+            for (g, fpr) in &so.group_fpr {
+                put(format!("score.benign_fpr@{f}.{n}.{g}"), json!(fpr[k]));
+            }
         }
     }
     m

@@ -87,17 +87,36 @@ impl HarvestLog {
 
     /// Have the API answer the sampled queries (the teacher, or the fallback model for
     /// accounts routed to it) and return what the attacker keeps: answers marked as fallback
-    /// are dropped, silent fallback answers are kept.
+    /// are dropped, silent fallback answers are kept. A canary-sending attacker
+    /// (`attacker.adapt.canary_share`) sent canaries as that share of its queries: here a keyed
+    /// share of the sampled queries is a canary instead, checked against the answer the
+    /// attacker knows (`space`: the world's valid answers). The replay's detectors saw the
+    /// campaign's own prompts in their place (an assumption: canaries are easy skill prompts,
+    /// so detectors keyed on reasoning see a campaign a little harder than the one sent).
     pub fn answer(
         &self,
         api: &Api,
         teacher: &Teacher,
         attacker: &AttackerConfig,
         accounts: &[u32],
+        space: crate::world::AnswerSpace,
         seed: u64,
     ) -> Harvest {
         let kept: Vec<&Sample> = self.samples.iter().filter(|s| s.code == Code::Ok).collect();
-        let prompts: Vec<&Prompt> = kept.iter().map(|s| &s.prompt).collect();
+        let share = attacker.adapt.as_ref().map_or(0.0, |a| a.canary_share);
+        let mut crng = derive_rng(seed, "attacker/canaries");
+        let canaries: Vec<Option<Prompt>> = kept
+            .iter()
+            .map(|_| {
+                (share > 0.0 && crng.random_bool(share.min(1.0)))
+                    .then(|| crate::attacker::canary_prompt(&mut crng))
+            })
+            .collect();
+        let prompts: Vec<&Prompt> = kept
+            .iter()
+            .zip(&canaries)
+            .map(|(s, c)| c.as_ref().unwrap_or(&s.prompt))
+            .collect();
         let k_cap = api.config.logprobs.min(crate::model::generate::MAX_TOP_K);
         let params = vec![
             GenParams {
@@ -120,14 +139,21 @@ impl HarvestLog {
                 - self.codes[code_index(Code::Throttled)],
             ..Default::default()
         };
-        for (s, (g, _)) in kept.iter().zip(served) {
+        for ((s, c), (g, _)) in kept.iter().zip(canaries).zip(served) {
+            if share > 0.0 {
+                h.canary.push(
+                    c.as_ref()
+                        .map(|p| space.same_answer(p, &g.tokens, &crate::base::base_response(p))),
+                );
+            }
             h.items.push(Item {
-                prompt: s.prompt.clone(),
+                prompt: c.unwrap_or_else(|| s.prompt.clone()),
                 tokens: g.tokens,
                 top: g.top,
             });
             h.times.push(s.minute as f64 * 60.0);
             h.from_fallback.push(s.fallback);
+            h.item_accounts.push(s.account);
             h.spend.push(s.spend_usd);
         }
         h
@@ -141,6 +167,7 @@ mod tests {
     use crate::traffic::detect::DetectorConfig;
     use crate::traffic::replay::{Outcome, Replay};
     use crate::traffic::{Action, TrafficConfig};
+    use crate::world::AnswerSpace;
     use crate::world::{Kind, Tier};
 
     fn oracle() -> Teacher {
@@ -204,7 +231,14 @@ mod tests {
             let log = o.harvest.as_ref().unwrap();
             let at = acted(&o);
             assert_eq!(at.len(), 40, "{action:?}: every attacker account actioned");
-            let h = log.answer(&o.api, &oracle(), &att, &o.attacker_accounts, 1);
+            let h = log.answer(
+                &o.api,
+                &oracle(),
+                &att,
+                &o.attacker_accounts,
+                AnswerSpace::ONE,
+                1,
+            );
             let after = |s: &&Sample| at.get(&s.account).is_some_and(|&m| s.minute >= m);
             let later: Vec<&Sample> = log.samples.iter().filter(after).collect();
             let trained_later = log
@@ -281,6 +315,70 @@ mod tests {
         }
     }
 
+    /// Canaries against a silent fallback: the oracle teacher answers easy canaries right
+    /// (greedy), the fallback model mostly wrong, so the accounts routed to it are found and
+    /// their answers dropped, and an account the teacher serves keeps its answers.
+    #[test]
+    fn canaries_flag_the_accounts_a_silent_fallback_serves() {
+        let (o, mut att) = run(Action::FallbackSilent, 1, 1);
+        att.adapt = Some(crate::attacker::Adapt {
+            canary_share: 0.2,
+            ..Default::default()
+        });
+        let log = o.harvest.as_ref().unwrap();
+        let h = log.answer(
+            &o.api,
+            &oracle(),
+            &att,
+            &o.attacker_accounts,
+            AnswerSpace::ONE,
+            1,
+        );
+        let n = h.items.len();
+        assert_eq!(h.canary.len(), n);
+        let canaries = h.canary.iter().filter(|c| c.is_some()).count();
+        assert!(
+            (canaries as f64 / n as f64 - 0.2).abs() < 0.03,
+            "{canaries} of {n}"
+        );
+        // Every canary the teacher answered passed; most the fallback answered failed.
+        let passed = |fb: bool| {
+            let c: Vec<bool> = h
+                .canary
+                .iter()
+                .zip(&h.from_fallback)
+                .filter(|(c, &f)| c.is_some() && f == fb)
+                .map(|(c, _)| c.unwrap())
+                .collect();
+            c.iter().filter(|&&p| p).count() as f64 / c.len() as f64
+        };
+        assert_eq!(passed(false), 1.0);
+        assert!(passed(true) < 0.2, "fallback passes {}", passed(true));
+        let (keep, burnt) = crate::attacker::canary_keep(&h.item_accounts, &h.canary, 2);
+        assert_eq!(burnt, 40, "every routed account found");
+        let kept_fb = (0..n).filter(|&i| keep[i] && h.from_fallback[i]).count();
+        let fb = h.from_fallback.iter().filter(|&&f| f).count();
+        assert!(
+            fb > 100 && kept_fb * 20 < fb,
+            "{kept_fb} of {fb} fallback answers kept"
+        );
+        // Without a fallback nothing is burnt and only the canaries are set aside.
+        let (o, _) = run(Action::Observe, 1, 1);
+        let log = o.harvest.as_ref().unwrap();
+        let h = log.answer(
+            &o.api,
+            &oracle(),
+            &att,
+            &o.attacker_accounts,
+            AnswerSpace::ONE,
+            1,
+        );
+        let (keep, burnt) = crate::attacker::canary_keep(&h.item_accounts, &h.canary, 2);
+        assert_eq!(burnt, 0);
+        let kept = keep.iter().filter(|&&k| k).count();
+        assert_eq!(kept, h.canary.iter().filter(|c| c.is_none()).count());
+    }
+
     #[test]
     fn a_sampled_harvest_has_the_composition_of_the_full_one() {
         // Silent fallback, so that the harvest mixes teacher and fallback answers.
@@ -293,8 +391,22 @@ mod tests {
         // The traffic is the same; only the sample differs.
         assert_eq!(fl.codes, pl.codes);
         assert_eq!(full.stats.attacker_served, part.stats.attacker_served);
-        let fh = fl.answer(&full.api, &oracle(), &att, &full.attacker_accounts, 3);
-        let ph = pl.answer(&part.api, &oracle(), &att, &part.attacker_accounts, 3);
+        let fh = fl.answer(
+            &full.api,
+            &oracle(),
+            &att,
+            &full.attacker_accounts,
+            AnswerSpace::ONE,
+            3,
+        );
+        let ph = pl.answer(
+            &part.api,
+            &oracle(),
+            &att,
+            &part.attacker_accounts,
+            AnswerSpace::ONE,
+            3,
+        );
         assert!(ph.items.len() * 12 > fh.items.len() && ph.items.len() * 8 < fh.items.len());
         // Composition: each skill, hard tiers, harmful prompts, refusals, fallback answers.
         type Share = Box<dyn Fn(&Item, bool) -> bool>;

@@ -248,6 +248,17 @@ pub enum SegmentKind {
     ReasoningDev,
 }
 
+impl SegmentKind {
+    /// The kind as written in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            SegmentKind::Batch => "batch",
+            SegmentKind::EvalHarness => "eval_harness",
+            SegmentKind::ReasoningDev => "reasoning_dev",
+        }
+    }
+}
+
 impl Default for PopulationConfig {
     fn default() -> Self {
         PopulationConfig {

@@ -362,11 +362,26 @@ pub struct ScoreOutcome {
     /// Per FPR: benign queries sent after their account crossed (what a takedown at the
     /// crossing would have refused).
     pub benign_queries_hit: [u64; 2],
+    /// Per benign group (the crowd and each segment kind, when there are segments): its name
+    /// and, per FPR, the share of its accounts above the threshold.
+    pub group_fpr: Vec<(String, [f64; 2])>,
+}
+
+/// Benign accounts' groups for the per-group FPR: `group[a]` indexes `names` (ignored for
+/// attacker accounts).
+pub struct Groups<'a> {
+    pub names: &'a [&'a str],
+    pub group: &'a [u8],
 }
 
 /// Each available score's outcome; `attacker[a]` says which accounts are the campaign's and
-/// `total[a]` how many queries each sent.
-pub fn outcomes(book: &ScoreBook, attacker: &[bool], total: &[u32]) -> Vec<ScoreOutcome> {
+/// `total[a]` how many queries each sent; `groups` splits the benign FPR by group.
+pub fn outcomes(
+    book: &ScoreBook,
+    attacker: &[bool],
+    total: &[u32],
+    groups: Option<&Groups>,
+) -> Vec<ScoreOutcome> {
     let Some(cal) = &book.cal else {
         return Vec::new();
     };
@@ -412,9 +427,36 @@ pub fn outcomes(book: &ScoreBook, attacker: &[bool], total: &[u32]) -> Vec<Score
             o.harvest_before_takedown[k] = kept as f64 / sent.max(1) as f64;
             o.benign_queries_hit[k] = benign_hit;
         }
+        if let Some(g) = groups {
+            o.group_fpr = group_fpr(book, attacker, g, j);
+        }
         out.push(o);
     }
     out
+}
+
+/// Score `j`'s benign FPR per group, at each operating point.
+fn group_fpr(book: &ScoreBook, attacker: &[bool], g: &Groups, j: usize) -> Vec<(String, [f64; 2])> {
+    let n = g.names.len();
+    let mut accounts = vec![0usize; n];
+    let mut hits = vec![[0usize; 2]; n];
+    for (a, c) in book.crossed.iter().enumerate() {
+        let Some(&gi) = g.group.get(a) else { continue };
+        if attacker[a] || gi as usize >= n {
+            continue;
+        }
+        accounts[gi as usize] += 1;
+        for (k, h) in hits[gi as usize].iter_mut().enumerate() {
+            *h += (c[j][k].0 != u32::MAX) as usize;
+        }
+    }
+    (0..n)
+        .filter(|&i| accounts[i] > 0)
+        .map(|i| {
+            let share = |k: usize| hits[i][k] as f64 / accounts[i] as f64;
+            (g.names[i].to_string(), [share(0), share(1)])
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -516,8 +558,9 @@ mod tests {
         book.update(0, &s(2000.0), 10, 50);
         book.update(1, &s(500.0), 10, 30);
         book.update(2, &s(997.0), 20, 5);
-        let out = outcomes(&book, &[true, true, false], &[80, 40, 9]);
+        let out = outcomes(&book, &[true, true, false], &[80, 40, 9], None);
         assert_eq!(out.len(), 2); // volume and fused (no logistic fusion fitted)
+        assert!(out[0].group_fpr.is_empty());
         let v = &out[0];
         assert_eq!(v.name, "volume");
         assert_eq!(v.recall, [0.5, 0.5]);
@@ -529,5 +572,48 @@ mod tests {
         assert_eq!(v.auc, Some(0.5));
         assert_eq!(out[1].name, "fused");
         assert_eq!(out[1].recall, v.recall);
+    }
+
+    /// The benign FPR split by group: of two crowd accounts one crosses the 0.3% threshold,
+    /// of two batch accounts both cross it, and one of them the 0.1% threshold too.
+    #[test]
+    fn benign_fpr_splits_by_group() {
+        let (avail, maxima) = volume_calibration();
+        let cal = Calibration::new(&maxima, avail);
+        let mut book = ScoreBook::new(avail, Some(cal));
+        for _ in 0..5 {
+            book.push();
+        }
+        let s = |v: f64| {
+            let mut m = [NONE; N_DET];
+            m[0] = v;
+            m
+        };
+        book.update(0, &s(997.0), 5, 3); // crowd: 0.3% only
+        book.update(1, &s(100.0), 5, 3); // crowd: neither
+        book.update(2, &s(997.0), 5, 3); // batch: 0.3% only
+        book.update(3, &s(2000.0), 5, 3); // batch: both
+        book.update(4, &s(2000.0), 5, 3); // the attacker, not counted
+        let names = ["crowd", "batch", "eval_harness"];
+        let groups = Groups {
+            names: &names,
+            group: &[0, 0, 1, 1, 0],
+        };
+        let out = outcomes(
+            &book,
+            &[false, false, false, false, true],
+            &[3; 5],
+            Some(&groups),
+        );
+        let v = &out[0];
+        // Groups without accounts are left out.
+        assert_eq!(
+            v.group_fpr,
+            vec![
+                ("crowd".to_string(), [0.0, 0.5]),
+                ("batch".to_string(), [0.5, 1.0])
+            ]
+        );
+        assert_eq!(v.benign_fpr, [0.25, 0.75]);
     }
 }

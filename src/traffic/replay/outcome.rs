@@ -131,7 +131,14 @@ impl Replay<'_> {
             .map(|&a| acc.ledger[a as usize].spend_usd)
             .sum();
         let total: Vec<u32> = w.features.iter().map(|f| f.total).collect();
-        let scores = score::outcomes(&self.book, &w.attacker, &total);
+        let groups = benign_groups(&self.tr.population, acc.len());
+        let names: Vec<&str> = groups.0.iter().map(String::as_str).collect();
+        let g = score::Groups {
+            names: &names,
+            group: &groups.1,
+        };
+        let split = (names.len() > 1).then_some(&g);
+        let scores = score::outcomes(&self.book, &w.attacker, &total, split);
         Outcome {
             scores,
             stats: self.stats,
@@ -143,4 +150,29 @@ impl Replay<'_> {
             api: self.api,
         }
     }
+}
+
+/// The benign groups of a replay's accounts: the crowd (the first `users`), then each segment
+/// kind's accounts, opened after the crowd's in the order configured; later accounts (the
+/// campaign's) are in no group.
+fn benign_groups(pop: &crate::traffic::PopulationConfig, n: usize) -> (Vec<String>, Vec<u8>) {
+    let mut names = vec!["crowd".to_string()];
+    let mut group = vec![u8::MAX; n];
+    let users = pop.users.min(n);
+    group[..users].fill(0);
+    let mut at = users;
+    for seg in &pop.segments {
+        let name = seg.kind.name().to_string();
+        let gi = match names.iter().position(|x| *x == name) {
+            Some(i) => i,
+            None => {
+                names.push(name);
+                names.len() - 1
+            }
+        };
+        let end = (at + seg.accounts).min(n);
+        group[at..end].fill(gi as u8);
+        at = end;
+    }
+    (names, group)
 }

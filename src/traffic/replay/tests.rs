@@ -498,6 +498,22 @@ fn benign_segments_look_like_a_campaign_to_the_detectors() {
     // and the campaign falls below it.
     let (a, b) = (get(&plain, "concentration"), get(&hard, "concentration"));
     assert!(a.recall[1] > 0.9 && b.recall[1] < 0.5, "{a:?} {b:?}");
+    // The benign FPR by group: none without segments; with them the crowd and the three
+    // kinds, whose account-weighted mean is the overall benign FPR.
+    assert!(a.group_fpr.is_empty());
+    let names: Vec<&str> = b.group_fpr.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["crowd", "batch", "eval_harness", "reasoning_dev"]);
+    let weights = [500.0, 15.0, 5.0, 10.0];
+    for k in 0..2 {
+        let mean: f64 = b
+            .group_fpr
+            .iter()
+            .zip(weights)
+            .map(|((_, f), w)| f[k] * w)
+            .sum::<f64>()
+            / 530.0;
+        assert!((mean - b.benign_fpr[k]).abs() < 1e-12, "{mean} vs {b:?}");
+    }
 }
 
 /// Tiered actions on the logistic fusion's probability (throttle, review, suspend), with a
