@@ -374,14 +374,29 @@ impl Teacher {
     /// Scoring mode: the teacher's top-`k` logprobs at every position of each given
     /// continuation of a prompt (what it would have put there), most likely first.
     pub fn score(&self, items: &[(&Prompt, &[Tok])], k: usize) -> Vec<Vec<Vec<(Tok, f32)>>> {
-        let v = VOCAB_SIZE;
         let k = k.clamp(1, generate::MAX_TOP_K);
-        let top = |lp: &[f32]| -> Vec<(Tok, f32)> {
+        self.per_position(items, |lp, _| {
             generate::top_k_indices(lp, k)
                 .into_iter()
                 .map(|i| (i as Tok, lp[i]))
                 .collect()
-        };
+        })
+    }
+
+    /// The teacher's logprob of each token of each continuation, given the prompt and the
+    /// continuation before it (an `echo` request's loglikelihood).
+    pub fn token_logprobs(&self, items: &[(&Prompt, &[Tok])]) -> Vec<Vec<f32>> {
+        self.per_position(items, |lp, t| lp[t as usize])
+    }
+
+    /// `f(logprobs over the vocabulary, the continuation's token)` at every position of each
+    /// continuation (truncated to the context length).
+    fn per_position<R>(
+        &self,
+        items: &[(&Prompt, &[Tok])],
+        f: impl Fn(&[f32], Tok) -> R,
+    ) -> Vec<Vec<R>> {
+        let v = VOCAB_SIZE;
         match self {
             Teacher::Neural(e) => {
                 let mut out = Vec::with_capacity(items.len());
@@ -411,7 +426,7 @@ impl Teacher {
                                 .map(|j| {
                                     let at = (r * batch.t + start + j) * v;
                                     generate::log_softmax(&logits[at..at + v], &mut lp);
-                                    top(&lp)
+                                    f(&lp, c[j])
                                 })
                                 .collect(),
                         );
@@ -444,7 +459,7 @@ impl Teacher {
                             }
                             let mut lp = vec![0.0f32; v];
                             generate::log_softmax(&row, &mut lp);
-                            top(&lp)
+                            f(&lp, c[j])
                         })
                         .collect()
                 })

@@ -82,4 +82,32 @@ try:
 except openai.BadRequestError as e:
     report["bad_request"] = {"status": e.status_code, "param": e.param}
 
+# An lm-evaluation-harness loglikelihood request: echo, max_tokens 0, logprobs 1; the
+# request, <sep>, and the continuation to score. The continuation's token logprobs are summed
+# and each token checked against the top-1 (lm-eval's is_greedy).
+def loglikelihood(continuation):
+    r = client.completions.create(model="distill-sim-teacher", prompt=f"SORT 3 1 2 <sep> {continuation}",
+                                  echo=True, max_tokens=0, logprobs=1, temperature=0)
+    lp = r.choices[0].logprobs
+    n = len("SORT 3 1 2 <sep>".split())
+    scored = lp.token_logprobs[n:]
+    greedy = all(max(top, key=top.get) == tok for tok, top in zip(lp.tokens[n:], lp.top_logprobs[n:]))
+    return {"sum": sum(scored), "n": len(scored), "nulls": sum(x is None for x in lp.token_logprobs[:n]),
+            "greedy": greedy, "echo": r.choices[0].text}
+
+report["loglik_right"] = loglikelihood("1 2 3 <eos>")
+report["loglik_wrong"] = loglikelihood("3 2 1 <eos>")
+# Streaming, as the client reads it: chat deltas and completion chunks joined, usage in the
+# last chunk when asked for.
+parts, usage = [], None
+for chunk in client.chat.completions.create(model="distill-sim-teacher", temperature=0, stream=True,
+                                            messages=[{"role": "user", "content": "SORT 3 1 2"}],
+                                            stream_options={"include_usage": True}):
+    usage = chunk.usage or usage
+    parts += [c.delta.content for c in chunk.choices if c.delta.content]
+text = "".join(c.choices[0].text for c in client.completions.create(
+    model="distill-sim-teacher", prompt="SORT 3 1 2", temperature=0, stream=True) if c.choices)
+report["streamed"] = {"chat": "".join(parts), "completion": text,
+                      "usage": usage.total_tokens if usage else None}
+
 print(json.dumps(report))

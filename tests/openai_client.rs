@@ -33,7 +33,7 @@ fn the_openai_client_harvests_is_limited_and_refused_and_its_harvest_distils() {
         &exp,
         format!(
             "base: {}\n\
-             api:\n  logprobs: 5\n  tiers:\n\
+             api:\n  logprobs: 5\n  scoring: true\n  tiers:\n\
              \x20   - {{name: tier2, rpm: 1000, input_tpm: 450000, output_tpm: 90000, price_in: 3, price_out: 15}}\n\
              \x20   - {{name: tiny, rpm: 2, input_tpm: 450000, output_tpm: 90000, price_in: 3, price_out: 15}}\n\
              traffic:\n  access: {{blocked_regions: [7]}}\n",
@@ -123,6 +123,22 @@ fn the_openai_client_harvests_is_limited_and_refused_and_its_harvest_distils() {
     );
     assert_eq!(r["unauthorized"]["status"], 401, "{r}");
     assert_eq!(r["bad_request"]["param"], "prompt", "{r}");
+    // Streamed answers join to the unstreamed one; usage comes in the last chunk.
+    assert_eq!(r["streamed"]["chat"], "1 2 3", "{r}");
+    assert_eq!(r["streamed"]["completion"], "1 2 3", "{r}");
+    assert!(r["streamed"]["usage"].as_u64().unwrap() > 0, "{r}");
+    // The loglikelihood request: four continuation tokens scored, the request's five (with
+    // `<sep>`) null, the right order greedy and more likely than the reversed one.
+    let (right, wrong) = (&r["loglik_right"], &r["loglik_wrong"]);
+    assert_eq!(right["n"], 4, "{r}");
+    assert_eq!(right["nulls"], 5, "{r}");
+    assert_eq!(right["echo"], "SORT 3 1 2 <sep> 1 2 3 <eos>", "{r}");
+    assert_eq!(right["greedy"], true, "{r}");
+    assert_eq!(wrong["greedy"], false, "{r}");
+    assert!(
+        right["sum"].as_f64().unwrap() > wrong["sum"].as_f64().unwrap() + 1.0,
+        "{r}"
+    );
 
     let results = dir.join("results");
     let d = Command::new(bin)

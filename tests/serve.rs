@@ -198,6 +198,294 @@ async fn completions_answer_the_ideal_response_with_usage_and_limit_headers() {
     assert_eq!(s, StatusCode::OK);
 }
 
+/// An lm-evaluation-harness loglikelihood request: `echo` with `max_tokens: 0`, the request,
+/// `<sep>` and the continuation (as text or token ids), `logprobs: 1`. The continuation's
+/// token logprobs are the teacher's (null for the request and `<sep>`), the greedy answer is
+/// the top-1 at every position and scores above a wrong one; echo needs an API that offers
+/// scoring.
+#[tokio::test]
+async fn echo_answers_a_loglikelihood_request_with_the_teachers_logprobs() {
+    let req = "COPY a 3 b";
+    let req_toks = vec![
+        vocab::COPY,
+        vocab::letter(0),
+        vocab::digit(3),
+        vocab::letter(1),
+    ];
+    let prompt = Prompt {
+        kind: Kind::Skill(Skill::CopyReverse, Tier::Easy),
+        tokens: req_toks.clone(),
+        voice: None,
+    };
+    let ideal = ideal_response(&prompt);
+    let body = |cont: &[u32]| {
+        post(
+            json!({"model": serve::MODEL, "prompt": format!("{req} <sep> {}", vocab::render(cont)),
+                    "echo": true, "max_tokens": 0, "logprobs": 1, "temperature": 0}),
+        )
+    };
+    // Not offered by the test config (api.scoring false): a 400 naming echo.
+    let app = server(config(), keys());
+    let (s, _, v) = call(
+        &app,
+        "POST",
+        "/v1/completions",
+        Some("sk-good"),
+        body(&ideal),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["param"], "echo", "{v}");
+    let mut cfg = config();
+    cfg.api.scoring = true;
+    let app = server(cfg, keys());
+    let (s, _, v) = call(
+        &app,
+        "POST",
+        "/v1/completions",
+        Some("sk-good"),
+        body(&ideal),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let c = &v["choices"][0];
+    let want_text = format!("{req} <sep> {}", vocab::render(&ideal));
+    assert_eq!(c["text"], want_text.as_str());
+    let lp = &c["logprobs"];
+    let n_req = req_toks.len() + 1;
+    let token_lp = lp["token_logprobs"].as_array().unwrap();
+    assert_eq!(token_lp.len(), n_req + ideal.len(), "{v}");
+    assert!(token_lp[..n_req].iter().all(Value::is_null), "{v}");
+    // The teacher's own logprobs of the continuation.
+    let teacher = Teacher::Oracle {
+        easy: 1.0,
+        hard: 1.0,
+    };
+    let want = teacher
+        .token_logprobs(&[(&prompt, &ideal[..])])
+        .pop()
+        .unwrap();
+    for (got, w) in token_lp[n_req..].iter().zip(&want) {
+        assert!(
+            (got.as_f64().unwrap() - *w as f64).abs() < 1e-6,
+            "{got} vs {w}"
+        );
+    }
+    // Greedy: each continuation token is the top-1.
+    let pieces = lp["tokens"].as_array().unwrap();
+    for (i, top) in lp["top_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .skip(n_req)
+    {
+        let top = top.as_object().unwrap();
+        assert_eq!(top.len(), 1);
+        assert!(top.contains_key(pieces[i].as_str().unwrap()), "{v}");
+    }
+    assert_eq!(
+        v["usage"]["prompt_tokens"],
+        (req_toks.len() + 2 + ideal.len()) as u64
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 0);
+    let total = |v: &Value| -> f64 {
+        v["choices"][0]["logprobs"]["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_f64)
+            .sum()
+    };
+    // A wrong answer (the copied symbols in another order) scores lower; token ids work too.
+    let mut wrong = ideal.clone();
+    wrong.swap(0, 2);
+    assert_ne!(wrong, ideal);
+    let (_, _, w) = call(
+        &app,
+        "POST",
+        "/v1/completions",
+        Some("sk-good"),
+        body(&wrong),
+    )
+    .await;
+    assert!(
+        total(&w) < total(&v) - 1.0,
+        "{} vs {}",
+        total(&w),
+        total(&v)
+    );
+    let ids: Vec<u32> = req_toks
+        .iter()
+        .copied()
+        .chain([vocab::SEP])
+        .chain(ideal.iter().copied())
+        .collect();
+    let (s, _, by_ids) = call(
+        &app,
+        "POST",
+        "/v1/completions",
+        Some("sk-good"),
+        post(json!({"model": serve::MODEL, "prompt": ids, "echo": true, "max_tokens": 0, "logprobs": 1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{by_ids}");
+    assert_eq!(total(&by_ids), total(&v));
+    // Echo without `<sep>`, or asking for generation too: a 400 naming the parameter.
+    for (b, param) in [
+        (
+            json!({"model": serve::MODEL, "prompt": req, "echo": true, "max_tokens": 0}),
+            "prompt",
+        ),
+        (
+            json!({"model": serve::MODEL, "prompt": format!("{req} <sep> 1"), "echo": true, "max_tokens": 4}),
+            "max_tokens",
+        ),
+        (
+            json!({"model": serve::MODEL, "prompt": format!("{req} <sep> 1 <sep> 2"), "echo": true, "max_tokens": 0}),
+            "prompt",
+        ),
+        (
+            json!({"model": serve::MODEL, "prompt": format!("{req} <sep> 1"), "echo": true, "max_tokens": 0, "n": 2}),
+            "n",
+        ),
+    ] {
+        let (s, _, e) = call(&app, "POST", "/v1/completions", Some("sk-good"), post(b)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+        assert_eq!(e["error"]["param"], param, "{e}");
+    }
+}
+
+/// The `data:` events of a server-sent-event body, `[DONE]` last.
+fn events(v: &Value) -> Vec<Value> {
+    let text = v.as_str().expect("an event stream");
+    let data: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.strip_prefix("data: ").expect("data events only"))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+/// `stream: true`: one chunk per token whose texts (or deltas) join to the unstreamed answer,
+/// a last chunk per choice with its finish reason, `usage` in a last chunk without choices
+/// when `stream_options.include_usage` asks, `data: [DONE]` last.
+#[tokio::test]
+async fn streamed_answers_are_the_answers_chunk_by_chunk() {
+    let app = server(config(), keys());
+    let body = |stream: bool, usage: bool| {
+        let mut b =
+            json!({"model": serve::MODEL, "prompt": "SORT 3 1 2", "temperature": 0, "logprobs": 2});
+        if stream {
+            b["stream"] = json!(true);
+        }
+        if usage {
+            b["stream_options"] = json!({"include_usage": true});
+        }
+        post(b)
+    };
+    let (_, _, whole) = call(
+        &app,
+        "POST",
+        "/v1/completions",
+        Some("sk-good"),
+        body(false, false),
+    )
+    .await;
+    let (s, h, v) = call(
+        &app,
+        "POST",
+        "/v1/completions",
+        Some("sk-good"),
+        body(true, true),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(h["content-type"], "text/event-stream");
+    assert!(h.contains_key("x-ratelimit-remaining-requests"));
+    let ev = events(&v);
+    let text: String = ev
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
+    let n = whole["choices"][0]["logprobs"]["tokens"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        ev.len(),
+        n + 2,
+        "a chunk per token, the finish, the usage: {v}"
+    );
+    assert_eq!(ev[0]["object"], "text_completion");
+    assert_eq!(
+        ev[0]["choices"][0]["logprobs"]["top_logprobs"][0],
+        whole["choices"][0]["logprobs"]["top_logprobs"][0]
+    );
+    assert!(ev[0]["usage"].is_null() && ev[0].get("usage").is_some());
+    assert_eq!(ev[n]["choices"][0]["finish_reason"], "stop");
+    assert_eq!(ev[n + 1]["choices"], json!([]));
+    assert_eq!(ev[n + 1]["usage"], whole["usage"]);
+    // Without include_usage no chunk has a usage key.
+    let (_, _, v) = call(
+        &app,
+        "POST",
+        "/v1/completions",
+        Some("sk-good"),
+        body(true, false),
+    )
+    .await;
+    assert!(events(&v).iter().all(|e| e.get("usage").is_none()));
+    // Chat: a role chunk, content deltas, the finish.
+    let chat = |stream: bool| {
+        let mut b = json!({"model": serve::MODEL, "messages": [{"role": "user", "content": "SORT 3 1 2"}], "temperature": 0, "n": 2});
+        if stream {
+            b["stream"] = json!(true);
+        }
+        post(b)
+    };
+    let (_, _, whole) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some("sk-good"),
+        chat(false),
+    )
+    .await;
+    let (s, _, v) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some("sk-good"),
+        chat(true),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let ev = events(&v);
+    assert!(ev.iter().all(|e| e["object"] == "chat.completion.chunk"));
+    for i in 0..2 {
+        let mine: Vec<&Value> = ev
+            .iter()
+            .filter(|e| e["choices"][0]["index"] == i)
+            .collect();
+        assert_eq!(mine[0]["choices"][0]["delta"]["role"], "assistant");
+        let content: String = mine
+            .iter()
+            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(
+            content,
+            whole["choices"][i]["message"]["content"].as_str().unwrap()
+        );
+        assert_eq!(mine.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    }
+}
+
 #[tokio::test]
 async fn refusals_are_json_with_the_providers_codes_and_headers() {
     let app = server(config(), keys());
@@ -347,6 +635,7 @@ async fn malformed_requests_get_4xx_json_errors_never_5xx() {
             || (f == "stop" && v == &json!([]))
             || (["prompt", "stop"].contains(&f) && v == &json!("5")) // the token `5`
             || (f == "logprobs" && v == &json!(true)) // chat's logprobs is a boolean
+            || (f == "stream" && v == &json!(true))
     };
     for f in fields {
         for bad in bad_values.iter().filter(|v| !legal(f, v)) {
@@ -429,7 +718,11 @@ async fn malformed_requests_get_4xx_json_errors_never_5xx() {
         json!({"model": serve::MODEL, "prompt": "COPY a", "voice": [1, 2, 3]}),
         json!({"model": serve::MODEL, "prompt": "COPY a", "voice": [0, 0, 0, 0, 0, 0, 0, 1e9]}),
         json!({"model": serve::MODEL, "prompt": "COPY a", "temperature": 2.5}),
-        json!({"model": serve::MODEL, "prompt": "COPY a", "stream": true}),
+        json!({"model": serve::MODEL, "prompt": "COPY a", "stream": true, "stream_options": {"include_usage": "yes"}}),
+        json!({"model": serve::MODEL, "prompt": "COPY a", "stream": true, "stream_options": {"other": true}}),
+        json!({"model": serve::MODEL, "prompt": "COPY a", "stream": true, "stream_options": 1}),
+        json!({"model": serve::MODEL, "prompt": "COPY a", "stream_options": {"include_usage": true}}),
+        json!({"model": serve::MODEL, "prompt": "COPY a <sep> a", "stream": true, "echo": true, "max_tokens": 0}),
         json!({"model": serve::MODEL, "prompt": "COPY a", "echo": true, "max_tokens": 0}),
         json!({"model": serve::MODEL, "messages": [{"role": "user", "content": "COPY a"}], "top_logprobs": 21, "logprobs": true}),
         json!({"model": serve::MODEL, "messages": [{"role": "user", "content": "COPY a"}], "top_logprobs": 2}),

@@ -412,6 +412,51 @@ impl Api {
         out
     }
 
+    /// Scoring for an `echo` request: [`Api::score`] (the same admission, billing and
+    /// logprob defenses on the top-k), and beside it each continuation token's own logprob,
+    /// through the same defenses (None where they withhold it: a cap of 0, or rounded away).
+    pub fn score_echo(
+        &mut self,
+        now: f64,
+        reqs: &[(AccountId, &Prompt, &[Tok])],
+        teacher: &Teacher,
+        top_k: usize,
+        rng: &mut SimRng,
+    ) -> Vec<(Response, Vec<Option<f32>>)> {
+        let out = self.score(now, reqs, teacher, top_k, rng);
+        let mut chosen: Vec<Vec<Option<f32>>> = vec![vec![]; reqs.len()];
+        for (i, (r, &(account, prompt, cont))) in out.iter().zip(reqs).enumerate() {
+            if !r.code.answered() {
+                continue;
+            }
+            let model = if self.accounts.on_fallback(account as usize) {
+                &self.fallback
+            } else {
+                teacher
+            };
+            let raw = model
+                .token_logprobs(&[(prompt, cont)])
+                .pop()
+                .unwrap_or_default();
+            chosen[i] = raw
+                .iter()
+                .zip(cont)
+                .enumerate()
+                .map(|(j, (&lp, &t))| {
+                    if let Some(&(_, v)) =
+                        r.top.get(j).and_then(|row| row.iter().find(|e| e.0 == t))
+                    {
+                        return Some(v);
+                    }
+                    let mut row = vec![vec![(t, lp)]];
+                    self.output.after_scores(&mut row, rng);
+                    row[0].iter().find(|e| e.0 == t).map(|e| e.1)
+                })
+                .collect();
+        }
+        out.into_iter().zip(chosen).collect()
+    }
+
     /// Total of all accounts' ledgers in `ids`.
     pub fn ledger_of(&self, ids: &[AccountId]) -> Ledger {
         let mut l = Ledger::default();

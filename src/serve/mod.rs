@@ -16,6 +16,7 @@ use crate::experiment::config::ExperimentConfig;
 use crate::rng::{derive_rng, SimRng};
 use crate::teacher::Teacher;
 use crate::wire::{self, ApiError, Endpoint};
+use crate::world::vocab::Tok;
 use crate::world::{classify, Prompt};
 use axum::body::{to_bytes, Body};
 use axum::extract::State;
@@ -187,10 +188,19 @@ pub struct Served {
     pub over_quota: bool,
     /// The ledger could not be written or synced: what was served is not durable.
     pub ledger_error: Option<String>,
+    /// An `echo` request's continuation tokens' own logprobs, per response (empty otherwise).
+    pub chosen: Vec<Vec<Option<f32>>>,
 }
+
+/// An echo request's response and its continuation tokens' own logprobs.
+type Scored = (Response, Vec<Option<f32>>);
 
 struct Job {
     reqs: Vec<Request>,
+    /// An `echo` request: the continuation of each request to score (empty: generate).
+    continuations: Vec<Vec<Tok>>,
+    /// Top logprobs asked for (echo scoring).
+    top_k: usize,
     request_id: String,
     /// The client's `x-stainless-retry-count`.
     retry_count: Option<u32>,
@@ -212,6 +222,8 @@ pub struct Shared {
     tiers: Vec<String>,
     max_tokens: usize,
     started: u64,
+    /// Whether the API offers scoring (`api.scoring` with logprobs), which `echo` needs.
+    scoring: bool,
 }
 
 /// Start the batcher thread (which owns the API, the teacher and the sampling stream) and
@@ -274,6 +286,7 @@ pub fn start(
         models: vec![MODEL.to_string(), format!("teacher-{teacher_key}")],
         tiers: cfg.api.tiers.iter().map(|t| t.name.clone()).collect(),
         max_tokens: cfg.api.max_tokens,
+        scoring: cfg.api.scoring && cfg.api.logprobs > 0,
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -336,20 +349,36 @@ fn batcher(
                 book.quotas[a].is_some_and(|q| api.accounts.ledger[a].spend_usd >= q)
             })
             .collect();
+        // Echo jobs are scored, not generated: each on its own.
+        let scored: Vec<Option<Vec<Scored>>> = jobs
+            .iter()
+            .zip(&over)
+            .map(|(j, &o)| {
+                (!o && !j.continuations.is_empty()).then(|| {
+                    let items: Vec<(crate::api::AccountId, &Prompt, &[Tok])> = j
+                        .reqs
+                        .iter()
+                        .zip(&j.continuations)
+                        .map(|(r, c)| (r.account, &r.prompt, &c[..]))
+                        .collect();
+                    api.score_echo(now, &items, &teacher, j.top_k, &mut rng)
+                })
+            })
+            .collect();
         let reqs: Vec<Request> = jobs
             .iter()
             .zip(&over)
-            .filter(|(_, &o)| !o)
+            .filter(|(j, &o)| !o && j.continuations.is_empty())
             .flat_map(|(j, _)| j.reqs.iter().cloned())
             .collect();
         let mut responses = api.serve(now, &reqs, &teacher, &mut rng).into_iter();
         let mut replies = Vec::with_capacity(jobs.len());
         let mut failed = None;
-        for (j, over) in jobs.into_iter().zip(over) {
-            let rs: Vec<Response> = if over {
-                vec![]
-            } else {
-                responses.by_ref().take(j.reqs.len()).collect()
+        for ((j, over), sc) in jobs.into_iter().zip(over).zip(scored) {
+            let (rs, chosen): (Vec<Response>, Vec<Vec<Option<f32>>>) = match sc {
+                _ if over => (vec![], vec![]),
+                Some(sc) => sc.into_iter().unzip(),
+                None => (responses.by_ref().take(j.reqs.len()).collect(), vec![]),
             };
             let a = j.reqs[0].account as usize;
             if let Some(f) = book.file.as_mut() {
@@ -384,7 +413,8 @@ fn batcher(
                 };
             }
             let throttle = rs.iter().any(|r| r.code == Code::Throttled).then(|| {
-                let input = (j.reqs[0].prompt.tokens.len() + 2) as f64;
+                let cont = j.continuations.first().map_or(0, Vec::len);
+                let input = (j.reqs[0].prompt.tokens.len() + 2 + cont) as f64;
                 let need = [1.0, input, 0.0];
                 let which = (0..3).find(|&i| b[i].level < need[i]).unwrap_or(0);
                 let wait = (need[which] - b[which].level).max(0.0) / b[which].cap.max(1e-9) * 60.0
@@ -399,6 +429,7 @@ fn batcher(
                     throttle,
                     over_quota: over,
                     ledger_error: None,
+                    chosen,
                 },
             ));
         }
@@ -590,6 +621,14 @@ async fn handle(s: Arc<Shared>, headers: HeaderMap, body: Body, ep: Endpoint) ->
         e.param = Some("model".into());
         return error_response(&e, &extra);
     }
+    if p.echo && !s.scoring {
+        let e = ApiError::invalid(
+            "echo",
+            "this API offers no scoring (its experiment sets api.scoring false or api.logprobs \
+             0), so echo cannot return the prompt's logprobs",
+        );
+        return error_response(&e, &extra);
+    }
     let max_tokens = p.max_tokens.unwrap_or(s.max_tokens).min(s.max_tokens);
     let mut reqs = Vec::new();
     for toks in &p.prompts {
@@ -614,6 +653,8 @@ async fn handle(s: Arc<Shared>, headers: HeaderMap, body: Body, ep: Endpoint) ->
         .and_then(|v| v.trim().parse().ok());
     let job = Job {
         reqs,
+        continuations: p.continuations.clone(),
+        top_k: p.top_k,
         request_id: rid.clone(),
         retry_count,
         reply: tx,
@@ -681,10 +722,113 @@ async fn handle(s: Arc<Shared>, headers: HeaderMap, body: Body, ep: Endpoint) ->
     if answered.iter().any(|(_, r)| r.code == Code::Fallback) {
         extra.push(("x-distill-sim-served-by".into(), "fallback".into()));
     }
-    let body = respond_body(&p, ep, &answered, &rid, s.started, &s.models[1]);
-    let mut r = axum::Json(body).into_response();
+    let body = if p.echo {
+        echo_body(&p, &answered, &served.chosen, &rid, s.started, &s.models[1])
+    } else {
+        respond_body(&p, ep, &answered, &rid, s.started, &s.models[1])
+    };
+    let mut r = if p.stream {
+        let events = sse_events(&body, ep, p.include_usage);
+        let mut r = (StatusCode::OK, events).into_response();
+        let h = r.headers_mut();
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert("cache-control", HeaderValue::from_static("no-cache"));
+        r
+    } else {
+        axum::Json(body).into_response()
+    };
     add_headers(r.headers_mut(), &extra);
     r
+}
+
+/// A served body as server-sent events, in the chunk format of OpenAI's streaming API: per
+/// choice, one chunk per token (chat: a first chunk with the role), then one with its
+/// `finish_reason`; with `include_usage` every chunk has `usage: null` and a last chunk with
+/// no choices carries the usage; `data: [DONE]` ends the stream. The whole answer is
+/// generated first (batched generation), then sent.
+fn sse_events(body: &Value, ep: Endpoint, include_usage: bool) -> String {
+    let object = match ep {
+        Endpoint::Completions => "text_completion",
+        Endpoint::Chat => "chat.completion.chunk",
+    };
+    let mut out = String::new();
+    let mut push = |choices: Value, usage: Option<&Value>| {
+        let mut c = json!({
+            "id": body["id"], "object": object, "created": body["created"], "model": body["model"],
+            "system_fingerprint": body["system_fingerprint"], "choices": choices,
+        });
+        if include_usage {
+            c["usage"] = usage.cloned().unwrap_or(Value::Null);
+        }
+        out.push_str(&format!("data: {c}\n\n"));
+    };
+    for choice in body["choices"].as_array().into_iter().flatten() {
+        let index = &choice["index"];
+        let (text, logprobs) = match ep {
+            Endpoint::Completions => (choice["text"].as_str().unwrap_or(""), &choice["logprobs"]),
+            Endpoint::Chat => (
+                choice["message"]["content"].as_str().unwrap_or(""),
+                &choice["logprobs"],
+            ),
+        };
+        if ep == Endpoint::Chat {
+            push(
+                json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
+                None,
+            );
+        }
+        let words: Vec<&str> = text.split(' ').filter(|w| !w.is_empty()).collect();
+        for (i, w) in words.iter().enumerate() {
+            let piece = if i == 0 {
+                w.to_string()
+            } else {
+                format!(" {w}")
+            };
+            let lp = match ep {
+                Endpoint::Completions if !logprobs.is_null() => json!({
+                    "tokens": [logprobs["tokens"][i]],
+                    "token_logprobs": [logprobs["token_logprobs"][i]],
+                    "top_logprobs": [logprobs["top_logprobs"][i]],
+                    "text_offset": [logprobs["text_offset"][i]],
+                }),
+                Endpoint::Chat if !logprobs.is_null() => {
+                    json!({"content": [logprobs["content"][i]]})
+                }
+                _ => Value::Null,
+            };
+            push(
+                match ep {
+                    Endpoint::Completions => {
+                        json!([{"text": piece, "index": index, "logprobs": lp, "finish_reason": null}])
+                    }
+                    Endpoint::Chat => {
+                        json!([{"index": index, "delta": {"content": piece}, "logprobs": lp, "finish_reason": null}])
+                    }
+                },
+                None,
+            );
+        }
+        let reason = &choice["finish_reason"];
+        push(
+            match ep {
+                Endpoint::Completions => {
+                    json!([{"text": "", "index": index, "logprobs": null, "finish_reason": reason}])
+                }
+                Endpoint::Chat => {
+                    json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}])
+                }
+            },
+            None,
+        );
+    }
+    if include_usage {
+        push(json!([]), Some(&body["usage"]));
+    }
+    out.push_str("data: [DONE]\n\n");
+    out
 }
 
 fn refusal(code: Code, served: &Served, _tiers: &[String]) -> ApiError {
@@ -735,6 +879,82 @@ fn refusal(code: Code, served: &Served, _tiers: &[String]) -> ApiError {
 
 fn logprob_of(top: &[(u32, f32)], t: u32) -> Option<f32> {
     top.iter().find(|(x, _)| *x == t).map(|&(_, l)| l)
+}
+
+/// An `echo` completion: each choice's text is its prompt (request, `<sep>`, continuation),
+/// with logprobs for the continuation's tokens (null for the request and `<sep>`, which the
+/// world's model does not predict), as lm-evaluation-harness reads a loglikelihood request.
+fn echo_body(
+    p: &wire::Parsed,
+    answered: &[(usize, &Response)],
+    chosen: &[Vec<Option<f32>>],
+    rid: &str,
+    created: u64,
+    fingerprint: &str,
+) -> Value {
+    let mut prompt_tokens = 0u64;
+    let mut choices = Vec::new();
+    for &(index, r) in answered {
+        prompt_tokens += r.usage.input_tokens;
+        let req = &p.prompts[index];
+        let all: Vec<Tok> = req
+            .iter()
+            .copied()
+            .chain([crate::world::vocab::SEP])
+            .chain(r.tokens.iter().copied())
+            .collect();
+        let pieces = wire::pieces(&all);
+        let skip = req.len() + 1;
+        let none = chosen.get(index).is_none_or(Vec::is_empty) || r.top.is_empty();
+        let logprobs = if !p.logprobs || none {
+            Value::Null
+        } else {
+            let mut offset = 0;
+            let offsets: Vec<usize> = pieces
+                .iter()
+                .map(|s| {
+                    let o = offset;
+                    offset += s.len();
+                    o
+                })
+                .collect();
+            let lp: Vec<Value> = (0..all.len())
+                .map(|i| match i.checked_sub(skip) {
+                    Some(j) => json!(chosen[index].get(j).copied().flatten()),
+                    None => Value::Null,
+                })
+                .collect();
+            let top: Vec<Value> = (0..all.len())
+                .map(|i| match i.checked_sub(skip).and_then(|j| r.top.get(j)) {
+                    Some(k) => Value::Object(
+                        k.iter()
+                            .take(p.top_k)
+                            .map(|&(t, l)| (wire::piece(i, t), json!(l)))
+                            .collect(),
+                    ),
+                    None => Value::Null,
+                })
+                .collect();
+            json!({"tokens": pieces, "token_logprobs": lp, "top_logprobs": top, "text_offset": offsets})
+        };
+        choices.push(json!({
+            "text": wire::text(&all), "index": index, "logprobs": logprobs, "finish_reason": "length",
+        }));
+    }
+    json!({
+        "id": format!("cmpl-{}", &rid[4..]),
+        "object": "text_completion",
+        "created": created,
+        "model": p.model,
+        "system_fingerprint": fingerprint,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": 0,
+            "total_tokens": prompt_tokens,
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        },
+    })
 }
 
 fn respond_body(

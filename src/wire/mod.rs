@@ -84,7 +84,14 @@ pub struct Parsed {
     /// Whether logprobs were asked for at all (chat `logprobs: true` with `top_logprobs: 0`
     /// still returns the chosen token's logprob).
     pub logprobs: bool,
+    /// `echo` (completions): scoring, not generation. `prompts[i]` is then the request before
+    /// `<sep>` and `continuations[i]` the tokens after it, whose logprobs are returned.
     pub echo: bool,
+    pub continuations: Vec<Vec<Tok>>,
+    /// Answer as server-sent events (one chunk per token), `data: [DONE]` last; with
+    /// `stream_options.include_usage`, a last chunk with no choices carries `usage`.
+    pub stream: bool,
+    pub include_usage: bool,
     pub stop: Vec<Vec<Tok>>,
     pub seed: Option<i64>,
 }
@@ -97,10 +104,14 @@ pub fn token_of(name: &str) -> Option<Tok> {
 
 /// The tokens of a prompt's text; an unknown name is an error naming it and its position.
 pub fn parse_text(param: &str, text: &str) -> Result<Vec<Tok>, ApiError> {
+    parse_text_with(param, text, is_prompt_token)
+}
+
+fn parse_text_with(param: &str, text: &str, ok: fn(Tok) -> bool) -> Result<Vec<Tok>, ApiError> {
     let mut out = Vec::new();
     for (i, w) in text.split_whitespace().enumerate() {
         match token_of(w) {
-            Some(t) if is_prompt_token(t) => out.push(t),
+            Some(t) if ok(t) => out.push(t),
             Some(_) => {
                 return Err(ApiError::invalid(
                     param,
@@ -129,11 +140,16 @@ fn is_prompt_token(t: Tok) -> bool {
     !matches!(t, vocab::PAD | vocab::BOS | vocab::SEP | vocab::EOS)
 }
 
-fn parse_ids(param: &str, xs: &[Value]) -> Result<Vec<Tok>, ApiError> {
+/// Tokens an `echo` prompt may hold: a request, `<sep>`, and the continuation to score.
+fn is_echo_token(t: Tok) -> bool {
+    !matches!(t, vocab::PAD | vocab::BOS)
+}
+
+fn parse_ids(param: &str, xs: &[Value], ok: fn(Tok) -> bool) -> Result<Vec<Tok>, ApiError> {
     xs.iter()
         .enumerate()
         .map(|(i, v)| match v.as_u64() {
-            Some(id) if (id as usize) < VOCAB_SIZE && is_prompt_token(id as Tok) => Ok(id as Tok),
+            Some(id) if (id as usize) < VOCAB_SIZE && ok(id as Tok) => Ok(id as Tok),
             Some(id) if (id as usize) < VOCAB_SIZE => Err(ApiError::invalid(
                 param,
                 format!("token id {id} at {i} is a control token"),
@@ -163,11 +179,12 @@ fn check_len(param: &str, toks: Vec<Tok>) -> Result<Vec<Tok>, ApiError> {
 }
 
 /// `prompt`: a string, an array of token ids, or an array of either (several prompts).
-fn parse_prompt(v: &Value) -> Result<Vec<Vec<Tok>>, ApiError> {
+fn parse_prompt(v: &Value, echo: bool) -> Result<Vec<Vec<Tok>>, ApiError> {
+    let ok = if echo { is_echo_token } else { is_prompt_token };
     let one = |v: &Value| -> Result<Vec<Tok>, ApiError> {
         match v {
-            Value::String(s) => check_len("prompt", parse_text("prompt", s)?),
-            Value::Array(xs) => check_len("prompt", parse_ids("prompt", xs)?),
+            Value::String(s) => check_len("prompt", parse_text_with("prompt", s, ok)?),
+            Value::Array(xs) => check_len("prompt", parse_ids("prompt", xs, ok)?),
             _ => Err(ApiError::invalid(
                 "prompt",
                 "each prompt must be a string or an array of token ids",
@@ -322,14 +339,42 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<Parsed, ApiError> {
             ))
         }
     };
-    if boolean(&obj, "stream")? {
-        return Err(ApiError::invalid(
-            "stream",
-            "streaming is not supported by this server yet: send stream false",
-        ));
-    }
+    let stream = boolean(&obj, "stream")?;
+    let include_usage = match obj.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) if stream => {
+            if let Some(k) = o.keys().find(|k| k.as_str() != "include_usage") {
+                return Err(ApiError::invalid(
+                    "stream_options",
+                    format!(
+                        "unknown stream option `{}` (allowed: include_usage)",
+                        k.chars().take(40).collect::<String>()
+                    ),
+                ));
+            }
+            boolean(o, "include_usage").map_err(|_| {
+                ApiError::invalid(
+                    "stream_options",
+                    "stream_options.include_usage must be a boolean",
+                )
+            })?
+        }
+        Some(Value::Object(_)) => {
+            return Err(ApiError::invalid(
+                "stream_options",
+                "stream_options is only allowed when stream is true",
+            ))
+        }
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "stream_options",
+                format!("stream_options must be an object, got {v}"),
+            ))
+        }
+    };
+    let echo = endpoint == Endpoint::Completions && boolean(&obj, "echo")?;
     let prompts = match endpoint {
-        Endpoint::Completions => parse_prompt(obj.get("prompt").unwrap_or(&Value::Null))?,
+        Endpoint::Completions => parse_prompt(obj.get("prompt").unwrap_or(&Value::Null), echo)?,
         Endpoint::Chat => vec![parse_messages(obj.get("messages").unwrap_or(&Value::Null))?],
     };
     let max_tokens = match (
@@ -367,10 +412,10 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<Parsed, ApiError> {
             ),
         ));
     }
-    let (logprobs, top_k, echo) = match endpoint {
+    let (logprobs, top_k) = match endpoint {
         Endpoint::Completions => {
             let k = uint(&obj, "logprobs", 0, 5)?;
-            (k.is_some(), k.unwrap_or(0) as usize, boolean(&obj, "echo")?)
+            (k.is_some(), k.unwrap_or(0) as usize)
         }
         Endpoint::Chat => {
             let on = boolean(&obj, "logprobs")?;
@@ -381,16 +426,37 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<Parsed, ApiError> {
                     "top_logprobs needs logprobs: true",
                 ));
             }
-            (on, k.unwrap_or(0) as usize, false)
+            (on, k.unwrap_or(0) as usize)
         }
     };
-    if echo {
+    if echo && stream {
         return Err(ApiError::invalid(
-            "echo",
-            "echo (prompt scoring) is not supported by this server yet",
+            "stream",
+            "echo scores a given continuation in one response: send stream false",
         ));
     }
-    if max_tokens == Some(0) {
+    let (prompts, continuations) = if echo {
+        if max_tokens != Some(0) {
+            return Err(ApiError::invalid(
+                "max_tokens",
+                "echo scores the given continuation and generates nothing: send max_tokens 0",
+            ));
+        }
+        if n != 1 {
+            return Err(ApiError::invalid(
+                "n",
+                "echo scores deterministically: send n 1",
+            ));
+        }
+        let split: Vec<(Vec<Tok>, Vec<Tok>)> = prompts
+            .iter()
+            .map(|p| split_echo(p))
+            .collect::<Result<_, _>>()?;
+        split.into_iter().unzip()
+    } else {
+        (prompts, vec![])
+    };
+    if max_tokens == Some(0) && !echo {
         return Err(ApiError::invalid(
             "max_tokens",
             "max_tokens must be at least 1",
@@ -460,9 +526,47 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<Parsed, ApiError> {
         top_k,
         logprobs,
         echo,
+        continuations,
+        stream,
+        include_usage,
         stop,
         seed,
     })
+}
+
+/// An `echo` prompt split at its `<sep>`: the request (prompt tokens only) and the
+/// continuation to score (response tokens, no second `<sep>`), neither empty.
+fn split_echo(p: &[Tok]) -> Result<(Vec<Tok>, Vec<Tok>), ApiError> {
+    let Some(at) = p.iter().position(|&t| t == vocab::SEP) else {
+        return Err(ApiError::invalid(
+            "prompt",
+            "echo scores the continuation after `<sep>`: send the request, `<sep>`, then the \
+             tokens to score (e.g. `SORT 3 1 2 <sep> 1 2 3 <eos>`)",
+        ));
+    };
+    let (req, cont) = (&p[..at], &p[at + 1..]);
+    if req.is_empty() || cont.is_empty() {
+        return Err(ApiError::invalid(
+            "prompt",
+            "echo needs a request before `<sep>` and at least one token after it",
+        ));
+    }
+    if let Some(i) = req.iter().position(|&t| !is_prompt_token(t)) {
+        return Err(ApiError::invalid(
+            "prompt",
+            format!("token {i} `{}` is a control token; the request before `<sep>` holds request tokens only", vocab::name(req[i])),
+        ));
+    }
+    if let Some(i) = cont.iter().position(|&t| t == vocab::SEP) {
+        return Err(ApiError::invalid(
+            "prompt",
+            format!(
+                "token {} is a second `<sep>`; an echo prompt has one",
+                at + 1 + i
+            ),
+        ));
+    }
+    Ok((req.to_vec(), cont.to_vec()))
 }
 
 /// A choice's generated tokens cut at the first stop sequence (EOS included in `tokens`):
