@@ -4,7 +4,7 @@ tests/openai_client.rs, which starts the server and checks what this prints).
 Usage: openai_client.py BASE_URL KEYS_FILE OUT_HARVEST N
 
 KEYS_FILE lines, in order: a tier-2 key, a key on a 2-requests-per-minute tier, a key in a
-blocked region. Prints one JSON object with what happened.
+blocked region, a tier-2 key that asks only for reasoning traces (and is banned). Prints one JSON object with what happened.
 """
 import json
 import sys
@@ -109,5 +109,24 @@ text = "".join(c.choices[0].text for c in client.completions.create(
     model="distill-sim-teacher", prompt="SORT 3 1 2", temperature=0, stream=True) if c.choices)
 report["streamed"] = {"chat": "".join(parts), "completion": text,
                       "usage": usage.total_tokens if usage else None}
+
+# Detectors acting live: an account whose every query elicits a reasoning trace is flagged at
+# the detector pass after its queries (one per simulated minute: 6 s at --time-scale 10) and
+# banned; its next request is refused (403), the harvesting account is still served.
+heavy = OpenAI(base_url=base, api_key=keys[3], max_retries=0)
+served = 0
+for _ in range(12):
+    heavy.completions.create(model="distill-sim-teacher", prompt="SORT 9 0 4 4 1 7", max_tokens=32)
+    served += 1
+time.sleep(7)
+heavy.completions.create(model="distill-sim-teacher", prompt="SORT 9 0 4 4 1 7", max_tokens=32)
+report["heavy_served"] = served + 1
+try:
+    heavy.completions.create(model="distill-sim-teacher", prompt="SORT 9 0 4 4 1 7", max_tokens=32)
+    report["banned"] = None
+except openai.PermissionDeniedError as e:
+    report["banned"] = {"status": e.status_code, "code": e.code}
+report["good_after"] = client.completions.create(model="distill-sim-teacher", prompt="SORT 3 1 2",
+                                                 temperature=0, max_tokens=8).choices[0].text
 
 print(json.dumps(report))

@@ -28,17 +28,28 @@ fn the_openai_client_harvests_is_limited_and_refused_and_its_harvest_distils() {
     let dir = std::env::temp_dir().join(format!("ds-openai-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    // The served experiment: the live detectors on (reasoning share only, judged after 10
+    // queries, a pass every simulated minute, a ban at once); the distilled one without them.
     let exp = dir.join("served.yaml");
+    let api = format!(
+        "base: {}\n\
+         api:\n  logprobs: 5\n  scoring: true\n  tiers:\n\
+         \x20   - {{name: tier2, rpm: 1000, input_tpm: 450000, output_tpm: 90000, price_in: 3, price_out: 15}}\n\
+         \x20   - {{name: tiny, rpm: 2, input_tpm: 450000, output_tpm: 90000, price_in: 3, price_out: 15}}\n",
+        root.join("experiments/quickstart.yaml").display()
+    );
     std::fs::write(
         &exp,
         format!(
-            "base: {}\n\
-             api:\n  logprobs: 5\n  scoring: true\n  tiers:\n\
-             \x20   - {{name: tier2, rpm: 1000, input_tpm: 450000, output_tpm: 90000, price_in: 3, price_out: 15}}\n\
-             \x20   - {{name: tiny, rpm: 2, input_tpm: 450000, output_tpm: 90000, price_in: 3, price_out: 15}}\n\
-             traffic:\n  access: {{blocked_regions: [7]}}\n",
-            root.join("experiments/quickstart.yaml").display()
+            "{api}traffic:\n  enabled: true\n  action: ban\n  access: {{blocked_regions: [7]}}\n  population: {{tier: tier2}}\n\
+             \x20 detectors: {{volume_per_day: ~, min_entropy: ~, skill_concentration: ~, reasoning_share: 0.7, mmd: ~, cluster_size: ~, prada_w: ~, sync_share: ~, min_queries: 10, check_minutes: 1, action_delay_minutes: 0}}\n"
         ),
+    )
+    .unwrap();
+    let distill_exp = dir.join("distilled.yaml");
+    std::fs::write(
+        &distill_exp,
+        format!("{api}traffic:\n  access: {{blocked_regions: [7]}}\n"),
     )
     .unwrap();
     let keys = dir.join("keys.jsonl");
@@ -46,7 +57,8 @@ fn the_openai_client_harvests_is_limited_and_refused_and_its_harvest_distils() {
         &keys,
         "{\"key\": \"sk-good-000000\", \"tier\": \"tier2\"}\n\
          {\"key\": \"sk-tiny-000000\", \"tier\": \"tiny\", \"identity\": {\"payment\": 1, \"ip_asn\": 1, \"fingerprint\": 1, \"region\": 0, \"verified\": false}}\n\
-         {\"key\": \"sk-blocked-000\", \"tier\": \"tier2\", \"identity\": {\"payment\": 2, \"ip_asn\": 2, \"fingerprint\": 2, \"region\": 7, \"verified\": false}}\n",
+         {\"key\": \"sk-blocked-000\", \"tier\": \"tier2\", \"identity\": {\"payment\": 2, \"ip_asn\": 2, \"fingerprint\": 2, \"region\": 7, \"verified\": false}}\n\
+         {\"key\": \"sk-heavy-00000\", \"tier\": \"tier2\", \"identity\": {\"payment\": 3, \"ip_asn\": 3, \"fingerprint\": 3, \"region\": 0, \"verified\": false}}\n",
     )
     .unwrap();
     // 10x simulated time: the tiny tier (2 requests a minute) refills one request every 3 s
@@ -123,6 +135,15 @@ fn the_openai_client_harvests_is_limited_and_refused_and_its_harvest_distils() {
     );
     assert_eq!(r["unauthorized"]["status"], 401, "{r}");
     assert_eq!(r["bad_request"]["param"], "prompt", "{r}");
+    // The live detectors: the account asking only for reasoning traces is banned at the pass
+    // after its queries, its next request refused with 403.
+    assert_eq!(r["heavy_served"], 13, "{r}");
+    assert_eq!(r["banned"]["status"], 403, "{r}");
+    assert_eq!(r["banned"]["code"], "account_deactivated", "{r}");
+    assert_eq!(
+        r["good_after"], "1 2 3",
+        "the harvesting account is not banned: {r}"
+    );
     // Streamed answers join to the unstreamed one; usage comes in the last chunk.
     assert_eq!(r["streamed"]["chat"], "1 2 3", "{r}");
     assert_eq!(r["streamed"]["completion"], "1 2 3", "{r}");
@@ -146,7 +167,7 @@ fn the_openai_client_harvests_is_limited_and_refused_and_its_harvest_distils() {
             "distill",
             harvest.to_str().unwrap(),
             "--config",
-            exp.to_str().unwrap(),
+            distill_exp.to_str().unwrap(),
         ])
         .args([
             "--set",

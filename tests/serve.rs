@@ -356,6 +356,111 @@ async fn echo_answers_a_loglikelihood_request_with_the_teachers_logprobs() {
     }
 }
 
+/// Detectors acting live (`traffic.enabled`): an account over the volume threshold is flagged
+/// at the next detector pass and banned (delay 0), so its next request is refused; the other
+/// account is served; the ban is a ledger line, and a server restarted on the ledger keeps it.
+/// Detectors that cannot run live are refused at start, naming the key.
+#[tokio::test]
+async fn live_detectors_ban_a_flagged_account_and_a_restart_keeps_the_ban() {
+    use distill_sim::traffic::detect::DetectorConfig;
+    use distill_sim::traffic::Action;
+    let dir = std::env::temp_dir().join(format!("ds-serve-live-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("ledger.jsonl");
+    let mut cfg = config();
+    cfg.traffic.enabled = true;
+    cfg.traffic.action = Action::Ban;
+    cfg.traffic.detectors = DetectorConfig {
+        volume_per_day: Some(5),
+        check_minutes: 1,
+        action_delay_minutes: 0,
+        ..DetectorConfig::off()
+    };
+    // 50 simulated seconds per second: a pass every 1.2 s, a day every 29 min, so the first
+    // pass comes after the first 8 requests even on a slow machine.
+    let opts = Options {
+        ledger: Some(path.clone()),
+        time_scale: 50.0,
+        ..Options::default()
+    };
+    let body = || post(json!({"model": serve::MODEL, "prompt": "SORT 3 1 2", "max_tokens": 8}));
+    {
+        let app = serve::router(shared(cfg.clone(), keys(), opts.clone()));
+        for i in 0..8 {
+            let (st, _, v) = call(&app, "POST", "/v1/completions", Some("sk-good"), body()).await;
+            assert_eq!(st, StatusCode::OK, "request {i}: {v}");
+        }
+        let (st, _, v) = call(&app, "POST", "/v1/completions", Some("sk-tiny"), body()).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+        // The batch after the pass is due: served, then the pass flags and bans.
+        let (st, _, v) = call(&app, "POST", "/v1/completions", Some("sk-good"), body()).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let (st, _, v) = call(&app, "POST", "/v1/completions", Some("sk-good"), body()).await;
+        assert_eq!(
+            (st.as_u16(), error_code(&v)),
+            (403, Some("account_deactivated")),
+            "{v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (st, _, v) = call(&app, "POST", "/v1/completions", Some("sk-tiny"), body()).await;
+        assert_ne!(st.as_u16(), 403, "the light account is not banned: {v}");
+    }
+    let text = std::fs::read_to_string(&path).unwrap();
+    let actions: Vec<&str> = text.lines().filter(|l| l.contains("\"action\"")).collect();
+    assert_eq!(actions.len(), 1, "{text}");
+    assert!(
+        actions[0].contains("\"account\":0") && actions[0].contains("\"ban\""),
+        "{text}"
+    );
+    let app = serve::router(shared(cfg.clone(), keys(), opts.clone()));
+    let (st, _, v) = call(&app, "POST", "/v1/completions", Some("sk-good"), body()).await;
+    assert_eq!(
+        (st.as_u16(), error_code(&v)),
+        (403, Some("account_deactivated")),
+        "after a restart: {v}"
+    );
+    // Not live: PRADA (per-query distances), synchronised bursts, limit tracking; challenges.
+    for (key, set) in [
+        (
+            "prada_w",
+            DetectorConfig {
+                prada_w: Some(0.5),
+                ..DetectorConfig::off()
+            },
+        ),
+        (
+            "sync_share",
+            DetectorConfig {
+                sync_share: Some(0.5),
+                ..DetectorConfig::off()
+            },
+        ),
+    ] {
+        let mut c = cfg.clone();
+        c.traffic.detectors = set;
+        let teacher = Teacher::Oracle {
+            easy: 1.0,
+            hard: 1.0,
+        };
+        let err = serve::start(&c, teacher, "test", &keys(), &Options::default())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains(key), "{err}");
+    }
+    let mut c = cfg.clone();
+    c.traffic.action = Action::Challenge;
+    let teacher = Teacher::Oracle {
+        easy: 1.0,
+        hard: 1.0,
+    };
+    let err = serve::start(&c, teacher, "test", &keys(), &Options::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("challenge"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The `data:` events of a server-sent-event body, `[DONE]` last.
 fn events(v: &Value) -> Vec<Value> {
     let text = v.as_str().expect("an event stream");

@@ -33,6 +33,40 @@ pub struct Entry {
     pub output_tokens: u64,
     pub hidden_reasoning_tokens: u64,
     pub spend_usd: f64,
+    /// The prompt's kind (index into the eval suites' kinds) and whether it elicits a
+    /// reasoning trace: what the live detectors count, replayed into them on a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<bool>,
+}
+
+/// An action the live detectors took on an account (restored on a restart).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionEntry {
+    pub v: u32,
+    pub t: f64,
+    pub account: u32,
+    pub key_tail: String,
+    pub action: crate::traffic::Action,
+}
+
+/// A ledger line: a decided request or an action.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Line {
+    Request(Entry),
+    Action(ActionEntry),
+}
+
+impl Line {
+    fn v(&self) -> u32 {
+        match self {
+            Line::Request(e) => e.v,
+            Line::Action(e) => e.v,
+        }
+    }
 }
 
 /// The last 6 characters of a key.
@@ -56,7 +90,7 @@ impl LedgerFile {
     /// Open (or create) the ledger at `path` and read what it holds. A last line without its
     /// newline, or that does not parse, is a torn write: it is cut off the file (and said on
     /// stderr). Any other line that does not parse is an error naming the line.
-    pub fn open(path: &Path) -> Result<(LedgerFile, Vec<Entry>)> {
+    pub fn open(path: &Path) -> Result<(LedgerFile, Vec<Line>)> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
@@ -81,13 +115,13 @@ impl LedgerFile {
                 }
                 n += 1;
                 let complete = line.ends_with('\n');
-                match serde_json::from_str::<Entry>(line.trim_end()) {
+                match serde_json::from_str::<Line>(line.trim_end()) {
                     Ok(e) if complete => {
-                        if e.v != LEDGER_VERSION {
+                        if e.v() != LEDGER_VERSION {
                             return Err(Error::Invalid(format!(
                                 "{}:{n}: ledger version {} (this build writes {LEDGER_VERSION})",
                                 path.display(),
-                                e.v
+                                e.v()
                             )));
                         }
                         entries.push(e);
@@ -129,6 +163,14 @@ impl LedgerFile {
     }
 
     pub fn append(&mut self, e: &Entry) -> Result<()> {
+        self.append_line(e)
+    }
+
+    pub fn append_action(&mut self, e: &ActionEntry) -> Result<()> {
+        self.append_line(e)
+    }
+
+    fn append_line(&mut self, e: &impl Serialize) -> Result<()> {
         let mut line = serde_json::to_string(e).map_err(|e| Error::Invalid(e.to_string()))?;
         line.push('\n');
         self.out

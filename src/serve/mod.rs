@@ -9,6 +9,7 @@
 
 pub mod ledger;
 pub mod load;
+pub mod watch;
 
 use crate::api::{Api, Code, Identity, Request, Response};
 use crate::error::{Error, Result};
@@ -250,16 +251,18 @@ pub fn start(
         map.insert(k.key.clone(), id);
     }
     let tails: Vec<String> = keys.iter().map(|k| ledger::key_tail(&k.key)).collect();
+    let identities: Vec<Identity> = keys.iter().map(|k| k.identity).collect();
+    let mut live = watch::LiveWatch::new(cfg, &identities)?;
     let (file, clock0) = match &opts.ledger {
         Some(path) => {
-            let (file, entries) = ledger::LedgerFile::open(path)?;
-            let last = ledger::replay(&mut api.accounts, &tails, &entries)
+            let (file, lines) = ledger::LedgerFile::open(path)?;
+            let last = restore(&mut api, live.as_mut(), &tails, &lines)
                 .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-            if !entries.is_empty() {
+            if !lines.is_empty() {
                 eprintln!(
-                    "[serve] {}: {} requests replayed (simulated clock resumes at {last:.1} s)",
+                    "[serve] {}: {} lines replayed (simulated clock resumes at {last:.1} s)",
                     path.display(),
-                    entries.len()
+                    lines.len()
                 );
             }
             (Some(file), last)
@@ -278,7 +281,7 @@ pub fn start(
     let rng = derive_rng(opts.seed, "serve/sampling");
     std::thread::Builder::new()
         .name("distill-sim-batcher".into())
-        .spawn(move || batcher(rx, api, teacher, rng, o, book, t0))
+        .spawn(move || batcher(rx, api, teacher, rng, o, book, live, t0))
         .map_err(|e| Error::Invalid(format!("cannot start the batcher thread: {e}")))?;
     Ok(Arc::new(Shared {
         jobs: tx,
@@ -294,6 +297,54 @@ pub fn start(
     }))
 }
 
+/// Replay a ledger's lines into the API (requests: usage, spend, buckets; actions: the
+/// accounts' standing) and the live detectors (their features, and which accounts they
+/// actioned). Returns the last line's simulated time.
+fn restore(
+    api: &mut Api,
+    mut live: Option<&mut watch::LiveWatch>,
+    tails: &[String],
+    lines: &[ledger::Line],
+) -> Result<f64> {
+    let requests: Vec<ledger::Entry> = lines
+        .iter()
+        .filter_map(|l| match l {
+            ledger::Line::Request(e) => Some(e.clone()),
+            ledger::Line::Action(_) => None,
+        })
+        .collect();
+    let mut last = ledger::replay(&mut api.accounts, tails, &requests)?;
+    for (i, line) in lines.iter().enumerate() {
+        match line {
+            ledger::Line::Request(e) => {
+                if let (Some(w), Some(kind), true) =
+                    (live.as_deref_mut(), e.kind, e.code.answered())
+                {
+                    w.observe_recorded(e.account, kind, e.reasoning.unwrap_or(false), e.t);
+                }
+            }
+            ledger::Line::Action(e) => {
+                if tails.get(e.account as usize) != Some(&e.key_tail) {
+                    return Err(Error::Invalid(format!(
+                        "ledger line {}: an action on account {} (key ending `{}`) that the keys \
+                         file does not have",
+                        i + 1,
+                        e.account,
+                        e.key_tail
+                    )));
+                }
+                let factor = live.as_deref().map_or(0.1, |w| w.throttle_factor());
+                watch::apply(api, e.account, e.action, factor, e.t);
+                if let Some(w) = live.as_deref_mut() {
+                    w.restore_action(e.account);
+                }
+                last = last.max(e.t);
+            }
+        }
+    }
+    Ok(last)
+}
+
 /// What the batcher thread owns besides the API.
 struct Book {
     /// The durable ledger, if the server keeps one.
@@ -305,6 +356,7 @@ struct Book {
     clock0: f64,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn batcher(
     rx: mpsc::Receiver<Msg>,
     mut api: Api,
@@ -312,6 +364,7 @@ fn batcher(
     mut rng: SimRng,
     opts: Options,
     mut book: Book,
+    mut live: Option<watch::LiveWatch>,
     t0: Instant,
 ) {
     let ledgers = |api: &Api, reply: tokio::sync::oneshot::Sender<_>| {
@@ -381,8 +434,15 @@ fn batcher(
                 None => (responses.by_ref().take(j.reqs.len()).collect(), vec![]),
             };
             let a = j.reqs[0].account as usize;
+            if let Some(w) = live.as_mut() {
+                for (q, r) in j.reqs.iter().zip(&rs) {
+                    if r.code.answered() {
+                        w.observe(q.account, &q.prompt, now);
+                    }
+                }
+            }
             if let Some(f) = book.file.as_mut() {
-                for r in &rs {
+                for (q, r) in j.reqs.iter().zip(&rs) {
                     let e = ledger::Entry {
                         v: ledger::LEDGER_VERSION,
                         t: now,
@@ -395,6 +455,8 @@ fn batcher(
                         output_tokens: r.usage.output_tokens,
                         hidden_reasoning_tokens: r.usage.hidden_reasoning_tokens,
                         spend_usd: r.usage.spend_usd,
+                        kind: Some(crate::traffic::kind_index(q.prompt.kind)),
+                        reasoning: Some(watch::query_of(&q.prompt, 0, 0).reasoning),
                     };
                     if let Err(err) = f.append(&e) {
                         failed = Some(err.to_string());
@@ -432,6 +494,25 @@ fn batcher(
                     chosen,
                 },
             ));
+        }
+        // The live detectors' pass and the actions due: they hold from the next request on,
+        // and their lines are committed with the batch's.
+        if let Some(w) = live.as_mut() {
+            for (a, action) in w.tick(now, &mut api) {
+                eprintln!("[serve] t={now:.0} s: account {a} flagged, action {action:?}");
+                if let Some(f) = book.file.as_mut() {
+                    let e = ledger::ActionEntry {
+                        v: ledger::LEDGER_VERSION,
+                        t: now,
+                        account: a,
+                        key_tail: book.tails[a as usize].clone(),
+                        action,
+                    };
+                    if let Err(err) = f.append_action(&e) {
+                        failed = Some(err.to_string());
+                    }
+                }
+            }
         }
         // Group commit: the batch's lines are durable before any of its responses is sent.
         if let Some(f) = book.file.as_mut() {
