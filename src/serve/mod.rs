@@ -990,15 +990,7 @@ fn echo_body(
         let logprobs = if !p.logprobs || none {
             Value::Null
         } else {
-            let mut offset = 0;
-            let offsets: Vec<usize> = pieces
-                .iter()
-                .map(|s| {
-                    let o = offset;
-                    offset += s.len();
-                    o
-                })
-                .collect();
+            let offsets = wire::offsets(&pieces);
             let lp: Vec<Value> = (0..all.len())
                 .map(|i| match i.checked_sub(skip) {
                     Some(j) => json!(chosen[index].get(j).copied().flatten()),
@@ -1063,15 +1055,7 @@ fn respond_body(
         } else {
             match ep {
                 Endpoint::Completions => {
-                    let mut offset = 0;
-                    let offsets: Vec<usize> = pieces
-                        .iter()
-                        .map(|s| {
-                            let o = offset;
-                            offset += s.len();
-                            o
-                        })
-                        .collect();
+                    let offsets = wire::offsets(&pieces);
                     json!({
                         "tokens": pieces,
                         "token_logprobs": toks.iter().zip(top).map(|(&t, k)| logprob_of(k, t)).collect::<Vec<_>>(),

@@ -601,6 +601,19 @@ pub fn pieces(tokens: &[Tok]) -> Vec<String> {
         .collect()
 }
 
+/// Each piece's byte offset in the text the pieces make (completions' `text_offset`).
+pub fn offsets(pieces: &[String]) -> Vec<usize> {
+    let mut offset = 0;
+    pieces
+        .iter()
+        .map(|s| {
+            let o = offset;
+            offset += s.len();
+            o
+        })
+        .collect()
+}
+
 /// Token `t` as the piece of [`text`] it is at position `i` (a space before all but the
 /// first), so that top-logprob tokens are spelled like the chosen one.
 pub fn piece(i: usize, t: Tok) -> String {
