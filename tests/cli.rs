@@ -1049,6 +1049,8 @@ fn committed_protocol_samples_match_their_experiment_files() {
         "adaptive_counters",
         "compare_defenses",
         "compare_detectors",
+        "reasoning",
+        "watermark_share",
     ] {
         let out = bin()
             .arg("sweep")
