@@ -1395,6 +1395,54 @@ fn place_labels(at: &[(i32, i32)], sizes: &[(i32, i32)], bounds: Rect) -> Vec<(i
     out
 }
 
+/// Where some points are adaptive attackers (`X (counter)`), each panel split in two side by
+/// side: the naive attacker's points, and the adaptive ones with the naive point of each
+/// (joined by a line) and the baseline.
+fn naive_beside_adaptive(plan: Plan, pts: &[ParetoPoint]) -> Plan {
+    if !pts.iter().any(|p| naive_of(&p.0).is_some()) {
+        return plan;
+    }
+    let mut panels = Vec::new();
+    for panel in plan.panels {
+        let keep = |f: &dyn Fn(usize) -> bool| -> Panel {
+            let mut out = Panel {
+                title: String::new(),
+                members: vec![],
+                labels: vec![],
+                looks: vec![],
+            };
+            for (j, &i) in panel.members.iter().enumerate() {
+                if f(i) {
+                    out.members.push(i);
+                    out.labels.push(panel.labels[j].clone());
+                    out.looks.push(panel.looks[j]);
+                }
+            }
+            out
+        };
+        let adaptive: Vec<String> = panel
+            .members
+            .iter()
+            .filter_map(|&i| naive_of(&pts[i].0))
+            .collect();
+        let mut naive = keep(&|i| naive_of(&pts[i].0).is_none());
+        let mut adapt =
+            keep(&|i| pts[i].5 || naive_of(&pts[i].0).is_some() || adaptive.contains(&pts[i].0));
+        let sep = if panel.title.is_empty() { "" } else { ": " };
+        naive.title = format!("{}{sep}naive attacker", panel.title);
+        adapt.title = format!(
+            "{}{sep}adaptive attacker (a line from its naive point)",
+            panel.title
+        );
+        panels.push(naive);
+        panels.push(adapt);
+    }
+    Plan {
+        panels,
+        note: plan.note,
+    }
+}
+
 /// The naive defense's point label of an adaptive one: `variant=X (counter)` -> `variant=X`
 /// (None for a point without a counter).
 fn naive_of(label: &str) -> Option<String> {
@@ -1429,8 +1477,7 @@ fn draw_pareto<DB: DrawingBackend>(
     let note = [
         Some(
             "utility for honest users: served capability relative to no defense x share of \
-             benign queries neither blocked nor degraded; bars: 95% intervals over seeds; \
-             lines join a defense's naive point to its adaptive attacker's `(counter)`",
+             benign queries neither blocked nor degraded; bars: 95% intervals over seeds",
         ),
         clipped.then_some("arrowheads: bars that run on above the axis"),
         plan.note.as_deref(),
@@ -1936,7 +1983,7 @@ pub fn plot_dir(dir: &Path, out: Option<&Path>) -> Result<Vec<PathBuf>> {
             .map(|p| points.get(&p.0).cloned().unwrap_or_default())
             .collect();
         let base: Vec<bool> = pts.iter().map(|p| p.5).collect();
-        let plan = plan(&items, &base, 12, false);
+        let plan = naive_beside_adaptive(plan(&items, &base, 12, false), &pts);
         let n = plan.panels.len();
         let (cols, rows) = (n.min(2) as u32, n.div_ceil(2) as u32);
         written.extend(render(
