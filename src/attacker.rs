@@ -475,9 +475,11 @@ pub struct Harvest {
     pub from_fallback: Vec<bool>,
     /// Per item: the account it was answered on (a replay's harvest; empty otherwise).
     pub item_accounts: Vec<u32>,
-    /// Per item: None for a query of the campaign, Some(passed) for a canary (empty: no
-    /// canaries were sent).
-    pub canary: Vec<Option<bool>>,
+    /// A canary-sending attacker's canaries, every one the API answered, in time order:
+    /// (simulated second, account, whether the known answer came back).
+    pub canary_events: Vec<(f64, u32, bool)>,
+    /// Canaries that fell in the harvest's sample (budget spent on them, not trained on).
+    pub canaries_sampled: usize,
     /// The accounts the harvest was sent from.
     pub account_ids: Vec<AccountId>,
     pub accounts: usize,
@@ -512,47 +514,60 @@ pub fn canary_prompt(rng: &mut crate::rng::SimRng) -> Prompt {
     crate::world::generate_on(rng, Kind::Skill(skill, Tier::Easy), false, Side::Train)
 }
 
-/// What a canary-checking attacker does with a harvest (items in harvest order, `accounts[i]`
-/// the account of item `i`, `canary[i]` Some(passed) for a canary): on each account, once
-/// `streak` canaries in a row failed, it takes the account to be served by a fallback model and
-/// drops its answers since its last passed canary and from then on. Canaries are never trained
-/// on. Returns whether each item is kept, and how many accounts were taken for fallback ones.
-pub fn canary_keep(accounts: &[u32], canary: &[Option<bool>], streak: usize) -> (Vec<bool>, usize) {
+/// What a canary-checking attacker does with a harvest: items in harvest order as (account,
+/// simulated second), its canaries as (second, account, passed) in time order. On each
+/// account, once `streak` canaries in a row failed, it takes the account to be served by a
+/// fallback model and drops its answers since its last passed canary and from then on (at
+/// equal times a canary counts first). Returns whether each item is kept, and how many
+/// accounts were taken for fallback ones.
+pub fn canary_keep(
+    items: &[(u32, f64)],
+    canaries: &[(f64, u32, bool)],
+    streak: usize,
+) -> (Vec<bool>, usize) {
     #[derive(Default)]
     struct State {
         fails: usize,
         burnt: bool,
         since_pass: Vec<usize>,
     }
-    let mut keep = vec![true; accounts.len()];
+    let mut keep = vec![true; items.len()];
     let mut state: std::collections::HashMap<u32, State> = std::collections::HashMap::new();
     let mut burnt = 0;
-    for (i, (&a, &c)) in accounts.iter().zip(canary).enumerate() {
-        let s = state.entry(a).or_default();
-        if c.is_some() {
-            keep[i] = false;
-        }
+    let mut next = 0;
+    let check = |state: &mut std::collections::HashMap<u32, State>,
+                 c: &(f64, u32, bool),
+                 keep: &mut Vec<bool>,
+                 burnt: &mut usize| {
+        let s = state.entry(c.1).or_default();
         if s.burnt {
-            keep[i] = false;
-            continue;
+            return;
         }
-        match c {
-            None => s.since_pass.push(i),
-            Some(true) => {
-                s.fails = 0;
+        if c.2 {
+            s.fails = 0;
+            s.since_pass.clear();
+        } else {
+            s.fails += 1;
+            if s.fails >= streak.max(1) {
+                s.burnt = true;
+                *burnt += 1;
+                for &j in &s.since_pass {
+                    keep[j] = false;
+                }
                 s.since_pass.clear();
             }
-            Some(false) => {
-                s.fails += 1;
-                if s.fails >= streak.max(1) {
-                    s.burnt = true;
-                    burnt += 1;
-                    for &j in &s.since_pass {
-                        keep[j] = false;
-                    }
-                    s.since_pass.clear();
-                }
-            }
+        }
+    };
+    for (i, &(a, t)) in items.iter().enumerate() {
+        while next < canaries.len() && canaries[next].0 <= t {
+            check(&mut state, &canaries[next], &mut keep, &mut burnt);
+            next += 1;
+        }
+        let s = state.entry(a).or_default();
+        if s.burnt {
+            keep[i] = false;
+        } else {
+            s.since_pass.push(i);
         }
     }
     (keep, burnt)
@@ -1046,52 +1061,42 @@ mod tests {
         assert_eq!(cfg.training_items(&[item], 0, None).unwrap()[0], r);
     }
 
-    /// The canary rule on a hand-made harvest: account 1 passes a canary, then fails two in a
-    /// row, so its answers since the pass go; account 2 is never failed.
+    /// The canary rule on a hand-made harvest: account 1 passes a canary at t=1, then fails two
+    /// in a row (t=3, t=6), so its answers since the pass (t=2, t=5) and after go; account 2
+    /// is never failed. A canary at an item's time counts before it.
     #[test]
     fn two_failed_canaries_drop_an_account_since_its_last_pass() {
-        let accounts = [1, 1, 1, 1, 2, 1, 1, 2, 1];
+        let items = [
+            (1, 0.0),
+            (1, 2.0),
+            (2, 4.0),
+            (1, 5.0),
+            (1, 6.0),
+            (2, 7.0),
+            (1, 8.0),
+        ];
         let c = [
-            None,
-            Some(true),
-            None,
-            Some(false),
-            None,
-            None,
-            Some(false),
-            Some(true),
-            None,
+            (1.0, 1, true),
+            (3.0, 1, false),
+            (6.0, 1, false),
+            (6.5, 2, true),
         ];
-        let (keep, burnt) = canary_keep(&accounts, &c, 2);
-        assert_eq!(
-            keep,
-            [true, false, false, false, true, false, false, false, false]
-        );
+        let (keep, burnt) = canary_keep(&items, &c, 2);
+        assert_eq!(keep, [true, false, true, false, false, true, false]);
         assert_eq!(burnt, 1);
-        // One failure is not enough at streak 2; it is at streak 1.
+        // A pass between the failures resets the streak: nothing is dropped at streak 2; at
+        // streak 1 the first failure (t=3) drops what came after the pass at t=1.
         let c1 = [
-            None,
-            Some(true),
-            None,
-            Some(false),
-            None,
-            None,
-            Some(true),
-            None,
-            None,
+            (1.0, 1, true),
+            (3.0, 1, false),
+            (5.5, 1, true),
+            (7.5, 1, false),
         ];
-        let (keep, burnt) = canary_keep(&accounts, &c1, 2);
-        assert_eq!(burnt, 0);
-        assert_eq!(
-            keep,
-            [true, false, true, false, true, true, false, true, true]
-        );
-        let (keep, burnt) = canary_keep(&accounts, &c1, 1);
+        let (keep, burnt) = canary_keep(&items, &c1, 2);
+        assert_eq!((keep, burnt), (vec![true; 7], 0));
+        let (keep, burnt) = canary_keep(&items, &c1, 1);
+        assert_eq!(keep, [true, false, true, false, false, true, false]);
         assert_eq!(burnt, 1);
-        assert_eq!(
-            keep,
-            [true, false, false, false, true, false, false, true, false]
-        );
     }
 
     /// The adaptive attacker's combination: answers to one prompt merged into one item, the

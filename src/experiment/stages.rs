@@ -447,30 +447,37 @@ fn train_student(
     })
 }
 
-/// What a canary-checking attacker keeps of the first `n` items (None: it sends none).
+/// What a canary-checking attacker keeps of the first `n` items, deciding on the canaries
+/// answered by the time of the `n`-th (None: it sends none).
 fn canary_check(ctx: &Context, harvest: &Harvest, n: usize) -> Option<(Vec<bool>, usize)> {
     let a = ctx.cfg.attacker.adapt.as_ref()?;
-    if a.canary_share <= 0.0 || harvest.canary.len() < n {
+    if a.canary_share <= 0.0 || harvest.item_accounts.len() < n {
         return None;
     }
+    let items: Vec<(u32, f64)> = harvest.item_accounts[..n]
+        .iter()
+        .copied()
+        .zip(harvest.times[..n].iter().copied())
+        .collect();
+    let until = items.last().map_or(0.0, |i| i.1);
+    let seen = harvest.canary_events.partition_point(|c| c.0 <= until);
     Some(crate::attacker::canary_keep(
-        &harvest.item_accounts[..n],
-        &harvest.canary[..n],
+        &items,
+        &harvest.canary_events[..seen],
         a.canary_streak,
     ))
 }
 
-/// `harvest.canaries` (share of the first `n` answers that were canaries), `.canary_burnt`
-/// (accounts taken for fallback ones), `.canary_dropped` (campaign answers dropped with them),
-/// `.canary_precision` (share of those that the fallback model gave) and
-/// `.trained_fallback_share` (fallback answers among those kept).
+/// `harvest.canaries` (canary queries answered by the checkpoint), `.canaries_sampled` (of
+/// them in the harvest's sample, in place of training items), `.canary_pass` (their pass
+/// rate), `.canary_burnt` (accounts taken for fallback ones), `.canary_dropped` (campaign
+/// answers dropped with them), `.canary_precision` (share of those the fallback model gave)
+/// and `.trained_fallback_share` (fallback answers among those kept).
 fn canary_metrics(harvest: &Harvest, n: usize, keep: &[bool], burnt: usize) -> Map<String, Value> {
-    let (mut canaries, mut dropped, mut dropped_fb, mut kept, mut kept_fb) = (0, 0, 0, 0, 0);
-    for (i, &kept_i) in keep.iter().enumerate().take(n) {
+    let (mut dropped, mut dropped_fb, mut kept, mut kept_fb) = (0, 0, 0, 0);
+    for (i, &k) in keep.iter().enumerate().take(n) {
         let fb = harvest.from_fallback.get(i).copied().unwrap_or(false) as usize;
-        if harvest.canary[i].is_some() {
-            canaries += 1;
-        } else if kept_i {
+        if k {
             kept += 1;
             kept_fb += fb;
         } else {
@@ -478,9 +485,20 @@ fn canary_metrics(harvest: &Harvest, n: usize, keep: &[bool], burnt: usize) -> M
             dropped_fb += fb;
         }
     }
+    let until = harvest.times.get(n.max(1) - 1).copied().unwrap_or(0.0);
+    let seen = &harvest.canary_events[..harvest.canary_events.partition_point(|c| c.0 <= until)];
+    let passed = seen.iter().filter(|c| c.2).count();
     let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     let mut m = Map::new();
-    m.insert("harvest.canaries".into(), json!(ratio(canaries, n)));
+    m.insert("harvest.canaries".into(), json!(seen.len()));
+    m.insert(
+        "harvest.canaries_sampled".into(),
+        json!(harvest.canaries_sampled),
+    );
+    m.insert(
+        "harvest.canary_pass".into(),
+        json!(ratio(passed, seen.len())),
+    );
     m.insert("harvest.canary_burnt".into(), json!(burnt));
     m.insert("harvest.canary_dropped".into(), json!(dropped));
     m.insert(

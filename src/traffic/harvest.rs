@@ -23,6 +23,16 @@ pub struct Sample {
     pub prompt: Prompt,
     /// The campaign's API spend when it was answered, USD.
     pub spend_usd: f64,
+    /// A canary query of a canary-sending attacker: paid, never trained on.
+    pub canary: bool,
+}
+
+/// A canary query the API answered (every one, sampled or not).
+#[derive(Clone, Copy, Debug)]
+pub struct CanaryQuery {
+    pub minute: u32,
+    pub account: u32,
+    pub fallback: bool,
 }
 
 pub struct HarvestLog {
@@ -37,6 +47,10 @@ pub struct HarvestLog {
     pub codes: [u64; 6],
     /// The campaign's API spend so far, USD.
     pub spend_usd: f64,
+    /// A canary-sending attacker (`attacker.adapt.canary_share`): its share and stream.
+    canary: Option<(f64, SimRng)>,
+    /// Every answered canary query, in time order.
+    pub canaries: Vec<CanaryQuery>,
 }
 
 /// Position of a code in `Code::ALL` (its declaration order).
@@ -45,7 +59,8 @@ pub fn code_index(c: Code) -> usize {
 }
 
 impl HarvestLog {
-    pub fn new(one_in: u64, cap: usize, seed: u64) -> HarvestLog {
+    /// `canary_share`: the share of the campaign's queries that are canaries (0: none).
+    pub fn new(one_in: u64, cap: usize, seed: u64, canary_share: f64) -> HarvestLog {
         HarvestLog {
             one_in: one_in.max(1),
             cap,
@@ -54,6 +69,13 @@ impl HarvestLog {
             sampled_codes: [0; 6],
             codes: [0; 6],
             spend_usd: 0.0,
+            canary: (canary_share > 0.0).then(|| {
+                (
+                    canary_share.min(1.0),
+                    derive_rng(seed, "attacker/canary-queries"),
+                )
+            }),
+            canaries: Vec::new(),
         }
     }
 
@@ -69,6 +91,18 @@ impl HarvestLog {
     ) {
         let c = code_index(code);
         self.codes[c] += 1;
+        // A canary: drawn from its own stream, so that the sample is the same without them.
+        let canary = match self.canary.as_mut() {
+            Some((share, rng)) if code.answered() => rng.random_bool(*share),
+            _ => false,
+        };
+        if canary {
+            self.canaries.push(CanaryQuery {
+                minute,
+                account,
+                fallback,
+            });
+        }
         if self.one_in > 1 && self.rng.random_range(0..self.one_in) != 0 {
             return;
         }
@@ -81,6 +115,7 @@ impl HarvestLog {
                 fallback,
                 prompt: prompt(),
                 spend_usd: self.spend_usd,
+                canary,
             });
         }
     }
@@ -88,11 +123,14 @@ impl HarvestLog {
     /// Have the API answer the sampled queries (the teacher, or the fallback model for
     /// accounts routed to it) and return what the attacker keeps: answers marked as fallback
     /// are dropped, silent fallback answers are kept. A canary-sending attacker
-    /// (`attacker.adapt.canary_share`) sent canaries as that share of its queries: here a keyed
-    /// share of the sampled queries is a canary instead, checked against the answer the
-    /// attacker knows (`space`: the world's valid answers). The replay's detectors saw the
-    /// campaign's own prompts in their place (an assumption: canaries are easy skill prompts,
-    /// so detectors keyed on reasoning see a campaign a little harder than the one sent).
+    /// (`attacker.adapt.canary_share`) sent canaries as that share of its queries: every one
+    /// the API answered is answered here too (an easy copy or sort prompt of the attacker's
+    /// corpus, by whichever model served its account then) and checked against the answer the
+    /// attacker knows (`space`: the world's valid answers): `Harvest::canary_events`. Sampled
+    /// canaries took their place in the budget and are not trained on. The replay's detectors
+    /// saw the campaign's own prompts in their place (an assumption: canaries are easy skill
+    /// prompts, so detectors keyed on reasoning see a campaign a little harder than the one
+    /// sent).
     pub fn answer(
         &self,
         api: &Api,
@@ -102,21 +140,12 @@ impl HarvestLog {
         space: crate::world::AnswerSpace,
         seed: u64,
     ) -> Harvest {
-        let kept: Vec<&Sample> = self.samples.iter().filter(|s| s.code == Code::Ok).collect();
-        let share = attacker.adapt.as_ref().map_or(0.0, |a| a.canary_share);
-        let mut crng = derive_rng(seed, "attacker/canaries");
-        let canaries: Vec<Option<Prompt>> = kept
+        let kept: Vec<&Sample> = self
+            .samples
             .iter()
-            .map(|_| {
-                (share > 0.0 && crng.random_bool(share.min(1.0)))
-                    .then(|| crate::attacker::canary_prompt(&mut crng))
-            })
+            .filter(|s| s.code == Code::Ok && !s.canary)
             .collect();
-        let prompts: Vec<&Prompt> = kept
-            .iter()
-            .zip(&canaries)
-            .map(|(s, c)| c.as_ref().unwrap_or(&s.prompt))
-            .collect();
+        let prompts: Vec<&Prompt> = kept.iter().map(|s| &s.prompt).collect();
         let k_cap = api.config.logprobs.min(crate::model::generate::MAX_TOP_K);
         let params = vec![
             GenParams {
@@ -139,15 +168,9 @@ impl HarvestLog {
                 - self.codes[code_index(Code::Throttled)],
             ..Default::default()
         };
-        for ((s, c), (g, _)) in kept.iter().zip(canaries).zip(served) {
-            if share > 0.0 {
-                h.canary.push(
-                    c.as_ref()
-                        .map(|p| space.same_answer(p, &g.tokens, &crate::base::base_response(p))),
-                );
-            }
+        for (s, (g, _)) in kept.iter().zip(served) {
             h.items.push(Item {
-                prompt: c.unwrap_or_else(|| s.prompt.clone()),
+                prompt: s.prompt.clone(),
                 tokens: g.tokens,
                 top: g.top,
             });
@@ -156,7 +179,47 @@ impl HarvestLog {
             h.item_accounts.push(s.account);
             h.spend.push(s.spend_usd);
         }
+        h.canaries_sampled = self.samples.iter().filter(|s| s.canary).count();
+        h.canary_events = self.answer_canaries(api, teacher, attacker, space, seed);
         h
+    }
+
+    /// Every answered canary, answered and checked: (simulated second, account, passed).
+    fn answer_canaries(
+        &self,
+        api: &Api,
+        teacher: &Teacher,
+        attacker: &AttackerConfig,
+        space: crate::world::AnswerSpace,
+        seed: u64,
+    ) -> Vec<(f64, u32, bool)> {
+        if self.canaries.is_empty() {
+            return vec![];
+        }
+        let mut prng = derive_rng(seed, "attacker/canary-prompts");
+        let prompts: Vec<Prompt> = self
+            .canaries
+            .iter()
+            .map(|_| crate::attacker::canary_prompt(&mut prng))
+            .collect();
+        let refs: Vec<&Prompt> = prompts.iter().collect();
+        let asked = GenParams {
+            temperature: attacker.temperature,
+            ..GenParams::greedy(api.config.max_tokens)
+        };
+        let params = vec![asked; prompts.len()];
+        let fallback: Vec<bool> = self.canaries.iter().map(|c| c.fallback).collect();
+        let mut rng = derive_rng(seed, "api/canary-sampling");
+        let served = api.respond(teacher, &refs, params, &fallback, &mut rng);
+        self.canaries
+            .iter()
+            .zip(&prompts)
+            .zip(served)
+            .map(|((c, p), (g, _))| {
+                let pass = space.same_answer(p, &g.tokens, &crate::base::base_response(p));
+                (c.minute as f64 * 60.0, c.account, pass)
+            })
+            .collect()
     }
 }
 
@@ -315,16 +378,21 @@ mod tests {
         }
     }
 
-    /// Canaries against a silent fallback: the oracle teacher answers easy canaries right
-    /// (greedy), the fallback model mostly wrong, so the accounts routed to it are found and
-    /// their answers dropped, and an account the teacher serves keeps its answers.
+    /// Canaries against a silent fallback: every answered canary is answered and checked (the
+    /// oracle teacher answers easy canaries right, greedily; the fallback model mostly
+    /// wrong), so the accounts routed to it are found and their answers dropped, while an
+    /// account the teacher serves keeps its answers; sampled canaries are not trained on.
     #[test]
     fn canaries_flag_the_accounts_a_silent_fallback_serves() {
-        let (o, mut att) = run(Action::FallbackSilent, 1, 1);
+        let (api, tr, mut att) = setup(Action::FallbackSilent);
         att.adapt = Some(crate::attacker::Adapt {
             canary_share: 0.2,
             ..Default::default()
         });
+        let o = Replay::new(&api, &tr, &att, 1, Some((3, usize::MAX)))
+            .unwrap()
+            .run()
+            .unwrap();
         let log = o.harvest.as_ref().unwrap();
         let h = log.answer(
             &o.api,
@@ -334,38 +402,55 @@ mod tests {
             AnswerSpace::ONE,
             1,
         );
-        let n = h.items.len();
-        assert_eq!(h.canary.len(), n);
-        let canaries = h.canary.iter().filter(|c| c.is_some()).count();
+        // A fifth of the answered campaign queries, every one answered (not only the third
+        // the harvest samples), in time order.
+        let answered = log.codes[code_index(Code::Ok)] as f64;
+        let share = h.canary_events.len() as f64 / answered;
+        assert!((share - 0.2).abs() < 0.02, "{share}");
+        assert!(h.canary_events.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert!(h.canaries_sampled > 0);
+        assert_eq!(h.items.len() + h.canaries_sampled, log.samples.len());
+        let routed = acted(&o);
+        let (mut on_teacher, mut on_fallback) = (vec![], vec![]);
+        for &(t, a, pass) in &h.canary_events {
+            let fb = routed.get(&a).is_some_and(|&m| t >= m as f64 * 60.0);
+            if fb {
+                &mut on_fallback
+            } else {
+                &mut on_teacher
+            }
+            .push(pass);
+        }
+        let rate = |v: &[bool]| v.iter().filter(|&&p| p).count() as f64 / v.len() as f64;
+        assert_eq!(rate(&on_teacher), 1.0);
         assert!(
-            (canaries as f64 / n as f64 - 0.2).abs() < 0.03,
-            "{canaries} of {n}"
+            rate(&on_fallback) < 0.2,
+            "fallback passes {}",
+            rate(&on_fallback)
         );
-        // Every canary the teacher answered passed; most the fallback answered failed.
-        let passed = |fb: bool| {
-            let c: Vec<bool> = h
-                .canary
-                .iter()
-                .zip(&h.from_fallback)
-                .filter(|(c, &f)| c.is_some() && f == fb)
-                .map(|(c, _)| c.unwrap())
-                .collect();
-            c.iter().filter(|&&p| p).count() as f64 / c.len() as f64
-        };
-        assert_eq!(passed(false), 1.0);
-        assert!(passed(true) < 0.2, "fallback passes {}", passed(true));
-        let (keep, burnt) = crate::attacker::canary_keep(&h.item_accounts, &h.canary, 2);
+        let items: Vec<(u32, f64)> = h
+            .item_accounts
+            .iter()
+            .copied()
+            .zip(h.times.iter().copied())
+            .collect();
+        let (keep, burnt) = crate::attacker::canary_keep(&items, &h.canary_events, 2);
         assert_eq!(burnt, 40, "every routed account found");
+        let n = h.items.len();
         let kept_fb = (0..n).filter(|&i| keep[i] && h.from_fallback[i]).count();
         let fb = h.from_fallback.iter().filter(|&&f| f).count();
         assert!(
-            fb > 100 && kept_fb * 20 < fb,
+            fb > 100 && kept_fb * 50 < fb,
             "{kept_fb} of {fb} fallback answers kept"
         );
-        // Without a fallback nothing is burnt and only the canaries are set aside.
-        let (o, _) = run(Action::Observe, 1, 1);
-        let log = o.harvest.as_ref().unwrap();
-        let h = log.answer(
+        // Without a fallback (flagged accounts observed only) every canary passes, nothing is
+        // burnt and every answer is kept.
+        let (api, tr, _) = setup(Action::Observe);
+        let o = Replay::new(&api, &tr, &att, 1, Some((3, usize::MAX)))
+            .unwrap()
+            .run()
+            .unwrap();
+        let h = o.harvest.as_ref().unwrap().answer(
             &o.api,
             &oracle(),
             &att,
@@ -373,10 +458,15 @@ mod tests {
             AnswerSpace::ONE,
             1,
         );
-        let (keep, burnt) = crate::attacker::canary_keep(&h.item_accounts, &h.canary, 2);
-        assert_eq!(burnt, 0);
-        let kept = keep.iter().filter(|&&k| k).count();
-        assert_eq!(kept, h.canary.iter().filter(|c| c.is_none()).count());
+        assert!(!h.canary_events.is_empty() && h.canary_events.iter().all(|c| c.2));
+        let items: Vec<(u32, f64)> = h
+            .item_accounts
+            .iter()
+            .copied()
+            .zip(h.times.iter().copied())
+            .collect();
+        let (keep, burnt) = crate::attacker::canary_keep(&items, &h.canary_events, 2);
+        assert_eq!((burnt, keep.iter().all(|&k| k)), (0, true));
     }
 
     #[test]

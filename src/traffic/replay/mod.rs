@@ -176,7 +176,10 @@ impl<'a> Replay<'a> {
             d: DetectionStats::default(),
             day: DayPoint::default(),
             stop_at: None,
-            harvest: harvest.map(|(n, cap)| HarvestLog::new(n, cap, seed)),
+            harvest: harvest.map(|(n, cap)| {
+                let canaries = att.adapt.as_ref().map_or(0.0, |a| a.canary_share);
+                HarvestLog::new(n, cap, seed, canaries)
+            }),
             planned,
             actions: Vec::new(),
             book: ScoreBook::new(score::available(&tr.detectors), None),
