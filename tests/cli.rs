@@ -1051,6 +1051,9 @@ fn committed_protocol_samples_match_their_experiment_files() {
         "compare_detectors",
         "reasoning",
         "watermark_share",
+        "attackers",
+        "compare_actions",
+        "compare_actions_segments",
     ] {
         let out = bin()
             .arg("sweep")
