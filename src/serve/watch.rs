@@ -83,8 +83,10 @@ impl LiveWatch {
         }
         if cfg.traffic.action == Action::Challenge {
             return Err(Error::Invalid(
-                "traffic.action challenge is not simulated by serve (no identity challenge to \
-                 pass): use ban, throttle, fallback_visible, fallback_silent or observe"
+                "traffic.action challenge is not simulated by serve: the replay draws a \
+                 challenge's outcome from who is an attacker, which a server of real clients \
+                 does not know, and no endpoint lets a client submit an identity; use ban, \
+                 throttle, fallback_visible, fallback_silent or observe"
                     .into(),
             ));
         }
