@@ -133,6 +133,67 @@ pub enum Cmd {
     /// Serve the experiment's teacher behind its API over HTTP, OpenAI-compatible
     /// (`/v1/completions`, `/v1/chat/completions`, `/v1/models`, `/health`).
     Serve(ServeArgs),
+    /// Traffic logs: `export` writes a run's replayed requests as JSON lines.
+    Traffic {
+        #[command(subcommand)]
+        cmd: TrafficCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TrafficCmd {
+    /// Replay one run's traffic (benign users and the campaign, detectors and actions as
+    /// configured) and write every request the API decided as a JSON line (schema version 1:
+    /// minute, account, identity fields, prompt kind, reasoning, voice, template, token counts,
+    /// response code, ground truth; README "Traffic logs").
+    Export {
+        config: PathBuf,
+        /// The log to write (replaced atomically at the end).
+        #[arg(long)]
+        out: PathBuf,
+        /// The run (as `sweep --list` prints it; default: the first).
+        #[arg(long)]
+        run: Option<String>,
+        /// Override a config key (repeatable).
+        #[arg(long)]
+        set: Vec<String>,
+    },
+}
+
+/// `distill-sim traffic ...`.
+pub fn traffic_cmd(cmd: TrafficCmd) -> anyhow::Result<std::process::ExitCode> {
+    use distill_sim::experiment::config;
+    let TrafficCmd::Export {
+        config: path,
+        out,
+        run,
+        set,
+    } = cmd;
+    let exp = config::load(&path, &config::parse_overrides(&set)?)?;
+    let spec = match &run {
+        None => exp.runs.first(),
+        Some(id) => exp.runs.iter().find(|r| &r.id == id),
+    }
+    .ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no run `{}` (see `distill-sim sweep {} --list`)",
+            path.display(),
+            run.as_deref().unwrap_or("(first)"),
+            path.display()
+        )
+    })?;
+    let c = &spec.config;
+    let mut att = c.attacker.clone();
+    att.world_harm = c.world.harm;
+    let (lines, secs) =
+        distill_sim::traffic::export::export_run(&c.api, &c.traffic, &att, spec.seed, &out)?;
+    eprintln!(
+        "[traffic] {}: {lines} requests of run {} written to {} ({secs:.1} s of replay)",
+        path.display(),
+        spec.id,
+        out.display()
+    );
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 #[derive(clap::Args)]

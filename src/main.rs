@@ -13,9 +13,8 @@ use std::process::ExitCode;
 
 mod cli;
 
-// mimalloc instead of the system allocator: burn/flex allocates a fresh buffer for every
-// tensor op, and glibc's malloc, after a generation pass has left its arenas fragmented, made
-// the training steps that followed up to 1.8x slower (measured with `distill-sim bench`).
+// mimalloc, not the system allocator: burn/flex allocates a buffer per tensor op, and glibc's
+// malloc, its arenas fragmented by generation, made training up to 1.8x slower (bench).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -227,6 +226,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Bench(b) => bench_cmd(b),
         Cmd::Serve(a) => serve_cmd(a),
         Cmd::Distill(d) => distill_cmd(&d.harvest, d.config, d.common),
+        Cmd::Traffic { cmd } => cli::traffic_cmd(cmd),
     }
 }
 

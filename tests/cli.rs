@@ -1774,3 +1774,64 @@ fn round2_case_15_tabs_directory_bases_and_teacher_metrics() {
     assert!(out.contains("`teacher.*`"), "{out}");
     let _ = std::fs::remove_dir_all(d);
 }
+
+/// `traffic export` writes a run's decided requests as versioned JSON lines, the same bytes
+/// twice; an experiment without traffic, or an unknown run, is an error naming it, and no
+/// log is left behind.
+#[test]
+fn traffic_export_writes_the_replayed_requests_as_json_lines() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = scratch("traffic-export");
+    let exp = root.join("experiments/compare_actions.yaml");
+    let export = |out: &Path, extra: &[&str]| {
+        bin()
+            .args(["traffic", "export"])
+            .arg(&exp)
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .args([
+                "--set",
+                "traffic.population.users=300",
+                "--set",
+                "attacker.max_days=1",
+            ])
+            .output()
+            .unwrap()
+    };
+    let (a, b) = (dir.join("a.jsonl"), dir.join("b.jsonl"));
+    for p in [&a, &b] {
+        let out = export(p, &[]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let log = std::fs::read_to_string(&a).unwrap();
+    assert_eq!(log, std::fs::read_to_string(&b).unwrap());
+    let rows: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(rows.len() > 1000, "{}", rows.len());
+    assert!(rows.iter().all(|r| r["v"] == 1 && r["code"].is_string()));
+    assert!(rows.iter().any(|r| r["attacker"] == true));
+    let out = export(&dir.join("c.jsonl"), &["--run", "no-such-run"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no-such-run"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = bin()
+        .args(["traffic", "export"])
+        .arg(root.join("experiments/quickstart.yaml"))
+        .arg("--out")
+        .arg(dir.join("d.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("traffic.enabled"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir.join("d.jsonl").exists() && !dir.join("d.partial").exists());
+}

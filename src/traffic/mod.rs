@@ -7,6 +7,7 @@
 pub mod action;
 pub mod bank;
 pub mod detect;
+pub mod export;
 pub mod harvest;
 pub mod replay;
 

@@ -79,6 +79,8 @@ pub struct Replay<'a> {
     crowd_templates: usize,
     /// With `traffic.tiers`, the index of the score they act on.
     tier_score: Option<usize>,
+    /// Every decided request written out (`distill-sim traffic export`).
+    export: Option<crate::traffic::export::Exporter>,
 }
 
 /// Templates per bank: enough distinct prompts that a harvest of `samples` rarely repeats one.
@@ -186,6 +188,7 @@ impl<'a> Replay<'a> {
             segments,
             crowd_templates,
             tier_score,
+            export: None,
             rng,
         };
         if tr.tiers.as_ref().is_some_and(|t| t.escalate_cluster) {
@@ -230,6 +233,12 @@ impl<'a> Replay<'a> {
 
     /// Track where each account crosses these operating points (set on another, benign-only
     /// replay: [`calibrate`]); the outcome then reports every score's detection.
+    /// Write every request the API decides to `x` (see [`crate::traffic::export`]).
+    pub fn with_export(mut self, x: crate::traffic::export::Exporter) -> Self {
+        self.export = Some(x);
+        self
+    }
+
     pub fn with_calibration(mut self, cal: Calibration) -> Self {
         self.book.cal = Some(cal);
         self.book.on = true;

@@ -90,6 +90,8 @@ pub struct Outcome {
     /// Every score's detection at the calibrated operating points (empty without a
     /// calibration: `Replay::with_calibration`).
     pub scores: Vec<ScoreOutcome>,
+    /// Lines written by `Replay::with_export`, or its first write error (None: no export).
+    pub exported: Option<std::io::Result<u64>>,
 }
 
 impl Replay<'_> {
@@ -139,7 +141,9 @@ impl Replay<'_> {
         };
         let split = (names.len() > 1).then_some(&g);
         let scores = score::outcomes(&self.book, &w.attacker, &total, split);
+        let exported = self.export.take().map(|x| x.finish());
         Outcome {
+            exported,
             scores,
             stats: self.stats,
             detection: self.d,

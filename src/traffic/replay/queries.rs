@@ -52,6 +52,9 @@ impl Replay<'_> {
         self.stats.queries += 1;
         let code = self.api.accounts.admit(a, now, q.input_tokens as f64);
         let fallback = self.api.accounts.on_fallback(a);
+        if let Some(x) = self.export.as_mut() {
+            x.write(q, &self.api.accounts.identity[a], code, attacker);
+        }
         if code.answered() {
             let usage = Ledger {
                 requests: 1,
