@@ -372,40 +372,18 @@ pub type Scorer<'a> = &'a dyn Fn(&[Item]) -> crate::Result<Vec<f32>>;
 /// Each item's mean log-likelihood per response token under `model` (teacher-forced; nats;
 /// 0 for an empty response), the attacker's measure of how plausible an answer is.
 pub fn plausibility(model: &dyn crate::model::Engine, items: &[Item]) -> Vec<f32> {
-    use crate::model::generate::{log_softmax, model_input, pack};
-    let v = model.spec().vocab;
-    let ctx = model.spec().context;
-    let mut lp = vec![0.0f32; v];
-    let mut out = Vec::with_capacity(items.len());
-    for chunk in items.chunks(256) {
-        let seqs: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|it| {
-                let mut s = model_input(&it.prompt);
-                s.extend_from_slice(&it.tokens);
-                s.truncate(ctx);
-                s
-            })
-            .collect();
-        let voices: Vec<[f32; crate::world::VOICE_DIM]> =
-            chunk.iter().map(|it| it.prompt.voice_input()).collect();
-        let rows: Vec<(&[u32], &[f32; crate::world::VOICE_DIM])> =
-            seqs.iter().zip(&voices).map(|(s, v)| (&s[..], v)).collect();
-        let batch = pack(&rows);
-        let logits = model.logits(&batch);
-        for (r, it) in chunk.iter().enumerate() {
-            let start = it.prompt.tokens.len() + 1; // SEP predicts response token 0
-            let n = it.tokens.len().min(seqs[r].len().saturating_sub(start));
-            let mut sum = 0.0f32;
-            for j in 0..n {
-                let at = (r * batch.t + start + j) * v;
-                log_softmax(&logits[at..at + v], &mut lp);
-                sum += lp[it.tokens[j] as usize];
+    let pairs: Vec<(&Prompt, &[Tok])> = items.iter().map(|i| (&i.prompt, &i.tokens[..])).collect();
+    crate::teacher::per_position_of(model, &pairs, |lp, t| lp[t as usize])
+        .into_iter()
+        .map(|lps| {
+            let n = lps.len();
+            if n == 0 {
+                0.0
+            } else {
+                lps.iter().fold(0.0f32, |s, &x| s + x) / n as f32
             }
-            out.push(if n == 0 { 0.0 } else { sum / n as f32 });
-        }
-    }
-    out
+        })
+        .collect()
 }
 
 /// `items` less the `share` (rounded down) with the lowest `scores`, in their order (ties:

@@ -398,42 +398,7 @@ impl Teacher {
     ) -> Vec<Vec<R>> {
         let v = VOCAB_SIZE;
         match self {
-            Teacher::Neural(e) => {
-                let mut out = Vec::with_capacity(items.len());
-                let ctx = e.spec().context;
-                let mut lp = vec![0.0f32; v];
-                for chunk in items.chunks(256) {
-                    let seqs: Vec<Vec<u32>> = chunk
-                        .iter()
-                        .map(|(p, c)| {
-                            let mut s = model_input(p);
-                            s.extend_from_slice(c);
-                            s.truncate(ctx);
-                            s
-                        })
-                        .collect();
-                    let voices: Vec<[f32; crate::world::VOICE_DIM]> =
-                        chunk.iter().map(|(p, _)| p.voice_input()).collect();
-                    let rows: Vec<(&[u32], &[f32; crate::world::VOICE_DIM])> =
-                        seqs.iter().zip(&voices).map(|(s, v)| (&s[..], v)).collect();
-                    let batch = generate::pack(&rows);
-                    let logits = e.logits(&batch);
-                    for (r, (p, c)) in chunk.iter().enumerate() {
-                        let start = p.tokens.len() + 1; // the SEP position predicts token 0
-                        let n = c.len().min(seqs[r].len().saturating_sub(start));
-                        out.push(
-                            (0..n)
-                                .map(|j| {
-                                    let at = (r * batch.t + start + j) * v;
-                                    generate::log_softmax(&logits[at..at + v], &mut lp);
-                                    f(&lp, c[j])
-                                })
-                                .collect(),
-                        );
-                    }
-                }
-                out
-            }
+            Teacher::Neural(e) => per_position_of(e.as_ref(), items, f),
             Teacher::Oracle { easy, hard } => items
                 .iter()
                 .map(|(p, c)| {
@@ -473,6 +438,51 @@ impl Teacher {
             Teacher::Oracle { .. } => None,
         }
     }
+}
+
+/// `f(logprobs over the vocabulary, the continuation's token)` at every position of each
+/// `(prompt, continuation)` under `e`, teacher-forced (continuations truncated to the context
+/// length), batched 256 sequences at a time.
+pub fn per_position_of<R>(
+    e: &dyn Engine,
+    items: &[(&Prompt, &[Tok])],
+    f: impl Fn(&[f32], Tok) -> R,
+) -> Vec<Vec<R>> {
+    let v = VOCAB_SIZE;
+    let mut out = Vec::with_capacity(items.len());
+    let ctx = e.spec().context;
+    let mut lp = vec![0.0f32; v];
+    for chunk in items.chunks(256) {
+        let seqs: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|(p, c)| {
+                let mut s = model_input(p);
+                s.extend_from_slice(c);
+                s.truncate(ctx);
+                s
+            })
+            .collect();
+        let voices: Vec<[f32; crate::world::VOICE_DIM]> =
+            chunk.iter().map(|(p, _)| p.voice_input()).collect();
+        let rows: Vec<(&[u32], &[f32; crate::world::VOICE_DIM])> =
+            seqs.iter().zip(&voices).map(|(s, v)| (&s[..], v)).collect();
+        let batch = generate::pack(&rows);
+        let logits = e.logits(&batch);
+        for (r, (p, c)) in chunk.iter().enumerate() {
+            let start = p.tokens.len() + 1; // the SEP position predicts token 0
+            let n = c.len().min(seqs[r].len().saturating_sub(start));
+            out.push(
+                (0..n)
+                    .map(|j| {
+                        let at = (r * batch.t + start + j) * v;
+                        generate::log_softmax(&logits[at..at + v], &mut lp);
+                        f(&lp, c[j])
+                    })
+                    .collect(),
+            );
+        }
+    }
+    out
 }
 
 /// In a graded-harm world, the teacher's label of a disputed request (a borderline feature

@@ -256,8 +256,13 @@ pub fn start(
     let (file, clock0) = match &opts.ledger {
         Some(path) => {
             let (file, lines) = ledger::LedgerFile::open(path)?;
-            let last = restore(&mut api, live.as_mut(), &tails, &lines)
-                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+            let last = restore(
+                &mut api,
+                live.as_mut(),
+                (&tails, cfg.traffic.throttle_factor),
+                &lines,
+            )
+            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
             if !lines.is_empty() {
                 eprintln!(
                     "[serve] {}: {} lines replayed (simulated clock resumes at {last:.1} s)",
@@ -303,7 +308,7 @@ pub fn start(
 fn restore(
     api: &mut Api,
     mut live: Option<&mut watch::LiveWatch>,
-    tails: &[String],
+    (tails, throttle_factor): (&[String], f64),
     lines: &[ledger::Line],
 ) -> Result<f64> {
     let requests: Vec<ledger::Entry> = lines
@@ -333,8 +338,7 @@ fn restore(
                         e.key_tail
                     )));
                 }
-                let factor = live.as_deref().map_or(0.1, |w| w.throttle_factor());
-                watch::apply(api, e.account, e.action, factor, e.t);
+                watch::apply(api, e.account, e.action, throttle_factor, e.t);
                 if let Some(w) = live.as_deref_mut() {
                     w.restore_action(e.account);
                 }

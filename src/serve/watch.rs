@@ -106,16 +106,12 @@ impl LiveWatch {
 
     /// Count an answered request of `account` at simulated second `now`.
     pub fn observe(&mut self, account: u32, prompt: &Prompt, now: f64) {
-        let a = account as usize;
-        let minute = (now / 60.0) as u32;
-        self.features[a].observe(&query_of(prompt, minute, account));
-        self.dirty[a] = true;
+        self.count(query_of(prompt, (now / 60.0) as u32, account));
     }
 
     /// Count a request replayed from the ledger (its kind and reasoning flag as recorded).
     pub fn observe_recorded(&mut self, account: u32, kind: u8, reasoning: bool, now: f64) {
-        let a = account as usize;
-        let q = Query {
+        self.count(Query {
             minute: (now / 60.0) as u32,
             account,
             kind,
@@ -124,7 +120,11 @@ impl LiveWatch {
             reasoning,
             voice: false,
             template: 0,
-        };
+        });
+    }
+
+    fn count(&mut self, q: Query) {
+        let a = q.account as usize;
         self.features[a].observe(&q);
         self.dirty[a] = true;
     }
@@ -171,14 +171,6 @@ impl LiveWatch {
                 (a, self.action)
             })
             .collect()
-    }
-
-    pub fn action(&self) -> Action {
-        self.action
-    }
-
-    pub fn throttle_factor(&self) -> f64 {
-        self.throttle_factor
     }
 }
 
